@@ -1,0 +1,82 @@
+"""Every config key, its default and what it means. Recipes start from `base.get_config()`."""
+
+import ml_collections
+
+from crossflow_jax.parallel.axes import DEFAULT_RULES
+
+
+def get_config() -> ml_collections.ConfigDict:
+  c = ml_collections.ConfigDict()
+  c.seed = 0                      # PRNG seed for init, training noise and data order
+  c.batch_size = 256              # global batch (all processes and devices)
+  c.total_steps = 10_000          # optimizer steps to train for
+  c.log_every = 100               # steps between console/metrics.jsonl lines (host sync)
+  c.save_every = 1_000            # steps between checkpoints (and at the end)
+  c.sample_every = 1_000          # steps between sample grids in workdir/samples/ (0: never)
+  c.keep_checkpoints = 3          # checkpoints kept on disk
+  c.async_checkpointing = True    # Orbax saves in a background thread
+
+  c.data = ml_collections.ConfigDict()
+  c.data.name = "digits"          # tfds_builders name: digits | mnist | cifar10
+  c.data.data_dir = ""            # prepared datasets ('' = $CROSSFLOW_DATA_DIR or ~/crossflow_jax_data)
+  c.data.manual_dir = ""          # raw files for builders that need them (e.g. ../shared/data)
+  c.data.image_size = 0           # resize to this many pixels a side (0 = as stored)
+  c.data.train_split = "train"
+  c.data.eval_split = "test"
+  c.data.worker_count = 0         # Grain worker processes (0 = read in the main process)
+
+  c.task = ml_collections.ConfigDict()
+  c.task.name = "class_to_image"  # class_to_image | image_to_class | bidirectional | noise_to_image
+  c.task.source = "smoothrand"    # rectangle | grayscale | smoothrand | learned | gaussian (noise_to_image)
+  c.task.std_scale = 0.1          # label latent = class mean + std_scale * N(0, I)
+  c.task.lambda_b = 0.5           # bidirectional: probability of the source -> image direction
+  c.task.guidance = "indicator"   # indicator (CrossFlow) | null_class (noise_to_image) | none
+  c.task.guidance_p = 0.1         # fraction of flagged (indicator) or label-dropped (null_class) samples
+
+  c.flow = ml_collections.ConfigDict()
+  c.flow.sigma_min = 0.0          # x_t = (1 - (1 - sigma_min) t) x0 + t x1
+  c.flow.time_sampler = "uniform"  # uniform | logit_normal ('log-normal' accepted)
+  c.flow.logit_normal_loc = 0.0
+  c.flow.logit_normal_scale = 1.0
+
+  c.model = ml_collections.ConfigDict()
+  c.model.name = "dit"
+  c.model.preset = ""             # '' or DiT-XL | DiT-L | DiT-B | DiT-S | DiT-Ti | DiT-tiny | DiT-micro (sets depth/width/heads)
+  c.model.depth = 12
+  c.model.hidden_size = 384
+  c.model.num_heads = 6
+  c.model.patch_size = 2
+  c.model.mlp_ratio = 4.0
+  c.model.pos_embed = "sincos"    # sincos | learned
+  c.model.compute_dtype = "float32"  # float32 | bfloat16 (parameters stay float32)
+  c.model.attention_impl = "auto"  # auto | xla | cudnn
+
+  c.optim = ml_collections.ConfigDict()
+  c.optim.learning_rate = 1e-4
+  c.optim.warmup_steps = 0        # linear warmup from 0
+  c.optim.schedule = "constant"   # constant | cosine (after warmup, to 0 at total_steps)
+  c.optim.b1 = 0.9
+  c.optim.b2 = 0.999
+  c.optim.weight_decay = 0.0
+  c.optim.grad_clip_norm = 1.0    # global-norm clipping (0 = off)
+  c.optim.ema_decay = 0.9999      # EMA of the weights, used for sampling and evaluation
+
+  c.sample = ml_collections.ConfigDict()
+  c.sample.solver = "heun"        # euler | heun
+  c.sample.steps = 50
+  c.sample.cfg_scale = 1.0        # v = v_u + s (v_c - v_u); 1 = no guidance
+  c.sample.per_class = 8          # samples per class in training grids
+
+  c.mesh = ml_collections.ConfigDict()
+  c.mesh.data = -1                # -1 takes the remaining devices
+  c.mesh.fsdp = 1
+  c.mesh.tensor = 1
+  c.axis_rules = DEFAULT_RULES    # logical axis -> mesh axes
+
+  c.wandb = ml_collections.ConfigDict()
+  c.wandb.enabled = False
+  c.wandb.project = "crossflow_jax"
+  c.wandb.name = ""
+  c.wandb.entity = ""
+  c.wandb.mode = "online"         # online | offline
+  return c

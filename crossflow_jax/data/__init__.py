@@ -1,0 +1,1 @@
+"""Datasets: TFDS ArrayRecord sources (`sources`) and grain input pipelines (`pipeline`)."""

@@ -1,0 +1,1 @@
+"""Evaluation helpers: image grids, conditional metrics."""

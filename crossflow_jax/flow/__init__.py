@@ -1,0 +1,1 @@
+"""Flow-matching maths: probability paths, time samplers, losses, guidance."""

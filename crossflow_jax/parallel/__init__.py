@@ -1,0 +1,1 @@
+"""Device meshes, logical axis names and rules, shardings of state and batch."""

@@ -1,0 +1,25 @@
+"""Logical axis names. Layers annotate parameters with these; never with mesh axes.
+
+The rules that map them to mesh axes (`data`, `fsdp`, `tensor`) live in the config
+(`config.axis_rules`) and are applied by `crossflow_jax.parallel.sharding`.
+"""
+
+BATCH = "batch"
+LENGTH = "length"
+EMBED = "embed"
+MLP = "mlp"
+HEADS = "heads"
+CLASSES = "classes"
+PATCH = "patch"
+
+MESH_AXES = ("data", "fsdp", "tensor")
+
+DEFAULT_RULES = (
+    (BATCH, ("data", "fsdp")),
+    (EMBED, "fsdp"),
+    (MLP, "tensor"),
+    (HEADS, "tensor"),
+    (LENGTH, None),
+    (CLASSES, None),
+    (PATCH, None),
+)

@@ -1,0 +1,1 @@
+"""ODE solvers (whole loops under jit) and the guided sampler."""

@@ -1,0 +1,83 @@
+"""Orbax checkpoints of the whole training state, with a model fingerprint.
+
+A checkpoint holds three items: `state` (params, EMA, optimizer state, step, RNG), `data` (the
+Grain iterator position) and `meta` (JSON: the fingerprint of the model and the full config).
+Saves are atomic (Orbax writes to a temporary folder and renames it when complete), so a
+process killed during a save leaves the previous checkpoint loadable.
+"""
+
+import os
+
+import orbax.checkpoint as ocp
+
+from crossflow_jax.errors import CheckpointError
+
+
+def fingerprint_diff(saved: dict, current: dict) -> list[str]:
+  """Human-readable differences between two flat fingerprints."""
+  keys = sorted(set(saved) | set(current))
+  return [f"{k}: checkpoint has {saved.get(k)!r}, config has {current.get(k)!r}"
+          for k in keys if saved.get(k) != current.get(k)]
+
+
+class Checkpointer:
+  """A CheckpointManager in `workdir/checkpoints` that checks fingerprints on restore."""
+
+  def __init__(self, workdir: str, *, max_to_keep: int = 3, async_save: bool = True, read_only: bool = False):
+    self.directory = os.path.abspath(os.path.join(workdir, "checkpoints"))
+    options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=not read_only,
+                                           enable_async_checkpointing=async_save, read_only=read_only,
+                                           cleanup_tmp_directories=not read_only)
+    self.manager = ocp.CheckpointManager(self.directory, options=options)
+
+  def latest_step(self) -> int | None:
+    return self.manager.latest_step()
+
+  def all_steps(self) -> list[int]:
+    return list(self.manager.all_steps())
+
+  def save(self, step: int, state, *, data_iterator=None, meta: dict | None = None, force: bool = False) -> None:
+    items = {"state": ocp.args.StandardSave(state), "meta": ocp.args.JsonSave(meta or {})}
+    if data_iterator is not None:
+      import grain
+      items["data"] = grain.checkpoint.CheckpointSave(data_iterator)
+    self.manager.save(step, args=ocp.args.Composite(**items), force=force)
+
+  def read_meta(self, step: int) -> dict:
+    try:
+      out = self.manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))
+    except Exception as e:  # noqa: BLE001 - any read failure means the checkpoint is unusable
+      raise CheckpointError(f"Cannot read the metadata of checkpoint step {step} in {self.directory}: {e}") from e
+    return dict(out["meta"])
+
+  def check_fingerprint(self, step: int, fingerprint: dict) -> dict:
+    """Raises CheckpointError if the checkpoint was written by another model."""
+    meta = self.read_meta(step)
+    diff = fingerprint_diff(meta.get("fingerprint", {}), fingerprint)
+    if diff:
+      raise CheckpointError(
+          f"The checkpoint at step {step} in {self.directory} was written by a different model:\n  "
+          + "\n  ".join(diff)
+          + "\nUse a new --workdir, or pass the config the checkpoint was trained with.")
+    return meta
+
+  def restore(self, step: int, abstract_state, *, data_iterator=None, fingerprint: dict | None = None):
+    """Restores the state (into the shardings of `abstract_state`) and the iterator in place."""
+    if fingerprint is not None:
+      self.check_fingerprint(step, fingerprint)
+    items = {"state": ocp.args.StandardRestore(abstract_state)}
+    if data_iterator is not None:
+      import grain
+      items["data"] = grain.checkpoint.CheckpointRestore(data_iterator)
+    try:
+      out = self.manager.restore(step, args=ocp.args.Composite(**items))
+    except Exception as e:  # noqa: BLE001
+      raise CheckpointError(f"Could not restore checkpoint step {step} from {self.directory}: {e}") from e
+    return out["state"]
+
+  def wait(self) -> None:
+    self.manager.wait_until_finished()
+
+  def close(self) -> None:
+    self.manager.wait_until_finished()
+    self.manager.close()

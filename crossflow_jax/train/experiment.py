@@ -1,0 +1,108 @@
+"""Everything a config describes, built and validated before any device work.
+
+`build_experiment` is shared by training, sampling and evaluation; it resolves the dataset's
+image shape and class count, the task, the backbone, the optimizer, the mesh and the
+fingerprint that checkpoints carry.
+"""
+
+import dataclasses
+import json
+from collections.abc import Callable
+
+import jax
+import ml_collections
+from flax import nnx
+from jax.sharding import Mesh
+
+from crossflow_jax.errors import ConfigError
+from crossflow_jax.models.factory import build_backbone, dit_config
+from crossflow_jax.parallel.mesh import make_mesh
+from crossflow_jax.parallel.sharding import data_parallel_size
+from crossflow_jax.tasks.class_image import ClassImageTask
+from crossflow_jax.tasks.factory import build_task
+from crossflow_jax.train.optim import build_optimizer
+
+
+@dataclasses.dataclass
+class DataSpec:
+  """What the model needs to know about the data: stored and model-side shapes."""
+
+  name: str
+  image_shape: tuple[int, int, int]   # (H, W, C) the model sees (after resizing)
+  num_classes: int
+  class_names: tuple[str, ...] = ()
+
+  def to_dict(self) -> dict:
+    return {"name": self.name, "image_shape": list(self.image_shape), "num_classes": self.num_classes,
+            "class_names": list(self.class_names)}
+
+  @classmethod
+  def from_dict(cls, d: dict) -> "DataSpec":
+    return cls(d["name"], tuple(d["image_shape"]), int(d["num_classes"]), tuple(d.get("class_names", ())))
+
+
+@dataclasses.dataclass
+class Experiment:
+  config: ml_collections.ConfigDict
+  data: DataSpec
+  task: ClassImageTask
+  model_fn: Callable[[nnx.Rngs], nnx.Module]
+  tx: object
+  mesh: Mesh
+  rules: tuple
+
+  @property
+  def fingerprint(self) -> dict:
+    """Flat dict of everything that fixes the shapes and meaning of the saved state."""
+    c = self.config
+    fp = {f"model.{k}": v for k, v in c.model.to_dict().items() if k not in ("compute_dtype", "attention_impl")}
+    fp.update({f"task.{k}": c.task[k] for k in ("name", "source", "guidance")})
+    fp["data.image_shape"] = list(self.data.image_shape)
+    fp["data.num_classes"] = self.data.num_classes
+    fp["optim.grad_clip"] = bool(c.optim.grad_clip_norm > 0)
+    return json.loads(json.dumps(fp))
+
+  def meta(self) -> dict:
+    return {"fingerprint": self.fingerprint, "data": self.data.to_dict(),
+            "config": json.loads(self.config.to_json_best_effort())}
+
+
+def validate_run_config(config) -> None:
+  """Checks the loop's own keys (components validate theirs when built)."""
+  for key in ("batch_size", "total_steps", "log_every"):
+    if int(config[key]) <= 0:
+      raise ConfigError(f"config.{key} must be > 0, got {config[key]}.")
+  for key in ("save_every", "sample_every"):
+    if int(config[key]) < 0:
+      raise ConfigError(f"config.{key} must be >= 0 (0 = never), got {config[key]}.")
+  if config.keep_checkpoints < 1:
+    raise ConfigError(f"config.keep_checkpoints must be >= 1, got {config.keep_checkpoints}.")
+
+
+def build_experiment(config, data: DataSpec, *, devices=None) -> Experiment:
+  validate_run_config(config)
+  task = build_task(config.task, config.flow, num_classes=data.num_classes, image_shape=data.image_shape)
+  conditioning = task.backbone_conditioning
+  dit_config(config.model, image_shape=data.image_shape, **conditioning)  # validates shapes now
+
+  def model_fn(rngs: nnx.Rngs) -> nnx.Module:
+    return task.build_model(build_backbone(config.model, image_shape=data.image_shape, rngs=rngs, **conditioning))
+
+  tx = build_optimizer(config.optim, config.total_steps)
+  mesh = make_mesh(config.mesh.data, config.mesh.fsdp, config.mesh.tensor, devices=devices)
+  rules = tuple((k, tuple(v) if isinstance(v, list) else v) for k, v in config.axis_rules)
+  dp = data_parallel_size(mesh, rules)
+  if config.batch_size % dp:
+    raise ConfigError(f"config.batch_size={config.batch_size} is not divisible by the data-parallel size {dp} "
+                      f"(mesh data x fsdp = {dict(mesh.shape)}); use a multiple of {dp}.")
+  if config.batch_size % jax.process_count():
+    raise ConfigError(f"config.batch_size={config.batch_size} is not divisible by the process count "
+                      f"{jax.process_count()}.")
+  return Experiment(config=config, data=data, task=task, model_fn=model_fn, tx=tx, mesh=mesh, rules=rules)
+
+
+def config_from_meta(meta: dict) -> ml_collections.ConfigDict:
+  """The training config stored in a checkpoint's metadata."""
+  cfg = ml_collections.ConfigDict(meta["config"])
+  cfg.axis_rules = tuple((k, tuple(v) if isinstance(v, list) else v) for k, v in cfg.axis_rules)
+  return cfg

@@ -1,0 +1,190 @@
+"""The training loop: data -> jitted step -> metrics, samples and checkpoints.
+
+Running it again on the same workdir resumes from the latest checkpoint exactly (params, EMA,
+optimizer state, step, RNG and the data iterator position), so an interrupted and resumed run
+logs the same losses as an uninterrupted one.
+"""
+
+import os
+import signal
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from crossflow_jax.data import pipeline
+from crossflow_jax.data.sources import default_data_dir, load_source
+from crossflow_jax.errors import TrainingDivergedError
+from crossflow_jax.eval.grids import save_grid, to_uint8
+from crossflow_jax.parallel.sharding import batch_sharding
+from crossflow_jax.sampling.sampler import classify_images, generate_images
+from crossflow_jax.train.checkpoint import Checkpointer
+from crossflow_jax.train.experiment import DataSpec, Experiment, build_experiment
+from crossflow_jax.train.metrics import MetricsWriter, plot_loss_curve
+from crossflow_jax.train.state import abstract_train_state, count_params, create_train_state
+from crossflow_jax.train.step import jit_train_step
+
+
+def log(msg: str) -> None:
+  if jax.process_index() == 0:
+    print(msg, flush=True)
+
+
+def open_data(config, split: str):
+  """(source, info, DataSpec) for a split, building embedded datasets on first use."""
+  data_dir = config.data.data_dir or default_data_dir()
+  source, info = load_source(config.data.name, split, data_dir=data_dir, manual_dir=config.data.manual_dir)
+  size = config.data.image_size or info.image_shape[0]
+  spec = DataSpec(info.name, (size, size, info.image_shape[2]), info.num_classes, tuple(info.class_names))
+  return source, info, spec
+
+
+def global_batch(local: dict, shardings: dict) -> dict:
+  """Process-local numpy batch -> global jax.Arrays sharded over the batch axis."""
+  return {k: jax.make_array_from_process_local_data(shardings[k], np.asarray(v)) for k, v in local.items()}
+
+
+class _SigtermFlag:
+  """Turns SIGTERM into a flag the loop checks between steps (save, then exit)."""
+
+  def __init__(self):
+    self.raised = False
+    self._old = None
+
+  def __enter__(self):
+    try:
+      self._old = signal.signal(signal.SIGTERM, self._handler)
+    except ValueError:  # not in the main thread
+      self._old = None
+    return self
+
+  def _handler(self, signum, frame):
+    del signum, frame
+    self.raised = True
+
+  def __exit__(self, *exc):
+    if self._old is not None:
+      signal.signal(signal.SIGTERM, self._old)
+
+
+def _fetch(metrics: dict) -> dict:
+  return {k: float(v) for k, v in jax.device_get(metrics).items()}
+
+
+def write_samples(exp: Experiment, graphdef, params, step: int, workdir: str, eval_batch: dict | None) -> dict:
+  """A grid of EMA samples (per_class per class) and, for reversible tasks, class accuracy."""
+  cfg, task, out = exp.config, exp.task, {}
+  rows = min(exp.data.num_classes, 10)
+  if task.name != "image_to_class":
+    labels = jnp.repeat(jnp.arange(rows, dtype=jnp.int32), cfg.sample.per_class)
+    images = generate_images(graphdef, params, labels, jax.random.PRNGKey(cfg.seed + 1), task=task,
+                             solver=cfg.sample.solver, num_steps=cfg.sample.steps, cfg_scale=cfg.sample.cfg_scale)
+    if jax.process_index() == 0:
+      os.makedirs(os.path.join(workdir, "samples"), exist_ok=True)
+      save_grid(to_uint8(jax.device_get(images)), os.path.join(workdir, "samples", f"step_{step:07d}.png"),
+                ncols=cfg.sample.per_class)
+  if task.can_classify and eval_batch is not None:
+    pred = classify_images(graphdef, params, eval_batch["image"], task=task, solver=cfg.sample.solver,
+                           num_steps=cfg.sample.steps, cfg_scale=1.0)
+    out["class_accuracy"] = float(jnp.mean(pred == eval_batch["label"]))
+  return out
+
+
+def train(config, workdir: str) -> dict:
+  """Trains (or resumes) the experiment described by `config` in `workdir`.
+
+  Returns the last logged metrics. Raises CrossflowError subclasses for bad input, before any
+  file in workdir is written.
+  """
+  source, _, spec = open_data(config, config.data.train_split)
+  exp = build_experiment(config, spec)
+  ckpt = Checkpointer(workdir, max_to_keep=config.keep_checkpoints, async_save=config.async_checkpointing)
+  latest = ckpt.latest_step()
+  if latest is not None:
+    ckpt.check_fingerprint(latest, exp.fingerprint)  # another model's checkpoint: stop before any work
+
+  local_batch = config.batch_size // jax.process_count()
+  data_iter = pipeline.make_train_iterator(
+      source, batch_size=local_batch, image_size=spec.image_shape[0] if config.data.image_size else None,
+      seed=config.seed, worker_count=config.data.worker_count)
+  eval_batch = None
+  if exp.task.can_classify and config.sample_every:
+    eval_source, _, _ = open_data(config, config.data.eval_split)
+    it = pipeline.make_eval_iterator(eval_source, batch_size=min(256, len(eval_source)) // jax.process_count(),
+                                     image_size=spec.image_shape[0] if config.data.image_size else None)
+    batch_shardings_eval = {"image": batch_sharding(exp.mesh, exp.rules, 4),
+                            "label": batch_sharding(exp.mesh, exp.rules, 1)}
+    eval_batch = global_batch(next(it), batch_shardings_eval)
+
+  os.makedirs(workdir, exist_ok=True)
+  if latest is None:
+    graphdef, state, shardings = create_train_state(exp.model_fn, exp.tx, config.seed, exp.mesh, exp.rules)
+    start_step = 0
+  else:
+    graphdef, abstract, shardings = abstract_train_state(exp.model_fn, exp.tx, config.seed, exp.mesh, exp.rules)
+    state = ckpt.restore(latest, abstract, data_iterator=data_iter)
+    start_step = int(state.step)
+    log(f"Resumed from {ckpt.directory} at step {start_step}.")
+  log(f"Model: {count_params(state.params):,} parameters; mesh {dict(exp.mesh.shape)}; "
+      f"data {spec.name} {spec.image_shape}, {spec.num_classes} classes; task {exp.task.name}.")
+
+  batch_shardings = {"image": batch_sharding(exp.mesh, exp.rules, 4), "label": batch_sharding(exp.mesh, exp.rules, 1)}
+  step_fn = jit_train_step(graphdef, exp.task, exp.tx, config.optim.ema_decay, shardings, batch_shardings)
+  writer = MetricsWriter(workdir, total_steps=config.total_steps, batch_size=config.batch_size,
+                         wandb_cfg=config.wandb, config_dict=config.to_dict())
+  writer.truncate_after(start_step)
+  meta = exp.meta()
+  last_good_saved = latest
+  record = {}
+
+  def save(step: int) -> None:
+    nonlocal last_good_saved
+    bad = int(state.nonfinite_step)
+    if bad >= 0:
+      raise TrainingDivergedError(_diverged_message(bad, ckpt, last_good_saved))
+    if ckpt.latest_step() != step:
+      ckpt.save(step, state, data_iterator=data_iter, meta=meta)
+      last_good_saved = step
+
+  step = start_step
+  writer.start(step)
+  try:
+    with _SigtermFlag() as sigterm:
+      while step < config.total_steps:
+        batch = global_batch(next(data_iter), batch_shardings)
+        state, metrics = step_fn(state, batch)
+        step += 1
+        last = step == config.total_steps
+        if step % config.log_every == 0 or last:
+          fetched = _fetch(metrics)
+          bad = int(state.nonfinite_step)
+          if bad >= 0:
+            raise TrainingDivergedError(_diverged_message(bad, ckpt, last_good_saved))
+          record = writer.write(step, fetched)
+        if config.sample_every and (step % config.sample_every == 0 or last):
+          t0 = time.perf_counter()
+          extra = write_samples(exp, graphdef, state.ema_params, step, workdir, eval_batch)
+          if extra:
+            record = writer.write(step, extra, print_progress=False)
+            log(f"step {step} | " + " | ".join(f"{k} {v:.4f}" for k, v in extra.items())
+                + f" | ({time.perf_counter() - t0:.1f}s)")
+          writer.start(step)
+        if (config.save_every and step % config.save_every == 0) or last or sigterm.raised:
+          save(step)
+        if sigterm.raised:
+          log(f"SIGTERM: saved step {step} to {ckpt.directory}; exiting.")
+          break
+  finally:
+    ckpt.close()
+    writer.close()
+    if jax.process_index() == 0 and os.path.exists(writer.path):
+      plot_loss_curve(writer.path, os.path.join(workdir, "loss.png"))
+  return record
+
+
+def _diverged_message(bad_step: int, ckpt: Checkpointer, last_saved: int | None) -> str:
+  where = (f"the last good checkpoint is step {last_saved} in {ckpt.directory}" if last_saved is not None
+           else "no checkpoint was written")
+  return (f"The loss or gradient became NaN/inf at step {bad_step}; training stopped and updates from that step on "
+          f"were discarded; {where}. Lower optim.learning_rate, enable optim.grad_clip_norm or check the data.")

@@ -1,0 +1,113 @@
+"""Training metrics: console progress, workdir/metrics.jsonl, optional wandb, loss-curve PNG.
+
+Only process 0 writes. Numbers are fetched from the device every `log_every` steps only.
+"""
+
+import json
+import os
+import time
+
+import jax
+
+
+def _fmt_duration(seconds: float) -> str:
+  seconds = int(max(seconds, 0))
+  h, rem = divmod(seconds, 3600)
+  m, s = divmod(rem, 60)
+  return f"{h}h{m:02d}m{s:02d}s" if h else f"{m}m{s:02d}s"
+
+
+class MetricsWriter:
+  """Appends one JSON object per logged step to metrics.jsonl and prints a progress line."""
+
+  def __init__(self, workdir: str, *, total_steps: int, batch_size: int, wandb_cfg=None, config_dict=None):
+    self.is_main = jax.process_index() == 0
+    self.path = os.path.join(workdir, "metrics.jsonl")
+    self.total_steps = total_steps
+    self.batch_size = batch_size
+    self._last_time = None
+    self._last_step = None
+    self._wandb = None
+    if self.is_main and wandb_cfg is not None and wandb_cfg.enabled:
+      import wandb
+      self._wandb = wandb.init(project=wandb_cfg.project, name=wandb_cfg.name or None,
+                               entity=wandb_cfg.entity or None, mode=wandb_cfg.mode, config=config_dict,
+                               dir=workdir)
+
+  def truncate_after(self, step: int) -> None:
+    """Drops lines logged after `step` (a resumed run logs them again)."""
+    if not self.is_main or not os.path.exists(self.path):
+      return
+    with open(self.path) as f:
+      lines = [ln for ln in f if ln.strip() and json.loads(ln).get("step", 0) <= step]
+    with open(self.path, "w") as f:
+      f.writelines(lines)
+
+  def start(self, step: int) -> None:
+    self._last_time, self._last_step = time.perf_counter(), step
+
+  def write(self, step: int, metrics: dict, *, print_progress: bool = True) -> dict:
+    """metrics: host scalars. Adds throughput fields and writes them."""
+    now = time.perf_counter()
+    record = {"step": int(step)}
+    record.update({k: float(v) for k, v in metrics.items()})
+    if self._last_time is not None and step > self._last_step:
+      dt = now - self._last_time
+      steps_per_s = (step - self._last_step) / dt
+      record["steps_per_s"] = steps_per_s
+      record["img_per_s"] = steps_per_s * self.batch_size
+      eta = (self.total_steps - step) / steps_per_s
+    else:
+      eta = None
+    self._last_time, self._last_step = now, step
+    if not self.is_main:
+      return record
+    with open(self.path, "a") as f:
+      f.write(json.dumps(record) + "\n")
+    if self._wandb is not None:
+      self._wandb.log(record, step=int(step))
+    if print_progress:
+      parts = [f"step {step}/{self.total_steps}"]
+      parts += [f"{k} {v:.4g}" for k, v in record.items() if k not in ("step", "steps_per_s", "img_per_s")]
+      if "img_per_s" in record:
+        parts += [f"{record['img_per_s']:.1f} img/s", f"{record['steps_per_s']:.2f} steps/s"]
+      if eta is not None:
+        parts.append(f"ETA {_fmt_duration(eta)}")
+      print(" | ".join(parts), flush=True)
+    return record
+
+  def close(self) -> None:
+    if self._wandb is not None:
+      self._wandb.finish()
+
+
+def read_metrics(path: str) -> list[dict]:
+  with open(path) as f:
+    return [json.loads(ln) for ln in f if ln.strip()]
+
+
+def plot_loss_curve(metrics_path: str, out_path: str) -> None:
+  """Writes the loss (and a smoothed loss) against step as a PNG."""
+  import matplotlib
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+  rows = [r for r in read_metrics(metrics_path) if "loss" in r]
+  if not rows:
+    return
+  steps = [r["step"] for r in rows]
+  losses = [r["loss"] for r in rows]
+  smooth, acc = [], None
+  for v in losses:
+    acc = v if acc is None else 0.9 * acc + 0.1 * v
+    smooth.append(acc)
+  fig, ax = plt.subplots(figsize=(6, 4), dpi=100)
+  ax.plot(steps, losses, alpha=0.4, label="loss")
+  ax.plot(steps, smooth, label="loss (EMA 0.9)")
+  ax.set_xlabel("step")
+  ax.set_ylabel("flow-matching loss")
+  ax.set_yscale("log")
+  ax.grid(alpha=0.3)
+  ax.legend()
+  fig.tight_layout()
+  fig.savefig(out_path)
+  plt.close(fig)

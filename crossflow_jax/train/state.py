@@ -1,0 +1,81 @@
+"""The train state pytree and its creation, already sharded."""
+
+from collections.abc import Callable
+
+import jax
+import jax.numpy as jnp
+import optax
+from flax import nnx, struct
+from jax.sharding import Mesh
+
+from crossflow_jax.parallel.sharding import Rules, state_shardings
+
+
+@struct.dataclass
+class TrainState:
+  """Everything that changes during training. The model's graphdef is kept outside (static).
+
+  rng is constant: each step folds it with `step`, so a resumed run draws the same noise.
+  nonfinite_step is -1 until a step produces a NaN/inf loss or gradient; from then on every
+  update is skipped, so the state stays the last good one.
+  """
+
+  step: jax.Array
+  params: nnx.State
+  ema_params: nnx.State
+  opt_state: optax.OptState
+  rng: jax.Array
+  nonfinite_step: jax.Array
+
+
+def model_graphdef(model_fn: Callable[[nnx.Rngs], nnx.Module]):
+  """The static graph of the model, from an abstract (allocation-free) build."""
+  abstract = nnx.eval_shape(lambda: model_fn(nnx.Rngs(0)))
+  graphdef, _ = nnx.split(abstract, nnx.Param)
+  return graphdef
+
+
+def create_train_state(model_fn: Callable[[nnx.Rngs], nnx.Module], tx: optax.GradientTransformation, seed: int,
+                       mesh: Mesh, rules: Rules):
+  """Builds the state directly into its shardings (one jit with out_shardings).
+
+  Returns:
+    (graphdef, state, shardings): shardings mirrors state with NamedShardings.
+  """
+
+  def init() -> TrainState:
+    key = jax.random.PRNGKey(seed)
+    init_key, train_key = jax.random.split(key)
+    model = model_fn(nnx.Rngs(params=init_key))
+    _, params, rest = nnx.split(model, nnx.Param, ...)
+    assert not jax.tree.leaves(rest), f"model has non-parameter state: {rest}"
+    return TrainState(step=jnp.zeros((), jnp.int32), params=params,
+                      ema_params=jax.tree.map(jnp.copy, params), opt_state=tx.init(params), rng=train_key,
+                      nonfinite_step=jnp.full((), -1, jnp.int32))
+
+  graphdef = model_graphdef(model_fn)
+  abstract = jax.eval_shape(init)
+  shardings = state_shardings(abstract, mesh, rules)
+  state = jax.jit(init, out_shardings=shardings)()
+  return graphdef, state, shardings
+
+
+def abstract_train_state(model_fn, tx, seed: int, mesh: Mesh, rules: Rules):
+  """ShapeDtypeStructs with shardings of the train state, for restoring without allocating."""
+  graphdef = model_graphdef(model_fn)
+
+  def init() -> TrainState:
+    model = model_fn(nnx.Rngs(params=jax.random.PRNGKey(seed)))
+    _, params, _ = nnx.split(model, nnx.Param, ...)
+    return TrainState(step=jnp.zeros((), jnp.int32), params=params, ema_params=params,
+                      opt_state=tx.init(params), rng=jax.random.PRNGKey(seed),
+                      nonfinite_step=jnp.zeros((), jnp.int32))
+
+  abstract = jax.eval_shape(init)
+  shardings = state_shardings(abstract, mesh, rules)
+  abstract = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, shardings)
+  return graphdef, abstract, shardings
+
+
+def count_params(params) -> int:
+  return int(sum(x.size for x in jax.tree.leaves(params)))

@@ -1,0 +1,94 @@
+"""The project's TFDS dataset builders, writing ArrayRecord files readable without TensorFlow.
+
+`BUILDERS` maps each dataset name to its builder class; `MANUAL_FILES` / `NEEDS_MANUAL_DIR`
+say which files a builder expects in its manual directory. To add a builder (e.g. `shapes`,
+`flickr8k`), give its class `name`, `MANUAL_FILES` and `code_path` like the ones here and add
+one line to `BUILDERS`. Always instantiate the classes directly (they are not in the TFDS
+registry, which has its own `mnist` / `cifar10`); never use `tfds.load(name)`.
+
+Build from the command line with `python -m tfds_builders NAME --data_dir D --manual_dir M`.
+"""
+
+import os
+
+import tensorflow_datasets as tfds
+
+from crossflow_jax.errors import DataError
+from tfds_builders.cifar10 import Cifar10
+from tfds_builders.digits import Digits
+from tfds_builders.mnist import Mnist
+
+BUILDERS: dict[str, type[tfds.core.GeneratorBasedBuilder]] = {
+    'digits': Digits,
+    'mnist': Mnist,
+    'cifar10': Cifar10,
+}
+# Files each builder reads from its manual directory (empty: needs no manual data).
+MANUAL_FILES: dict[str, tuple[str, ...]] = {
+    name: cls.MANUAL_FILES for name, cls in BUILDERS.items()
+}
+NEEDS_MANUAL_DIR: dict[str, bool] = {name: bool(files) for name, files in MANUAL_FILES.items()}
+
+
+def builder_class(name: str) -> type[tfds.core.GeneratorBasedBuilder]:
+  """The builder class of dataset `name`; raises `DataError` listing the known names."""
+  if name not in BUILDERS:
+    raise DataError(
+        f"No TFDS builder named '{name}' in tfds_builders; available: {sorted(BUILDERS)}. "
+        'Pick one of those or add a builder to tfds_builders.BUILDERS.'
+    )
+  return BUILDERS[name]
+
+
+def check_manual_files(name: str, manual_dir: str) -> None:
+  """Raises `DataError` unless `manual_dir` holds every manual file builder `name` needs."""
+  files = MANUAL_FILES[name]
+  if not files:
+    return
+  missing = [f for f in files if not manual_dir or not os.path.isfile(os.path.join(manual_dir, f))]
+  if not missing:
+    return
+  where = (
+      f"the manual directory '{manual_dir}' does not hold {missing}"
+      if manual_dir
+      else 'no manual directory was given'
+  )
+  raise DataError(
+      f"Cannot build dataset '{name}': it needs {list(files)} from a manual directory, but "
+      f'{where}. Fix: pass `--manual_dir <directory holding {", ".join(files)}>` to '
+      f'`python -m tfds_builders {name}` (or set config.data.manual_dir); in the project '
+      'checkout that directory is ../shared/data.'
+  )
+
+
+def build(
+    name: str,
+    *,
+    data_dir: str,
+    manual_dir: str = '',
+    max_examples_per_split: int | None = None,
+) -> tfds.core.DatasetBuilder:
+  """Builds dataset `name` into `data_dir` (no-op if already built) and returns its builder.
+
+  Args:
+    name: a key of `BUILDERS`.
+    data_dir: root directory; the dataset lands in `data_dir/name/<version>/`.
+    manual_dir: directory holding the builder's `MANUAL_FILES` (unused by `digits`).
+    max_examples_per_split: if set, write only the first that many examples of each split
+      (for smoke tests; the result is stored as if it were the full dataset).
+
+  Returns:
+    The prepared builder; read it with `builder.as_data_source(split)`.
+  """
+  builder = builder_class(name)(data_dir=data_dir)
+  if builder.data_path.exists():
+    return builder
+  check_manual_files(name, manual_dir)
+  builder.download_and_prepare(
+      download_config=tfds.download.DownloadConfig(
+          manual_dir=manual_dir or None,
+          max_examples_per_split=max_examples_per_split,
+          try_download_gcs=False,  # Otherwise TFDS asks GCS whether it hosts the name.
+      ),
+  )
+  return builder
