@@ -15,8 +15,9 @@ from ml_collections import config_flags
 
 from crossflow_jax.command_line import run_main
 
+DEFAULT_CONFIG = os.path.join(os.path.dirname(os.path.abspath(__file__)), "configs", "digits_c2i.py")
 _CONFIG = config_flags.DEFINE_config_file(
-    "config", os.path.join(os.path.dirname(os.path.abspath(__file__)), "configs", "digits_c2i.py"),
+    "config", None,
     "Experiment config file (a get_config(arg) Python file; `path:arg` passes arg).", lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", "runs/default", "Checkpoints, metrics.jsonl, samples and plots go here.")
 
@@ -34,4 +35,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  run_main(main, entry_flags={"config", "workdir"})
+  run_main(main, entry_flags={"config", "workdir"}, default_config=DEFAULT_CONFIG)

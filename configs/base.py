@@ -41,7 +41,7 @@ def get_config() -> ml_collections.ConfigDict:
 
   c.model = ml_collections.ConfigDict()
   c.model.name = "dit"
-  c.model.preset = ""             # '' or DiT-XL | DiT-L | DiT-B | DiT-S | DiT-Ti | DiT-tiny | DiT-micro (sets depth/width/heads)
+  c.model.preset = ""             # '' or DiT-XL|L|B|S|Ti|tiny|micro: sets depth, hidden_size, num_heads
   c.model.depth = 12
   c.model.hidden_size = 384
   c.model.num_heads = 6
@@ -60,6 +60,7 @@ def get_config() -> ml_collections.ConfigDict:
   c.optim.weight_decay = 0.0
   c.optim.grad_clip_norm = 1.0    # global-norm clipping (0 = off)
   c.optim.ema_decay = 0.9999      # EMA of the weights, used for sampling and evaluation
+  c.optim.ema_warmup = True       # decay min(ema_decay, (1 + step) / (10 + step)) early in training
 
   c.sample = ml_collections.ConfigDict()
   c.sample.solver = "heun"        # euler | heun

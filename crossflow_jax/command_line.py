@@ -69,13 +69,19 @@ def normalize_argv(argv: list[str], entry_flags: set[str]) -> list[str]:
   return out
 
 
-def run_main(main, argv=None, entry_flags=()):
-  """absl.app.run with argv normalisation and clean one-paragraph errors for bad input."""
+def run_main(main, argv=None, entry_flags=(), default_config: str | None = None):
+  """absl.app.run with argv normalisation and clean one-paragraph errors for bad input.
+
+  `default_config` is inserted as `--config=PATH` when none is given: ml_collections collects
+  overrides when the config flag is parsed, so it must be parsed from the normalised argv.
+  """
   from absl import app, flags
 
   argv = list(sys.argv if argv is None else argv)
   known = set(flags.FLAGS) | set(entry_flags)
   argv = normalize_argv(argv, known)
+  if default_config and not any(a == "--config" or a.startswith("--config=") for a in argv[1:]):
+    argv.insert(1, f"--config={default_config}")
   if not any(a.startswith(("--verbosity", "-v")) for a in argv[1:]):
     argv.append("--verbosity=-1")  # absl WARNING: keeps Orbax's INFO chatter off the console
   sys.argv = argv  # ml_collections' config flag re-reads sys.argv to find overrides

@@ -7,7 +7,6 @@ logs the same losses as an uninterrupted one.
 
 import os
 import signal
-import time
 
 import jax
 import jax.numpy as jnp
@@ -130,7 +129,8 @@ def train(config, workdir: str) -> dict:
       f"data {spec.name} {spec.image_shape}, {spec.num_classes} classes; task {exp.task.name}.")
 
   batch_shardings = {"image": batch_sharding(exp.mesh, exp.rules, 4), "label": batch_sharding(exp.mesh, exp.rules, 1)}
-  step_fn = jit_train_step(graphdef, exp.task, exp.tx, config.optim.ema_decay, shardings, batch_shardings)
+  step_fn = jit_train_step(graphdef, exp.task, exp.tx, config.optim.ema_decay, shardings, batch_shardings,
+                           ema_warmup=config.optim.ema_warmup)
   writer = MetricsWriter(workdir, total_steps=config.total_steps, batch_size=config.batch_size,
                          wandb_cfg=config.wandb, config_dict=config.to_dict())
   writer.truncate_after(start_step)
@@ -156,20 +156,17 @@ def train(config, workdir: str) -> dict:
         state, metrics = step_fn(state, batch)
         step += 1
         last = step == config.total_steps
-        if step % config.log_every == 0 or last:
+        sample_now = bool(config.sample_every) and (step % config.sample_every == 0 or last)
+        if step % config.log_every == 0 or last or sample_now:
           fetched = _fetch(metrics)
           bad = int(state.nonfinite_step)
           if bad >= 0:
             raise TrainingDivergedError(_diverged_message(bad, ckpt, last_good_saved))
+          fetched.update(writer.throughput(step))
+          if sample_now:
+            fetched.update(write_samples(exp, graphdef, state.ema_params, step, workdir, eval_batch))
+            writer.start(step)  # sampling time is not training throughput
           record = writer.write(step, fetched)
-        if config.sample_every and (step % config.sample_every == 0 or last):
-          t0 = time.perf_counter()
-          extra = write_samples(exp, graphdef, state.ema_params, step, workdir, eval_batch)
-          if extra:
-            record = writer.write(step, extra, print_progress=False)
-            log(f"step {step} | " + " | ".join(f"{k} {v:.4f}" for k, v in extra.items())
-                + f" | ({time.perf_counter() - t0:.1f}s)")
-          writer.start(step)
         if (config.save_every and step % config.save_every == 0) or last or sigterm.raised:
           save(step)
         if sigterm.raised:

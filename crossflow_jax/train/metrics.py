@@ -44,22 +44,23 @@ class MetricsWriter:
       f.writelines(lines)
 
   def start(self, step: int) -> None:
+    """Restarts the throughput clock (after resuming, or after work that is not training)."""
     self._last_time, self._last_step = time.perf_counter(), step
 
-  def write(self, step: int, metrics: dict, *, print_progress: bool = True) -> dict:
-    """metrics: host scalars. Adds throughput fields and writes them."""
+  def throughput(self, step: int) -> dict:
+    """steps/s and img/s since the last call (or `start`), and restarts the clock."""
     now = time.perf_counter()
+    out = {}
+    if self._last_time is not None and step > self._last_step:
+      steps_per_s = (step - self._last_step) / (now - self._last_time)
+      out = {"steps_per_s": steps_per_s, "img_per_s": steps_per_s * self.batch_size}
+    self._last_time, self._last_step = now, step
+    return out
+
+  def write(self, step: int, metrics: dict, *, print_progress: bool = True) -> dict:
+    """Writes one record {step, **metrics} (host scalars) and prints a progress line."""
     record = {"step": int(step)}
     record.update({k: float(v) for k, v in metrics.items()})
-    if self._last_time is not None and step > self._last_step:
-      dt = now - self._last_time
-      steps_per_s = (step - self._last_step) / dt
-      record["steps_per_s"] = steps_per_s
-      record["img_per_s"] = steps_per_s * self.batch_size
-      eta = (self.total_steps - step) / steps_per_s
-    else:
-      eta = None
-    self._last_time, self._last_step = now, step
     if not self.is_main:
       return record
     with open(self.path, "a") as f:
@@ -71,8 +72,7 @@ class MetricsWriter:
       parts += [f"{k} {v:.4g}" for k, v in record.items() if k not in ("step", "steps_per_s", "img_per_s")]
       if "img_per_s" in record:
         parts += [f"{record['img_per_s']:.1f} img/s", f"{record['steps_per_s']:.2f} steps/s"]
-      if eta is not None:
-        parts.append(f"ETA {_fmt_duration(eta)}")
+        parts.append(f"ETA {_fmt_duration((self.total_steps - step) / record['steps_per_s'])}")
       print(" | ".join(parts), flush=True)
     return record
 

@@ -10,8 +10,18 @@ from flax import nnx
 from crossflow_jax.train.state import TrainState
 
 
+def ema_decay_at(step: jax.Array, ema_decay: float, warmup: bool) -> jax.Array:
+  """EMA decay for the update after `step` updates: min(decay, (1 + step) / (10 + step)) with warmup.
+
+  The warmup keeps the average from carrying the (zero-initialised adaLN) starting weights for
+  ~1 / (1 - decay) steps, which matters for short runs.
+  """
+  step = step.astype(jnp.float32)
+  return jnp.minimum(ema_decay, (1.0 + step) / (10.0 + step)) if warmup else jnp.asarray(ema_decay, jnp.float32)
+
+
 def train_step(state: TrainState, batch: dict, *, graphdef, task, tx: optax.GradientTransformation,
-               ema_decay: float) -> tuple[TrainState, dict]:
+               ema_decay: float, ema_warmup: bool = True) -> tuple[TrainState, dict]:
   """One optimizer step; returns the new state and scalar metrics (loss, grad_norm, ...)."""
   key = jax.random.fold_in(state.rng, state.step)
 
@@ -19,10 +29,10 @@ def train_step(state: TrainState, batch: dict, *, graphdef, task, tx: optax.Grad
     return task.loss(nnx.merge(graphdef, params), batch, key)
 
   (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
-  grad_norm = optax.global_norm(grads)
+  grad_norm = optax.tree.norm(grads)
   updates, opt_state = tx.update(grads, state.opt_state, state.params)
   params = optax.apply_updates(state.params, updates)
-  ema = optax.incremental_update(params, state.ema_params, 1.0 - ema_decay)
+  ema = optax.incremental_update(params, state.ema_params, 1.0 - ema_decay_at(state.step, ema_decay, ema_warmup))
   finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
   ok = finite & (state.nonfinite_step < 0)
   keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(ok, n, o), new, old)  # noqa: E731
@@ -38,8 +48,8 @@ def train_step(state: TrainState, batch: dict, *, graphdef, task, tx: optax.Grad
   return new_state, metrics
 
 
-def jit_train_step(graphdef, task, tx, ema_decay: float, state_shardings, batch_shardings):
+def jit_train_step(graphdef, task, tx, ema_decay: float, state_shardings, batch_shardings, ema_warmup: bool = True):
   """jax.jit of `train_step` with explicit in/out shardings and the state donated."""
-  fn = functools.partial(train_step, graphdef=graphdef, task=task, tx=tx, ema_decay=ema_decay)
+  fn = functools.partial(train_step, graphdef=graphdef, task=task, tx=tx, ema_decay=ema_decay, ema_warmup=ema_warmup)
   return jax.jit(fn, in_shardings=(state_shardings, batch_shardings), out_shardings=(state_shardings, None),
                  donate_argnums=(0,))

@@ -1,0 +1,16 @@
+"""Bidirectional class <-> image on MNIST: one network, a direction embedding, lambda_b = 0.5.
+
+  python train_flow.py --config configs/mnist_bidi.py --workdir runs/mnist_bidi --data.manual_dir ../shared/data
+  python -m crossflow_jax.sample --workdir runs/mnist_bidi --class_label 0,1,2 --out bidi.png
+  python -m crossflow_jax.sample --workdir runs/mnist_bidi --classify_split test
+"""
+
+from configs import mnist_c2i
+
+
+def get_config(arg: str | None = None):
+  c = mnist_c2i.mnist_base("bidirectional")
+  c.task.lambda_b = 0.5
+  if arg == "smoke":
+    mnist_c2i.smoke(c)
+  return c.lock()

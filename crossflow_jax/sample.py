@@ -1,0 +1,155 @@
+"""Draw samples from a trained model, or classify real images with it.
+
+  python -m crossflow_jax.sample --workdir DIR --class_label 0,1,2 --num_samples 16 --steps 50 \
+      --solver heun --cfg_scale 2 --seed 0 --out FILE.png      # or FILE.npz
+  python -m crossflow_jax.sample --workdir DIR --classify_split test --steps 50   # image -> class accuracy
+
+`--num_samples` is per label. FILE.png is a grid (one row per label); FILE.npz holds `images`
+[N, H, W, C] uint8 and `labels` [N]. The EMA weights of the latest checkpoint are used unless
+`--weights params` or `--step N` say otherwise.
+"""
+
+import json
+import os
+
+import numpy as np
+from absl import flags
+
+from crossflow_jax.command_line import run_main
+from crossflow_jax.errors import ConfigError
+
+_WORKDIR = flags.DEFINE_string("workdir", None, "Training workdir holding checkpoints/.")
+_LABELS = flags.DEFINE_string("class_label", "", "Comma-separated class labels (default: every class).")
+_NUM = flags.DEFINE_integer("num_samples", 8, "Samples per label.")
+_STEPS = flags.DEFINE_integer("steps", 50, "Solver steps.")
+_SOLVER = flags.DEFINE_enum("solver", "heun", ["euler", "heun"], "ODE solver.")
+_CFG = flags.DEFINE_float("cfg_scale", 1.0, "Guidance scale s in v = v_u + s (v_c - v_u).")
+_SEED = flags.DEFINE_integer("seed", 0, "Sampling seed.")
+_OUT = flags.DEFINE_string("out", "samples.png", "Output .png (grid) or .npz (images, labels).")
+_STEP = flags.DEFINE_integer("step", None, "Checkpoint step (default: latest).")
+_WEIGHTS = flags.DEFINE_enum("weights", "ema", ["ema", "params"], "Which weights to sample with.")
+_BATCH = flags.DEFINE_integer("batch_size", 256, "Images per device program.")
+_CLASSIFY = flags.DEFINE_string("classify_split", "", "Instead of sampling: classify this split, print accuracy.")
+_NUM_EVAL = flags.DEFINE_integer("num_eval", 0, "Images to classify (0: the whole split).")
+_METHOD = flags.DEFINE_enum("method", "auto", ["auto", "forward", "backward"], "Image -> class integration.")
+
+
+def parse_labels(text: str, num_classes: int) -> list[int]:
+  if not text:
+    return list(range(num_classes))
+  try:
+    labels = [int(x) for x in text.split(",") if x.strip()]
+  except ValueError as e:
+    raise ConfigError(f"--class_label must be comma-separated integers, got {text!r}.") from e
+  bad = [x for x in labels if not 0 <= x < num_classes]
+  if bad or not labels:
+    raise ConfigError(f"--class_label {bad or text!r} out of range: this model has classes 0..{num_classes - 1}.")
+  return labels
+
+
+def _batched(fn, items: np.ndarray, batch: int) -> np.ndarray:
+  """Applies fn to fixed-size chunks (the last one padded) so one program serves all."""
+  out = []
+  for i in range(0, len(items), batch):
+    chunk = items[i:i + batch]
+    pad = batch - len(chunk) if len(items) > batch else 0
+    if pad:
+      chunk = np.concatenate([chunk, np.repeat(chunk[-1:], pad, axis=0)])
+    res = np.asarray(fn(chunk, i))
+    out.append(res[:len(res) - pad] if pad else res)
+  return np.concatenate(out)
+
+
+def sample_to_file(workdir: str, out: str, *, labels: str = "", num_samples: int = 8, steps: int = 50,
+                   solver: str = "heun", cfg_scale: float = 1.0, seed: int = 0, step: int | None = None,
+                   weights: str = "ema", batch_size: int = 256) -> dict:
+  """Samples `num_samples` images per label and writes FILE.png or FILE.npz. Returns a summary."""
+  import jax
+  import jax.numpy as jnp
+
+  from crossflow_jax.eval.grids import save_grid, to_uint8
+  from crossflow_jax.sampling.sampler import generate_images
+  from crossflow_jax.train.restore import load_trained
+
+  ext = os.path.splitext(out)[1].lower()
+  if ext not in (".png", ".npz"):
+    raise ConfigError(f"--out must end in .png or .npz, got {out!r}.")
+  if num_samples < 1:
+    raise ConfigError(f"--num_samples must be >= 1, got {num_samples}.")
+  trained = load_trained(workdir, step=step, weights=weights)
+  task = trained.experiment.task
+  if task.name == "image_to_class":
+    raise ConfigError("This model was trained image -> class only; it cannot draw images. Use --classify_split.")
+  wanted = np.repeat(np.asarray(parse_labels(labels, task.num_classes), np.int32), num_samples)
+  batch = min(batch_size, len(wanted))
+  batch -= batch % jax.device_count() if batch >= jax.device_count() else 0
+
+  def draw(chunk, offset):
+    key = jax.random.fold_in(jax.random.PRNGKey(seed), offset)
+    return generate_images(trained.graphdef, trained.params, jnp.asarray(chunk), key, task=task, solver=solver,
+                           num_steps=steps, cfg_scale=cfg_scale)
+
+  images = to_uint8(_batched(draw, wanted, max(batch, 1)))
+  os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
+  if ext == ".png":
+    save_grid(images, out, ncols=num_samples)
+  else:
+    np.savez(out, images=images, labels=wanted)
+  return {"out": out, "num_images": int(len(images)), "checkpoint_step": trained.step, "weights": weights}
+
+
+def classify_split(workdir: str, split: str, *, steps: int = 50, solver: str = "heun", method: str = "auto",
+                   num_eval: int = 0, step: int | None = None, weights: str = "ema", batch_size: int = 256) -> dict:
+  """Image -> class accuracy of a trained model on a split of its dataset."""
+  import jax.numpy as jnp
+
+  from crossflow_jax.data import pipeline
+  from crossflow_jax.data.sources import default_data_dir, load_source
+  from crossflow_jax.sampling.sampler import classify_images
+  from crossflow_jax.train.restore import load_trained
+
+  trained = load_trained(workdir, step=step, weights=weights)
+  exp = trained.experiment
+  if not exp.task.can_classify:
+    raise ConfigError(f"Task {exp.task.name!r} has no class source to flow back to; it cannot classify.")
+  cfg = exp.config
+  source, info = load_source(cfg.data.name, split, data_dir=cfg.data.data_dir or default_data_dir(),
+                             manual_dir=cfg.data.manual_dir)
+  image_size = exp.data.image_shape[0] if exp.data.image_shape[0] != info.image_shape[0] else None
+  it = pipeline.make_eval_iterator(source, batch_size=batch_size, image_size=image_size, shard_index=0, shard_count=1)
+  correct = total = 0
+  for batch in it:
+    images, labels = batch["image"], batch["label"]
+    if num_eval:
+      images, labels = images[:num_eval - total], labels[:num_eval - total]
+    pad = batch_size - len(images)
+    padded = np.concatenate([images, np.repeat(images[-1:], pad, 0)]) if pad else images
+    pred = np.asarray(classify_images(trained.graphdef, trained.params, jnp.asarray(padded), task=exp.task,
+                                      solver=solver, num_steps=steps, method=method))[:len(images)]
+    correct += int(np.sum(pred == labels))
+    total += len(labels)
+    if num_eval and total >= num_eval:
+      break
+  return {"split": split, "accuracy": correct / max(total, 1), "num_images": total, "method": method,
+          "solver": solver, "steps": steps, "checkpoint_step": trained.step}
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise ConfigError(f"Unexpected arguments {argv[1:]}.")
+  if not _WORKDIR.value:
+    raise ConfigError("--workdir is required (the training workdir with checkpoints/).")
+  if _CLASSIFY.value:
+    result = classify_split(_WORKDIR.value, _CLASSIFY.value, steps=_STEPS.value, solver=_SOLVER.value,
+                            method=_METHOD.value, num_eval=_NUM_EVAL.value, step=_STEP.value, weights=_WEIGHTS.value,
+                            batch_size=_BATCH.value)
+  else:
+    result = sample_to_file(_WORKDIR.value, _OUT.value, labels=_LABELS.value, num_samples=_NUM.value,
+                            steps=_STEPS.value, solver=_SOLVER.value, cfg_scale=_CFG.value, seed=_SEED.value,
+                            step=_STEP.value, weights=_WEIGHTS.value, batch_size=_BATCH.value)
+  print(json.dumps(result))
+
+
+if __name__ == "__main__":
+  run_main(main, entry_flags={"workdir", "class_label", "num_samples", "steps", "solver", "cfg_scale", "seed", "out",
+                              "step", "weights", "batch_size", "classify_split", "num_eval", "method"})

@@ -1,0 +1,52 @@
+"""Loading a trained model from a workdir for sampling and evaluation."""
+
+import dataclasses
+
+import jax
+from flax import nnx
+
+from crossflow_jax.errors import CheckpointError
+from crossflow_jax.train.checkpoint import Checkpointer
+from crossflow_jax.train.experiment import DataSpec, Experiment, build_experiment, config_from_meta
+from crossflow_jax.train.state import abstract_train_state
+
+
+@dataclasses.dataclass
+class TrainedModel:
+  experiment: Experiment
+  graphdef: nnx.GraphDef
+  params: nnx.State          # EMA weights unless asked otherwise
+  step: int
+
+
+def load_trained(workdir: str, *, step: int | None = None, weights: str = "ema") -> TrainedModel:
+  """Restores a checkpoint of `workdir` (latest unless `step`) on the devices of this machine.
+
+  The mesh is replaced by a data-parallel one over the local devices, so a model trained on a
+  pod samples on a laptop.
+  """
+  if weights not in ("ema", "params"):
+    raise CheckpointError(f"weights must be 'ema' or 'params', got {weights!r}.")
+  ckpt = Checkpointer(workdir, read_only=True)
+  steps = ckpt.all_steps()
+  if not steps:
+    raise CheckpointError(f"No checkpoint in {ckpt.directory}; train first with "
+                          f"`python train_flow.py --workdir {workdir}`.")
+  if step is None:
+    step = max(steps)
+  elif step not in steps:
+    raise CheckpointError(f"No checkpoint for step {step} in {ckpt.directory}; available steps: {sorted(steps)}.")
+  meta = ckpt.read_meta(step)
+  if "config" not in meta or "data" not in meta:
+    raise CheckpointError(f"Checkpoint step {step} in {ckpt.directory} has no crossflow_jax metadata; it was not "
+                          "written by train_flow.py.")
+  config = config_from_meta(meta)
+  with config.unlocked():
+    config.mesh.data, config.mesh.fsdp, config.mesh.tensor = -1, 1, 1
+  config.lock()
+  exp = build_experiment(config, DataSpec.from_dict(meta["data"]), devices=jax.devices())
+  graphdef, abstract, _ = abstract_train_state(exp.model_fn, exp.tx, config.seed, exp.mesh, exp.rules)
+  state = ckpt.restore(step, abstract, fingerprint=meta["fingerprint"])
+  ckpt.close()
+  params = state.ema_params if weights == "ema" else state.params
+  return TrainedModel(exp, graphdef, params, int(state.step))

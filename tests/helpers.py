@@ -1,0 +1,37 @@
+"""Shared test helpers: tiny configs and subprocess runs of the entry points."""
+
+import os
+import subprocess
+import sys
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def tiny_config(data_dir: str, **overrides):
+  """The digits smoke config (2-block width-32 DiT) with `overrides` ('a.b': value)."""
+  from configs import digits_c2i
+
+  c = digits_c2i.get_config("smoke")
+  with c.unlocked():
+    c.data.data_dir = data_dir
+    c.async_checkpointing = False
+    for key, value in overrides.items():
+      node = c
+      *parents, leaf = key.split(".")
+      for p in parents:
+        node = node[p]
+      node[leaf] = value
+  return c
+
+
+def run_cli(args: list[str], *, timeout: float = 300, env_extra: dict | None = None) -> subprocess.CompletedProcess:
+  env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONUNBUFFERED="1")
+  env.update(env_extra or {})
+  return subprocess.run([sys.executable] + args, cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+def popen_cli(args: list[str], env_extra: dict | None = None) -> subprocess.Popen:
+  env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONUNBUFFERED="1")
+  env.update(env_extra or {})
+  return subprocess.Popen([sys.executable] + args, cwd=REPO, env=env, stdout=subprocess.PIPE,
+                          stderr=subprocess.PIPE, text=True)

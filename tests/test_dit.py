@@ -1,0 +1,273 @@
+"""DiT (`models/dit.py`), its layers (`models/layers.py`) and attention (`models/attention.py`)."""
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from crossflow_jax.errors import ConfigError
+from crossflow_jax.models import layers
+from crossflow_jax.models.attention import IMPLEMENTATIONS, dot_product_attention
+from crossflow_jax.models.dit import DiT, DiTConfig
+
+
+def _cfg(**kw) -> DiTConfig:
+  base = dict(image_size=(8, 8), channels=1, patch_size=2, hidden_size=32, depth=1, num_heads=2)
+  base.update(kw)
+  return DiTConfig(**base)
+
+
+def _normal(seed: int, shape) -> jax.Array:
+  """Host-side random data (numpy: no per-shape PRNG compiles on a busy CPU)."""
+  return jnp.asarray(np.random.default_rng(seed).standard_normal(shape), jnp.float32)
+
+
+def _inputs(cfg: DiTConfig, b: int = 2, seed: int = 0):
+  x = _normal(seed, (b, *cfg.image_size, cfg.channels))
+  t = jnp.asarray(np.random.default_rng(seed + 100).uniform(size=b), jnp.float32)
+  return x, t
+
+
+FULL_CFG = _cfg(depth=2, num_classes=5, use_indicator=True, use_direction=True, pos_embed="learned")
+
+
+def _cond(b: int = 2, labels=0, indicator=0, direction=0) -> dict:
+  full = lambda v: jnp.full((b,), v, jnp.int32)  # noqa: E731
+  return dict(labels=full(labels), indicator=full(indicator), direction=full(direction))
+
+
+def _perturb_params(params, seed: int = 1, std: float = 0.05):
+  """Adds N(0, std^2) to every parameter (so the zero-initialised adaLN and output layers are live)."""
+  rng = np.random.default_rng(seed)
+  return jax.tree.map(lambda p: jnp.asarray(np.asarray(p) + std * rng.standard_normal(p.shape), p.dtype), params)
+
+
+def _perturb(model: nnx.Module, seed: int = 1) -> nnx.Module:
+  graphdef, params = nnx.split(model, nnx.Param)
+  return nnx.merge(graphdef, _perturb_params(params, seed))
+
+
+def _forward_fn(graphdef):
+  """Jitted forward of params (one compile per graphdef and input shapes)."""
+  return jax.jit(lambda params, x, t, cond: nnx.merge(graphdef, params)(x, t, **cond))
+
+
+def _apply(model, x, t, **cond):
+  graphdef, params = nnx.split(model)
+  return _forward_fn(graphdef)(params, x, t, cond)
+
+
+@pytest.fixture(scope="module")
+def full():
+  """A depth-2 DiT with every conditioning: graphdef, init params, perturbed params, jitted forward."""
+  model = DiT(FULL_CFG, rngs=nnx.Rngs(0))
+  graphdef, params = nnx.split(model, nnx.Param)
+  perturbed = _perturb_params(params, 1)
+  return graphdef, params, perturbed, _forward_fn(graphdef)
+
+
+# ---- shapes and init ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "patch_size,image_size,channels,pos_embed",
+    [(1, (4, 4), 1, "sincos"), (2, (8, 8), 3, "learned"), (4, (8, 12), 3, "sincos"), (8, (8, 16), 1, "learned")],
+)
+def test_output_shape(patch_size, image_size, channels, pos_embed):
+  cfg = _cfg(patch_size=patch_size, image_size=image_size, channels=channels, pos_embed=pos_embed)
+  model = _perturb(DiT(cfg, rngs=nnx.Rngs(0)))
+  x, t = _inputs(cfg, b=3)
+  out = _apply(model, x, t)
+  assert out.shape == x.shape
+  assert out.dtype == jnp.float32
+  out = np.asarray(out)
+  assert np.all(np.isfinite(out))
+  assert out.std() > 0
+
+
+def test_learned_pos_embed_is_a_param():
+  h, w, p, d = 8, 12, 4, 32
+  model = DiT(_cfg(image_size=(h, w), patch_size=p, pos_embed="learned"), rngs=nnx.Rngs(0))
+  assert isinstance(model.pos_embed, nnx.Param)
+  assert model.pos_embed[...].shape == (1, (h // p) * (w // p), d)
+  sincos = DiT(_cfg(image_size=(h, w), patch_size=p), rngs=nnx.Rngs(0))
+  assert not hasattr(sincos, "pos_embed")
+  np.testing.assert_allclose(sincos.position_embedding()[0], layers.sincos_2d(d, h // p, w // p))
+
+
+def test_adaln_zero_init_output_is_zero_and_blocks_are_identity(full):
+  graphdef, params, _, fwd = full
+  x, t = _inputs(FULL_CFG)
+  for cond in (_cond(), _cond(labels=5, indicator=1, direction=1)):
+    np.testing.assert_array_equal(fwd(params, x, t, cond), np.zeros(x.shape, np.float32))
+  model = nnx.merge(graphdef, params)
+  tokens = _normal(2, (2, 16, FULL_CFG.hidden_size))
+  c = _normal(3, (2, FULL_CFG.hidden_size))
+  for block in model.blocks:
+    np.testing.assert_array_equal(nnx.jit(lambda blk, x, c: blk(x, c))(block, tokens, c), tokens)
+
+
+@pytest.mark.parametrize("name,values", [("labels", (0, 3, 5)), ("indicator", (0, 1)), ("direction", (0, 1))])
+def test_conditioning_changes_output(full, name, values):
+  """Labels (5 = null id), indicator and direction each change the output once adaLN is live."""
+  _, _, perturbed, fwd = full
+  x, t = _inputs(FULL_CFG)
+  outs = [np.asarray(fwd(perturbed, x, t, _cond(**{name: v}))) for v in values]
+  for i in range(len(outs)):
+    for j in range(i + 1, len(outs)):
+      assert np.max(np.abs(outs[i] - outs[j])) > 1e-4, (name, values[i], values[j])
+
+
+def test_time_changes_output(full):
+  _, _, perturbed, fwd = full
+  x, _ = _inputs(FULL_CFG)
+  a = fwd(perturbed, x, jnp.zeros(2), _cond())
+  b = fwd(perturbed, x, jnp.full((2,), 0.5), _cond())
+  assert np.max(np.abs(np.asarray(a) - np.asarray(b))) > 1e-4
+
+
+@pytest.mark.parametrize("missing", ["labels", "indicator", "direction"])
+def test_missing_conditioning_raises(full, missing):
+  graphdef, params, _, _ = full
+  model = nnx.merge(graphdef, params)
+  x, t = _inputs(FULL_CFG)
+  cond = _cond()
+  del cond[missing]
+  with pytest.raises(ValueError, match=missing):
+    jax.eval_shape(lambda: model(x, t, **cond))
+
+
+# ---- gradients and dtypes -----------------------------------------------------------------
+
+
+# Softmax is invariant to a bias shared by all keys, so the key projection's bias never gets a gradient.
+_NO_GRAD = ("['attn']['k']['bias']",)
+
+
+def test_gradients_finite_and_nonzero(full):
+  graphdef, params, perturbed, _ = full
+  x, t = _inputs(FULL_CFG, b=4)
+  target = _normal(9, x.shape)
+  cond = dict(labels=jnp.arange(4), indicator=jnp.array([0, 1, 0, 1]), direction=jnp.array([0, 0, 1, 1]))
+
+  @jax.jit
+  def grad_fn(p):
+    return jax.grad(lambda p: jnp.mean(jnp.square(nnx.merge(graphdef, p)(x, t, **cond) - target)))(p)
+
+  # At init only the output projection gets a gradient (everything upstream is gated by zeros).
+  for path, g in jax.tree_util.tree_flatten_with_path(jax.device_get(grad_fn(params)))[0]:
+    key = jax.tree_util.keystr(path)
+    assert np.all(np.isfinite(g)), key
+    assert (np.max(np.abs(g)) > 0) == ("['final']['proj']" in key), key
+  # With the zero-initialised layers perturbed, every parameter gets a finite, nonzero gradient.
+  for path, g in jax.tree_util.tree_flatten_with_path(jax.device_get(grad_fn(perturbed)))[0]:
+    key = jax.tree_util.keystr(path)
+    assert np.all(np.isfinite(g)), key
+    if not any(k in key for k in _NO_GRAD):
+      assert np.max(np.abs(g)) > 0, key
+    else:
+      np.testing.assert_allclose(g, 0.0, atol=1e-6)
+
+
+def test_bfloat16_compute_keeps_float32_params_and_output(full):
+  _, _, perturbed, fwd32 = full
+  cfg16 = dataclasses.replace(FULL_CFG, compute_dtype="bfloat16")
+  m16 = nnx.eval_shape(lambda: DiT(cfg16, rngs=nnx.Rngs(0)))  # abstract: no allocation
+  graphdef16, params16 = nnx.split(m16, nnx.Param)
+  for p in jax.tree.leaves(params16):
+    assert p.dtype == jnp.float32
+  assert jax.tree.structure(params16) == jax.tree.structure(perturbed)
+  x, t = _inputs(FULL_CFG, b=4)
+  cond = dict(labels=jnp.arange(4), indicator=jnp.array([0, 1, 0, 1]), direction=jnp.array([0, 0, 1, 1]))
+  out32 = fwd32(perturbed, x, t, cond)
+  out16 = _forward_fn(graphdef16)(perturbed, x, t, cond)
+  assert out16.dtype == jnp.float32 and out16.shape == x.shape
+  out16, out32 = np.asarray(out16), np.asarray(out32)
+  rel = float(np.linalg.norm(out16 - out32) / np.linalg.norm(out32))
+  assert 0 < rel < 0.05, rel  # > 0: bfloat16 really was used
+
+
+# ---- layers -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("p", [1, 2, 4, 8])
+def test_patchify_unpatchify_inverse(p):
+  h, w, c = 8, 16, 3
+  x = _normal(p, (2, h, w, c))
+  tokens = layers.patchify(x, p)
+  assert tokens.shape == (2, (h // p) * (w // p), p * p * c)
+  np.testing.assert_array_equal(layers.unpatchify(tokens, p, h, w, c), x)
+  # Token k is the row-major k-th patch.
+  row, col = divmod(1, w // p)
+  np.testing.assert_array_equal(tokens[:, 1], x[:, row * p:(row + 1) * p, col * p:(col + 1) * p].reshape(2, -1))
+  y = _normal(10 + p, tokens.shape)
+  np.testing.assert_array_equal(layers.patchify(layers.unpatchify(y, p, h, w, c), p), y)
+
+
+def test_sincos_2d():
+  emb = layers.sincos_2d(32, 3, 5)
+  assert emb.shape == (15, 32) and emb.dtype == np.float32
+  assert np.all(np.abs(emb) <= 1.0)
+  assert len(np.unique(emb.round(5), axis=0)) == 15  # every position distinct
+  with pytest.raises(ValueError, match="4"):
+    layers.sincos_2d(30, 2, 2)
+
+
+# ---- config validation --------------------------------------------------------------------
+
+
+def test_validate_patch_not_dividing_image():
+  with pytest.raises(ConfigError) as info:
+    _cfg(image_size=(6, 10), patch_size=4).validate()
+  msg = str(info.value)
+  assert "patch_size=4" in msg and "6x10" in msg
+  assert "[1, 2]" in msg  # the divisors it suggests
+  assert "data.image_size" in msg
+  with pytest.raises(ConfigError, match="patch_size=8"):
+    DiT(_cfg(image_size=(8, 12), patch_size=8), rngs=nnx.Rngs(0))
+
+
+def test_validate_errors():
+  with pytest.raises(ConfigError, match="patch_size=3"):
+    _cfg(patch_size=3).validate()
+  with pytest.raises(ConfigError, match=r"hidden_size=30 .*num_heads=4"):
+    _cfg(hidden_size=30, num_heads=4).validate()
+  with pytest.raises(ConfigError, match=r"'rope'.*sincos"):
+    _cfg(pos_embed="rope").validate()
+  with pytest.raises(ConfigError, match="divisible by 4"):
+    _cfg(hidden_size=30, num_heads=3).validate()
+  _cfg(hidden_size=30, num_heads=3, pos_embed="learned").validate()
+  with pytest.raises(ConfigError, match="float16"):
+    _cfg(compute_dtype="float16").validate()
+  with pytest.raises(ConfigError, match="depth"):
+    _cfg(depth=0).validate()
+
+
+# ---- attention ----------------------------------------------------------------------------
+
+
+def _naive_attention(q, k, v):
+  logits = jnp.einsum("blnk,bsnk->bnls", q, k, precision="highest") / np.sqrt(q.shape[-1])
+  return jnp.einsum("bnls,bsnk->blnk", jax.nn.softmax(logits, axis=-1), v, precision="highest")
+
+
+@pytest.mark.parametrize("implementation", ["xla", "auto"])
+def test_attention_matches_reference(implementation):
+  b, length, s, n, k = 2, 5, 7, 3, 8
+  q, key, v = _normal(0, (b, length, n, k)), _normal(1, (b, s, n, k)), _normal(2, (b, s, n, k))
+  out = dot_product_attention(q, key, v, implementation=implementation)
+  assert out.shape == (b, length, n, k)
+  np.testing.assert_allclose(out, _naive_attention(q, key, v), atol=1e-5, rtol=1e-5)
+
+
+def test_attention_unknown_implementation():
+  q = jnp.ones((1, 2, 1, 4))
+  with pytest.raises(ConfigError) as info:
+    dot_product_attention(q, q, q, implementation="flash")
+  msg = str(info.value)
+  assert "'flash'" in msg
+  for name in IMPLEMENTATIONS:
+    assert name in msg
