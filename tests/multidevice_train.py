@@ -1,6 +1,7 @@
 """Helper for test_sharding.py: trains the smoke config a few steps on several meshes of 8 CPU devices.
 
-Run as a script with XLA_FLAGS=--xla_force_host_platform_device_count=8 JAX_PLATFORMS=cpu; prints one
+Run as a script with XLA_FLAGS=--xla_force_host_platform_device_count=8 JAX_PLATFORMS=cpu (the
+test adds --xla_backend_optimization_level=0, which halves compile time); prints one
 JSON line {"meshes": {...: {"losses": [...], "max_param_diff": float, ...}}, ...} comparing each
 mesh with the single-device run on the same fixed batch.
 """
@@ -29,6 +30,8 @@ def run(mesh_sizes, batch_np):
   with config.unlocked():
     config.mesh.data, config.mesh.fsdp, config.mesh.tensor = mesh_sizes
     config.optim.warmup_steps = 0  # full learning rate from step 1, so the params really move
+    # Depth 1 (smoke has 2) shortens the four compiles on a 2-core CPU; patch 2 as smoke.
+    config.model.depth, config.model.patch_size = 1, 2
   devices = jax.devices()[:1] if mesh_sizes == (1, 1, 1) else None
   exp = build_experiment(config, DataSpec("synthetic", IMAGE_SHAPE, NUM_CLASSES), devices=devices)
   graphdef, state, shardings = create_train_state(exp.model_fn, exp.tx, config.seed, exp.mesh, exp.rules)

@@ -124,14 +124,17 @@ def _check_pairing(indicator, perm):
     return
   assert len(flagged) >= 2, "a single flagged sample cannot be re-paired"
   assert np.all(perm[flagged] != flagged)
-  # One cycle: each flagged sample takes the next flagged sample's target (batch order, cyclic).
+  # One cycle: each flagged sample takes the next flagged sample's target (batch order, cyclic), i.e.
+  # x1[perm] at the i-th flagged position is the target of the (i+1)-th flagged sample.
   np.testing.assert_array_equal(perm[flagged], np.roll(flagged, -1))
+  targets = np.arange(b) * 10
+  np.testing.assert_array_equal(targets[perm][flagged], targets[np.roll(flagged, -1)])
 
 
 P_VALUES = (0.0, 0.05, 0.1, 0.3, 0.5, 0.9, 0.99)
 
 
-@pytest.mark.parametrize("batch_size", [1, 2, 3, 5, 16])
+@pytest.mark.parametrize("batch_size", [1, 2, 3, 16])
 def test_indicator_pairing_structure(batch_size):
   draws = 100
   # One program per batch size: p is traced, keys and p values are vmapped.
@@ -168,16 +171,6 @@ def test_indicator_pairing_fraction():
   frac = float(jnp.mean(indicators))
   # P(fewer than 2 flagged) is negligible at B=64, p=0.25; std error of the mean is ~0.0024.
   assert abs(frac - p) < 0.015
-
-
-def test_indicator_pairing_rolls_targets():
-  key = jax.random.PRNGKey(0)
-  b = 32
-  indicator, perm = guidance.indicator_pairing(key, b, 0.5)
-  x1 = jnp.arange(b)
-  flagged = np.flatnonzero(np.asarray(indicator))
-  paired = np.asarray(x1[perm])
-  np.testing.assert_array_equal(paired[flagged], np.roll(flagged, -1))
 
 
 def test_drop_labels():

@@ -24,6 +24,9 @@ KINDS = ("rectangle", "grayscale", "smoothrand", "learned")
 def _rectangle(num_classes: int, h: int, w: int, c: int) -> np.ndarray:
   cols = math.ceil(math.sqrt(num_classes))
   rows = math.ceil(num_classes / cols)
+  if rows > h or cols > w:
+    raise ConfigError(f"task.source='rectangle' needs a {rows}x{cols} grid of cells for {num_classes} classes, more "
+                      f"than the {h}x{w} image has pixels; use task.source='smoothrand' or 'learned'.")
   means = -np.ones((num_classes, h, w, c), np.float32)
   for k in range(num_classes):
     r, col = divmod(k, cols)
