@@ -21,7 +21,7 @@ from absl import flags  # noqa: E402
 from flax import nnx  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
-from benchmarks.train_throughput import PRESETS  # noqa: E402
+from benchmarks import reference_settings  # noqa: E402
 from crossflow_jax.command_line import run_main  # noqa: E402
 from crossflow_jax.sampling.sampler import draw_source, solve  # noqa: E402
 from crossflow_jax.tasks.class_image import TO_IMAGE  # noqa: E402
@@ -51,18 +51,7 @@ def _time(fn, repeats):
 def main(argv):
   del argv
   cfg = _CONFIG.value
-  image_shape = (8, 8, 1)
-  if _PRESET.value:
-    p = PRESETS[_PRESET.value]
-    with cfg.unlocked():
-      cfg.model.hidden_size, cfg.model.depth = p["hidden_size"], p["depth"]
-      cfg.model.num_heads, cfg.model.patch_size = p["num_heads"], p["patch_size"]
-      cfg.model.preset = ""
-    image_shape = p["image_shape"]
-  elif cfg.data.name == "mnist":
-    image_shape = (28, 28, 1)
-  elif cfg.data.name == "cifar10":
-    image_shape = (32, 32, 3)
+  image_shape = reference_settings.apply(cfg, _PRESET.value)
   exp = build_experiment(cfg, DataSpec("synthetic", image_shape, 10))
   graphdef, state, _ = create_train_state(exp.model_fn, exp.tx, cfg.seed, exp.mesh, exp.rules)
   params = state.ema_params

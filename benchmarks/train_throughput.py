@@ -7,9 +7,8 @@ the data pipeline is not measured.
   python benchmarks/train_throughput.py --preset M            # the reference setting M (28x28x1)
   python benchmarks/train_throughput.py --preset C --peak_tflops 790 --config.model.compute_dtype bfloat16
 
-Named presets (`--preset`) reproduce the reference comparison settings:
-  M: 28x28x1, DiT width 128, depth 8, 4 heads, patch 2, batch 64, 10 classes, fp32.
-  C: 32x32x3, DiT width 256, depth 12, 4 heads, patch 2, batch 32, 10 classes, fp32.
+Named presets (`--preset M|C`) reproduce the reference comparison settings; see
+benchmarks/reference_settings.py.
 """
 
 import json
@@ -24,6 +23,7 @@ import numpy as np  # noqa: E402
 from absl import flags  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
+from benchmarks import reference_settings  # noqa: E402
 from crossflow_jax.command_line import run_main  # noqa: E402
 from crossflow_jax.parallel.sharding import batch_sharding  # noqa: E402
 from crossflow_jax.train.experiment import DataSpec, build_experiment  # noqa: E402
@@ -40,12 +40,6 @@ _REPEATS = flags.DEFINE_integer("repeats", 3, "Timing repeats; the median is rep
 _PEAK = flags.DEFINE_float("peak_tflops", 0.0, "Device peak TFLOP/s for MFU (0: not reported).")
 _JSON = flags.DEFINE_string("json_out", "", "Also write the result as JSON here.")
 
-PRESETS = {
-    "M": dict(image_shape=(28, 28, 1), hidden_size=128, depth=8, num_heads=4, patch_size=2, batch_size=64),
-    "C": dict(image_shape=(32, 32, 3), hidden_size=256, depth=12, num_heads=4, patch_size=2, batch_size=32),
-}
-
-
 def analytic_flops_per_image(cfg, image_shape) -> float:
   """Training FLOPs per image (3x forward) of a DiT, counting matmuls only (2 FLOPs per MAC)."""
   m = cfg.model
@@ -61,21 +55,8 @@ def analytic_flops_per_image(cfg, image_shape) -> float:
 def main(argv):
   del argv
   cfg = _CONFIG.value
-  image_shape, num_classes = (8, 8, 1), 10
-  if _PRESET.value:
-    p = PRESETS[_PRESET.value]
-    with cfg.unlocked():
-      cfg.model.hidden_size, cfg.model.depth = p["hidden_size"], p["depth"]
-      cfg.model.num_heads, cfg.model.patch_size = p["num_heads"], p["patch_size"]
-      cfg.batch_size = p["batch_size"]
-      cfg.model.preset = ""
-    image_shape = p["image_shape"]
-  elif cfg.data.name in ("mnist",):
-    image_shape = (28, 28, 1)
-  elif cfg.data.name in ("cifar10",):
-    image_shape = (32, 32, 3)
-  if cfg.data.image_size:
-    image_shape = (cfg.data.image_size, cfg.data.image_size, image_shape[2])
+  num_classes = 10
+  image_shape = reference_settings.apply(cfg, _PRESET.value)
   exp = build_experiment(cfg, DataSpec("synthetic", image_shape, num_classes))
   graphdef, state, shardings = create_train_state(exp.model_fn, exp.tx, cfg.seed, exp.mesh, exp.rules)
   bsh = {"image": batch_sharding(exp.mesh, exp.rules, 4), "label": batch_sharding(exp.mesh, exp.rules, 1)}
