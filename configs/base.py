@@ -81,3 +81,18 @@ def get_config() -> ml_collections.ConfigDict:
   c.wandb.entity = ""
   c.wandb.mode = "online"         # online | offline
   return c
+
+
+def smoke(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """The `:smoke` variant of any recipe: a 2-block width-32 DiT for a few CPU steps."""
+  c.batch_size = 32
+  c.total_steps = 20
+  c.log_every = 5
+  c.save_every = 10
+  c.sample_every = 0
+  c.model.preset = ""
+  c.model.depth = 2
+  c.model.hidden_size = 32
+  c.model.num_heads = 2
+  c.optim.ema_decay = 0.9
+  return c

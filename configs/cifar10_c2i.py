@@ -6,7 +6,7 @@ DiT width/depth/heads/patch 256/12/4/2, batch 256, AdamW 1e-4, EMA 0.9999 (accel
 `:smoke` runs on a CPU).
 """
 
-from configs import base, mnist_c2i
+from configs import base
 
 
 def cifar10_base():
@@ -32,5 +32,5 @@ def cifar10_base():
 def get_config(arg: str | None = None):
   c = cifar10_base()
   if arg == "smoke":
-    mnist_c2i.smoke(c)
+    base.smoke(c)
   return c.lock()

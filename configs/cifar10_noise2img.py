@@ -6,7 +6,7 @@
 Same backbone and optimiser as cifar10_c2i; x0 ~ N(0, I), class embedding with 10% null labels.
 """
 
-from configs import cifar10_c2i, mnist_c2i
+from configs import base, cifar10_c2i
 
 
 def get_config(arg: str | None = None):
@@ -17,5 +17,5 @@ def get_config(arg: str | None = None):
   c.task.guidance_p = 0.1
   c.sample.cfg_scale = 2.0
   if arg == "smoke":
-    mnist_c2i.smoke(c)
+    base.smoke(c)
   return c.lock()

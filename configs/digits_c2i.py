@@ -30,12 +30,5 @@ def get_config(arg: str | None = None):
   c.optim.ema_decay = 0.999
   c.sample.steps = 20
   if arg == "smoke":
-    c.batch_size = 32
-    c.total_steps = 20
-    c.log_every = 5
-    c.save_every = 10
-    c.sample_every = 0
-    c.model.depth = 2
-    c.model.hidden_size = 32
-    c.model.num_heads = 2
+    base.smoke(c)
   return c.lock()

@@ -5,12 +5,12 @@
   python -m crossflow_jax.sample --workdir runs/mnist_bidi --classify_split test
 """
 
-from configs import mnist_c2i
+from configs import base, mnist_c2i
 
 
 def get_config(arg: str | None = None):
   c = mnist_c2i.mnist_base("bidirectional")
   c.task.lambda_b = 0.5
   if arg == "smoke":
-    mnist_c2i.smoke(c)
+    base.smoke(c)
   return c.lock()

@@ -6,11 +6,11 @@
 Reference settings as mnist_c2i (128/8/4/2, batch 256, AdamW 1e-4, EMA 0.9999).
 """
 
-from configs import mnist_c2i
+from configs import base, mnist_c2i
 
 
 def get_config(arg: str | None = None):
   c = mnist_c2i.mnist_base("image_to_class")
   if arg == "smoke":
-    mnist_c2i.smoke(c)
+    base.smoke(c)
   return c.lock()

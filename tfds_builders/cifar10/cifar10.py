@@ -14,6 +14,7 @@ from etils import epath
 from PIL import Image
 
 from crossflow_jax.errors import DataError
+from tfds_builders.image_classification import ImageClassificationBuilder
 
 MANUAL_FILE = 'cifar10_jpeg_q75.npz'
 CLASS_NAMES = (
@@ -22,31 +23,13 @@ CLASS_NAMES = (
 SPLITS = ('train', 'test')
 
 
-def find_manual_file(dl_manager: tfds.download.DownloadManager) -> epath.Path:
-  """Path of `cifar10_jpeg_q75.npz` in the manual dir; raises `DataError` if it is not there."""
-  try:
-    manual_dir = dl_manager.manual_dir
-  except AssertionError as e:  # TFDS raises this when the directory is missing or empty.
-    where = str(e).split(' Create it')[0]
-  else:
-    if (manual_dir / MANUAL_FILE).exists():
-      return manual_dir / MANUAL_FILE
-    where = f'Manual directory {manual_dir} does not hold it.'
-  raise DataError(
-      f"Cannot build dataset 'cifar10': it needs the manual file '{MANUAL_FILE}'. {where} "
-      f'Fix: pass `--manual_dir <directory holding {MANUAL_FILE}>` to '
-      '`python -m tfds_builders cifar10` (or set config.data.manual_dir); '
-      'in the project checkout that directory is ../shared/data.'
-  )
-
-
 def decode_jpeg(data: bytes) -> np.ndarray:
   """Decodes JPEG bytes with PIL to uint8 [H, W, 3] RGB."""
   with Image.open(io.BytesIO(data)) as img:
     return np.asarray(img.convert('RGB'), dtype=np.uint8)
 
 
-class Cifar10(tfds.core.GeneratorBasedBuilder, skip_registration=True):
+class Cifar10(ImageClassificationBuilder, skip_registration=True):
   """32x32x3 uint8 CIFAR-10 images with the 10 class names; train (50000) / test (10000).
 
   Record `i` of a split is image `i` of the npz split. The npz (and so the stored) train split
@@ -56,7 +39,12 @@ class Cifar10(tfds.core.GeneratorBasedBuilder, skip_registration=True):
   name = 'cifar10'
   VERSION = tfds.core.Version('1.0.0')
   RELEASE_NOTES: ClassVar[dict[str, str]] = {'1.0.0': 'Initial release: from cifar10_jpeg_q75.npz.'}
-  MANUAL_FILES: tuple[str, ...] = (MANUAL_FILE,)
+  IMAGE_SHAPE = (32, 32, 3)
+  CLASS_NAMES = CLASS_NAMES
+  DESCRIPTION = ('CIFAR-10 (Krizhevsky 2009), 32x32 RGB, decoded from JPEG quality 75 (lossy: FID against it '
+                 'is only for relative comparisons).')
+  HOMEPAGE = 'https://www.cs.toronto.edu/~kriz/cifar.html'
+  MANUAL_FILES = (MANUAL_FILE,)
   MANUAL_DOWNLOAD_INSTRUCTIONS = (
       f'Place {MANUAL_FILE} ({{split}}_jpeg, {{split}}_offsets, y_{{split}}, class_names) in the '
       'manual directory.'
@@ -65,28 +53,8 @@ class Cifar10(tfds.core.GeneratorBasedBuilder, skip_registration=True):
   # Python >= 3.9; setting it here avoids that import.
   code_path = epath.Path(__file__)
 
-  def __init__(self, **kwargs):
-    kwargs.setdefault('file_format', 'array_record')
-    super().__init__(**kwargs)
-
-  def _info(self) -> tfds.core.DatasetInfo:
-    return tfds.core.DatasetInfo(
-        builder=self,
-        description=(
-            'CIFAR-10 (Krizhevsky 2009), 32x32 RGB, decoded from JPEG quality 75 (lossy: FID '
-            'against it is only for relative comparisons).'
-        ),
-        features=tfds.features.FeaturesDict({
-            'image': tfds.features.Tensor(shape=(32, 32, 3), dtype=np.uint8),
-            'label': tfds.features.ClassLabel(names=list(CLASS_NAMES)),
-        }),
-        supervised_keys=('image', 'label'),
-        disable_shuffling=True,
-        homepage='https://www.cs.toronto.edu/~kriz/cifar.html',
-    )
-
   def _split_generators(self, dl_manager: tfds.download.DownloadManager):
-    path = find_manual_file(dl_manager)
+    path = self.manual_file(dl_manager, MANUAL_FILE)
     with np.load(path) as data:
       names = tuple(str(n) for n in data['class_names'])
     if names != CLASS_NAMES:

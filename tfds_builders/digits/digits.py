@@ -10,6 +10,8 @@ import numpy as np
 import tensorflow_datasets as tfds
 from etils import epath
 
+from tfds_builders.image_classification import ImageClassificationBuilder
+
 NUM_EXAMPLES = 1797
 NUM_TEST = 300
 SPLIT_SEED = 0
@@ -31,7 +33,7 @@ def to_uint8(images: np.ndarray) -> np.ndarray:
   return np.rint(np.asarray(images, np.float64) * 255.0 / 16.0).astype(np.uint8)
 
 
-class Digits(tfds.core.GeneratorBasedBuilder, skip_registration=True):
+class Digits(ImageClassificationBuilder, skip_registration=True):
   """8x8x1 uint8 digits with labels '0'..'9'; splits train (1497) / test (300).
 
   Record `i` of a split is `load_digits()` example `split_indices()[split][i]`.
@@ -40,30 +42,14 @@ class Digits(tfds.core.GeneratorBasedBuilder, skip_registration=True):
   name = 'digits'
   VERSION = tfds.core.Version('1.0.0')
   RELEASE_NOTES: ClassVar[dict[str, str]] = {'1.0.0': 'Initial release.'}
-  MANUAL_FILES: tuple[str, ...] = ()
+  IMAGE_SHAPE = (8, 8, 1)
+  CLASS_NAMES = CLASS_NAMES
+  DESCRIPTION = ("scikit-learn's handwritten digits (UCI optdigits test set), 8x8 grey, stored as uint8 "
+                 'round(v * 255 / 16).')
+  HOMEPAGE = 'https://archive.ics.uci.edu/dataset/80'
   # TFDS 4.9.10 computes `code_path` via `importlib_resources`, which it does not install on
   # Python >= 3.9; setting it here avoids that import.
   code_path = epath.Path(__file__)
-
-  def __init__(self, **kwargs):
-    kwargs.setdefault('file_format', 'array_record')
-    super().__init__(**kwargs)
-
-  def _info(self) -> tfds.core.DatasetInfo:
-    return tfds.core.DatasetInfo(
-        builder=self,
-        description=(
-            "scikit-learn's handwritten digits (UCI optdigits test set), 8x8 grey, "
-            'stored as uint8 round(v * 255 / 16).'
-        ),
-        features=tfds.features.FeaturesDict({
-            'image': tfds.features.Tensor(shape=(8, 8, 1), dtype=np.uint8),
-            'label': tfds.features.ClassLabel(names=list(CLASS_NAMES)),
-        }),
-        supervised_keys=('image', 'label'),
-        disable_shuffling=True,
-        homepage='https://archive.ics.uci.edu/dataset/80',
-    )
 
   def _split_generators(self, dl_manager: tfds.download.DownloadManager):
     del dl_manager  # Nothing to download.

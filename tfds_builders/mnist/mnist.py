@@ -8,31 +8,14 @@ import tensorflow_datasets as tfds
 from etils import epath
 
 from crossflow_jax.errors import DataError
+from tfds_builders.image_classification import ImageClassificationBuilder
 
 MANUAL_FILE = 'mnist.npz'
 CLASS_NAMES = tuple(str(d) for d in range(10))
 SPLITS = {'train': ('x_train', 'y_train'), 'test': ('x_test', 'y_test')}
 
 
-def find_manual_file(dl_manager: tfds.download.DownloadManager) -> epath.Path:
-  """Path of `mnist.npz` in the manual dir; raises `DataError` if it is not there."""
-  try:
-    manual_dir = dl_manager.manual_dir
-  except AssertionError as e:  # TFDS raises this when the directory is missing or empty.
-    where = str(e).split(' Create it')[0]
-  else:
-    if (manual_dir / MANUAL_FILE).exists():
-      return manual_dir / MANUAL_FILE
-    where = f'Manual directory {manual_dir} does not hold it.'
-  raise DataError(
-      f"Cannot build dataset 'mnist': it needs the manual file '{MANUAL_FILE}'. {where} "
-      f'Fix: pass `--manual_dir <directory holding {MANUAL_FILE}>` to '
-      '`python -m tfds_builders mnist` (or set config.data.manual_dir); '
-      'in the project checkout that directory is ../shared/data.'
-  )
-
-
-class Mnist(tfds.core.GeneratorBasedBuilder, skip_registration=True):
+class Mnist(ImageClassificationBuilder, skip_registration=True):
   """28x28x1 uint8 MNIST digits with labels '0'..'9'; splits train (60000) / test (10000).
 
   Record `i` of a split is example `i` of `mnist.npz` (original order).
@@ -41,7 +24,12 @@ class Mnist(tfds.core.GeneratorBasedBuilder, skip_registration=True):
   name = 'mnist'
   VERSION = tfds.core.Version('1.0.0')
   RELEASE_NOTES: ClassVar[dict[str, str]] = {'1.0.0': 'Initial release: from mnist.npz.'}
-  MANUAL_FILES: tuple[str, ...] = (MANUAL_FILE,)
+  IMAGE_SHAPE = (28, 28, 1)
+  CLASS_NAMES = CLASS_NAMES
+  DESCRIPTION = 'MNIST handwritten digits (LeCun, Cortes, Burges), 28x28 grey.'
+  HOMEPAGE = 'http://yann.lecun.com/exdb/mnist/'
+  LICENSE = 'CC BY-SA 3.0'
+  MANUAL_FILES = (MANUAL_FILE,)
   MANUAL_DOWNLOAD_INSTRUCTIONS = (
       f'Place {MANUAL_FILE} (x_train (60000,28,28) uint8, y_train, x_test, y_test) in the '
       'manual directory.'
@@ -50,26 +38,8 @@ class Mnist(tfds.core.GeneratorBasedBuilder, skip_registration=True):
   # Python >= 3.9; setting it here avoids that import.
   code_path = epath.Path(__file__)
 
-  def __init__(self, **kwargs):
-    kwargs.setdefault('file_format', 'array_record')
-    super().__init__(**kwargs)
-
-  def _info(self) -> tfds.core.DatasetInfo:
-    return tfds.core.DatasetInfo(
-        builder=self,
-        description='MNIST handwritten digits (LeCun, Cortes, Burges), 28x28 grey.',
-        features=tfds.features.FeaturesDict({
-            'image': tfds.features.Tensor(shape=(28, 28, 1), dtype=np.uint8),
-            'label': tfds.features.ClassLabel(names=list(CLASS_NAMES)),
-        }),
-        supervised_keys=('image', 'label'),
-        disable_shuffling=True,
-        homepage='http://yann.lecun.com/exdb/mnist/',
-        license='CC BY-SA 3.0',
-    )
-
   def _split_generators(self, dl_manager: tfds.download.DownloadManager):
-    path = find_manual_file(dl_manager)
+    path = self.manual_file(dl_manager, MANUAL_FILE)
     return {split: self._generate_examples(path, x, y) for split, (x, y) in SPLITS.items()}
 
   def _generate_examples(
