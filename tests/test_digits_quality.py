@@ -53,3 +53,18 @@ def test_default_digits_run_draws_every_class(tmp_path, judge):
   result = json.loads(r.stdout.strip().splitlines()[-1])
   print("image -> class", result)
   assert result["num_images"] == 300 and result["accuracy"] >= 0.85
+
+
+@pytest.mark.slow
+def test_digits_image_to_class_model_classifies_held_out_digits(tmp_path):
+  workdir, data = tmp_path / "i2c", tmp_path / "data"
+  env = {"CROSSFLOW_DATA_DIR": str(data)}
+  r = run_cli(["train_flow.py", "--config", "configs/digits_i2c.py", "--workdir", str(workdir)], timeout=1800,
+              env_extra=env)
+  assert r.returncode == 0, r.stderr[-3000:]
+  r = run_cli(["-m", "crossflow_jax.sample", "--workdir", str(workdir), "--classify_split", "test", "--steps", "20"],
+              env_extra=env)
+  assert r.returncode == 0, r.stderr[-3000:]
+  result = json.loads(r.stdout.strip().splitlines()[-1])
+  print("image -> class", result)
+  assert result["num_images"] == 300 and result["accuracy"] >= 0.9

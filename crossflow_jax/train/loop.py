@@ -107,14 +107,13 @@ def train(config, workdir: str) -> dict:
   data_iter = pipeline.make_train_iterator(
       source, batch_size=local_batch, image_size=spec.image_shape[0] if config.data.image_size else None,
       seed=config.seed, worker_count=config.data.worker_count)
+  batch_shardings = {"image": batch_sharding(exp.mesh, exp.rules, 4), "label": batch_sharding(exp.mesh, exp.rules, 1)}
   eval_batch = None
   if exp.task.can_classify and config.sample_every:
     eval_source, _, _ = open_data(config, config.data.eval_split)
     it = pipeline.make_eval_iterator(eval_source, batch_size=min(256, len(eval_source)) // jax.process_count(),
                                      image_size=spec.image_shape[0] if config.data.image_size else None)
-    batch_shardings_eval = {"image": batch_sharding(exp.mesh, exp.rules, 4),
-                            "label": batch_sharding(exp.mesh, exp.rules, 1)}
-    eval_batch = global_batch(next(it), batch_shardings_eval)
+    eval_batch = global_batch(next(it), batch_shardings)
 
   os.makedirs(workdir, exist_ok=True)
   if latest is None:
@@ -128,7 +127,6 @@ def train(config, workdir: str) -> dict:
   log(f"Model: {count_params(state.params):,} parameters; mesh {dict(exp.mesh.shape)}; "
       f"data {spec.name} {spec.image_shape}, {spec.num_classes} classes; task {exp.task.name}.")
 
-  batch_shardings = {"image": batch_sharding(exp.mesh, exp.rules, 4), "label": batch_sharding(exp.mesh, exp.rules, 1)}
   step_fn = jit_train_step(graphdef, exp.task, exp.tx, config.optim.ema_decay, shardings, batch_shardings,
                            ema_warmup=config.optim.ema_warmup)
   writer = MetricsWriter(workdir, total_steps=config.total_steps, batch_size=config.batch_size,
@@ -148,6 +146,8 @@ def train(config, workdir: str) -> dict:
       last_good_saved = step
 
   step = start_step
+  if step >= config.total_steps:
+    log(f"Already at step {step} >= config.total_steps={config.total_steps}; nothing to train.")
   writer.start(step)
   try:
     with _SigtermFlag() as sigterm:
