@@ -35,17 +35,11 @@ def model_graphdef(model_fn: Callable[[nnx.Rngs], nnx.Module]):
   return graphdef
 
 
-def create_train_state(model_fn: Callable[[nnx.Rngs], nnx.Module], tx: optax.GradientTransformation, seed: int,
-                       mesh: Mesh, rules: Rules):
-  """Builds the state directly into its shardings (one jit with out_shardings).
-
-  Returns:
-    (graphdef, state, shardings): shardings mirrors state with NamedShardings.
-  """
+def _init_fn(model_fn: Callable[[nnx.Rngs], nnx.Module], tx: optax.GradientTransformation, seed: int):
+  """The function that builds a fresh TrainState (run under jit or eval_shape)."""
 
   def init() -> TrainState:
-    key = jax.random.PRNGKey(seed)
-    init_key, train_key = jax.random.split(key)
+    init_key, train_key = jax.random.split(jax.random.PRNGKey(seed))
     model = model_fn(nnx.Rngs(params=init_key))
     _, params, rest = nnx.split(model, nnx.Param, ...)
     assert not jax.tree.leaves(rest), f"model has non-parameter state: {rest}"
@@ -53,28 +47,28 @@ def create_train_state(model_fn: Callable[[nnx.Rngs], nnx.Module], tx: optax.Gra
                       ema_params=jax.tree.map(jnp.copy, params), opt_state=tx.init(params), rng=train_key,
                       nonfinite_step=jnp.full((), -1, jnp.int32))
 
-  graphdef = model_graphdef(model_fn)
-  abstract = jax.eval_shape(init)
-  shardings = state_shardings(abstract, mesh, rules)
+  return init
+
+
+def create_train_state(model_fn: Callable[[nnx.Rngs], nnx.Module], tx: optax.GradientTransformation, seed: int,
+                       mesh: Mesh, rules: Rules):
+  """Builds the state directly into its shardings (one jit with out_shardings).
+
+  Returns:
+    (graphdef, state, shardings): shardings mirrors state with NamedShardings.
+  """
+  init = _init_fn(model_fn, tx, seed)
+  shardings = state_shardings(jax.eval_shape(init), mesh, rules)
   state = jax.jit(init, out_shardings=shardings)()
-  return graphdef, state, shardings
+  return model_graphdef(model_fn), state, shardings
 
 
 def abstract_train_state(model_fn, tx, seed: int, mesh: Mesh, rules: Rules):
   """ShapeDtypeStructs with shardings of the train state, for restoring without allocating."""
-  graphdef = model_graphdef(model_fn)
-
-  def init() -> TrainState:
-    model = model_fn(nnx.Rngs(params=jax.random.PRNGKey(seed)))
-    _, params, _ = nnx.split(model, nnx.Param, ...)
-    return TrainState(step=jnp.zeros((), jnp.int32), params=params, ema_params=params,
-                      opt_state=tx.init(params), rng=jax.random.PRNGKey(seed),
-                      nonfinite_step=jnp.zeros((), jnp.int32))
-
-  abstract = jax.eval_shape(init)
+  abstract = jax.eval_shape(_init_fn(model_fn, tx, seed))
   shardings = state_shardings(abstract, mesh, rules)
   abstract = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, shardings)
-  return graphdef, abstract, shardings
+  return model_graphdef(model_fn), abstract, shardings
 
 
 def count_params(params) -> int:
