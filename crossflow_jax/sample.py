@@ -104,17 +104,15 @@ def classify_split(workdir: str, split: str, *, steps: int = 50, solver: str = "
   import jax.numpy as jnp
 
   from crossflow_jax.data import pipeline
-  from crossflow_jax.data.sources import default_data_dir, load_source
   from crossflow_jax.sampling.sampler import classify_images
+  from crossflow_jax.train.loop import open_data
   from crossflow_jax.train.restore import load_trained
 
   trained = load_trained(workdir, step=step, weights=weights)
   exp = trained.experiment
   if not exp.task.can_classify:
     raise ConfigError(f"Task {exp.task.name!r} has no class source to flow back to; it cannot classify.")
-  cfg = exp.config
-  source, info = load_source(cfg.data.name, split, data_dir=cfg.data.data_dir or default_data_dir(),
-                             manual_dir=cfg.data.manual_dir)
+  source, info, _ = open_data(exp.config, split)
   image_size = exp.data.image_shape[0] if exp.data.image_shape[0] != info.image_shape[0] else None
   it = pipeline.make_eval_iterator(source, batch_size=batch_size, image_size=image_size, shard_index=0, shard_count=1)
   correct = total = 0
