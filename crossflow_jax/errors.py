@@ -23,3 +23,11 @@ class CheckpointError(CrossflowError):
 
 class TrainingDivergedError(CrossflowError):
   """The loss became NaN or inf."""
+
+
+class WeightsError(CrossflowError):
+  """Published weights are missing, or their layout does not match the module they load into."""
+
+
+class PromptError(CrossflowError, ValueError):
+  """A text prompt cannot be used (empty, or not encodable by the chosen tokenizer)."""
