@@ -1,5 +1,6 @@
 """Train a flow-matching model.
 
+  python train_flow.py --workdir runs/shapes              # CrossFlow text -> image on shapes (the default)
   python train_flow.py --config configs/digits_c2i.py --workdir runs/digits
   python train_flow.py --config configs/mnist_c2i.py --config.model.depth 12 --workdir runs/mnist
 
@@ -15,7 +16,7 @@ from ml_collections import config_flags
 
 from crossflow_jax.command_line import run_main
 
-DEFAULT_CONFIG = os.path.join(os.path.dirname(os.path.abspath(__file__)), "configs", "digits_c2i.py")
+DEFAULT_CONFIG = os.path.join(os.path.dirname(os.path.abspath(__file__)), "configs", "shapes_t2i.py")
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None,
     "Experiment config file (a get_config(arg) Python file; `path:arg` passes arg).", lock_config=True)

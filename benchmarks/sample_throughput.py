@@ -62,13 +62,13 @@ def main(argv):
   nfe = _STEPS.value * (2 if _SOLVER.value == "heun" else 1)
 
   def sample():
-    return solve(graphdef, params, x0, labels, task=task, solver=_SOLVER.value, num_steps=_STEPS.value,
+    return solve(graphdef, params, x0, {"labels": labels}, task=task, solver=_SOLVER.value, num_steps=_STEPS.value,
                  cfg_scale=_CFG.value, direction=TO_IMAGE)
 
   @jax.jit
   def one_eval(params, x):
     model = nnx.merge(graphdef, params)
-    v = task.velocity_fn(model, labels, direction=TO_IMAGE, cfg_scale=_CFG.value)
+    v = task.velocity_fn(model, {"labels": labels}, direction=TO_IMAGE, cfg_scale=_CFG.value)
     return v(x, jnp.full((x.shape[0],), 0.5))
 
   t_sample = _time(sample, _REPEATS.value)

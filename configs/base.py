@@ -24,6 +24,14 @@ def get_config() -> ml_collections.ConfigDict:
   c.data.train_split = "train"
   c.data.eval_split = "test"
   c.data.worker_count = 0         # Grain worker processes (0 = read in the main process)
+  c.data.holdout_pairs = ""       # shapes: "red:triangle,blue:circle" moves those pairs from train to a holdout split
+
+  # Captioned datasets (shapes, cifar10_captions, flickr8k, image_text_folder) train text tasks.
+  c.text = ml_collections.ConfigDict()
+  c.text.encoder = "minilm"       # frozen encoder: 'minilm' (bundled all-MiniLM-L6-v2) or a local HF folder
+  c.text.max_length = 77          # tokens per caption (padded, with a mask; longer prompts are truncated)
+  c.text.use_cache = True         # encode every caption once into <dataset>/text_cache (else encode each batch)
+  c.text.compute_dtype = "float32"  # of the frozen encoder
 
   c.task = ml_collections.ConfigDict()
   c.task.name = "class_to_image"  # class_to_image | image_to_class | bidirectional | noise_to_image
@@ -32,6 +40,27 @@ def get_config() -> ml_collections.ConfigDict:
   c.task.lambda_b = 0.5           # bidirectional: probability of the source -> image direction
   c.task.guidance = "indicator"   # indicator (CrossFlow) | null_class (noise_to_image) | none
   c.task.guidance_p = 0.1         # fraction of flagged (indicator) or label-dropped (null_class) samples
+  # Text tasks (text_to_image | image_to_text | bidirectional_text | noise_to_image_text):
+  c.task.kl_weight = 1e-3         # weight of the TVE's KL term
+  c.task.kl_form = "standard"     # standard | crossflow ((0.3 mu)^6 in place of mu^2)
+  c.task.contrastive_weight = 0.1  # weight of the z0 <-> image-encoder InfoNCE loss (0 = off)
+  c.task.init_temperature = 0.07  # contrastive temperature at init (learned; logit scale clamped)
+  c.task.max_logit_scale = 100.0
+
+  c.tve = ml_collections.ConfigDict()  # Text Variational Encoder: text tokens -> (mu, logvar) of the image's shape
+  c.tve.width = 256
+  c.tve.depth = 2
+  c.tve.num_heads = 4
+  c.tve.mlp_ratio = 4.0
+  c.tve.bottleneck = 32           # per-token features before the tokens are flattened
+  c.tve.init_logvar = -4.0        # log sigma^2 at init (sigma ~0.14 against unit-scale means)
+  c.tve.compute_dtype = "float32"
+
+  c.image_encoder = ml_collections.ConfigDict()  # image side of the contrastive loss
+  c.image_encoder.width = 128
+  c.image_encoder.depth = 2
+  c.image_encoder.num_heads = 4
+  c.image_encoder.patch_size = 4
 
   c.flow = ml_collections.ConfigDict()
   c.flow.sigma_min = 0.0          # x_t = (1 - (1 - sigma_min) t) x0 + t x1
@@ -66,7 +95,9 @@ def get_config() -> ml_collections.ConfigDict:
   c.sample.solver = "heun"        # euler | heun
   c.sample.steps = 50
   c.sample.cfg_scale = 1.0        # v = v_u + s (v_c - v_u); 1 = no guidance
-  c.sample.per_class = 8          # samples per class in training grids
+  c.sample.per_class = 8          # samples per class (or per prompt) in training grids
+  c.sample.num_prompts = 8        # text tasks: prompts (rows) in training grids, from the eval split's captions
+  c.sample.judge_num = 0          # shapes: images judged per sample step, on seen and held-out prompts (0 = off)
 
   c.mesh = ml_collections.ConfigDict()
   c.mesh.data = -1                # -1 takes the remaining devices

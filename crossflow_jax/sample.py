@@ -1,11 +1,22 @@
-"""Draw samples from a trained model, or classify real images with it.
+"""Draw samples from a trained model, or classify / caption real images with it.
 
+Class models:
   python -m crossflow_jax.sample --workdir DIR --class_label 0,1,2 --num_samples 16 --steps 50 \
       --solver heun --cfg_scale 2 --seed 0 --out FILE.png      # or FILE.npz
   python -m crossflow_jax.sample --workdir DIR --classify_split test --steps 50   # image -> class accuracy
+Text models:
+  python -m crossflow_jax.sample --workdir DIR --prompt "a small red circle in the top left" --num_samples 8 --out F
+  python -m crossflow_jax.sample --workdir DIR --prompts_file prompts.txt --num_samples 4 --out F.npz
+  python -m crossflow_jax.sample --workdir DIR --interpolate "a red circle" --interpolate "a blue square" --out F.png
+  python -m crossflow_jax.sample --workdir DIR --arithmetic "A" --arithmetic "B" --arithmetic "C" --out F.png
+  python -m crossflow_jax.sample --workdir DIR --retrieve_split test --num_eval 500   # image -> caption retrieval
+  python -m crossflow_jax.sample --workdir DIR --judge_shapes 200   # shapes: judged accuracy, seen / held-out pairs
 
-`--num_samples` is per label. FILE.png is a grid (one row per label); FILE.npz holds `images`
-[N, H, W, C] uint8 and `labels` [N]. The EMA weights of the latest checkpoint are used unless
+`--num_samples` is per label or prompt. FILE.png is a grid (one row per label or prompt);
+FILE.npz holds `images` [N, H, W, C] uint8 and `labels` [N] or `prompts` [N] (file order,
+`--num_samples` per prompt). Interpolation writes one strip of `--num_samples` images from
+the first prompt's latent to the second's; arithmetic writes rows [a, b, c, z(a) + z(b) - z(c)]
+(re-standardised), one row per seed. The EMA weights of the latest checkpoint are used unless
 `--weights params` or `--step N` say otherwise.
 """
 
@@ -31,7 +42,14 @@ _WEIGHTS = flags.DEFINE_enum("weights", "ema", ["ema", "params"], "Which weights
 _BATCH = flags.DEFINE_integer("batch_size", 256, "Images per device program.")
 _CLASSIFY = flags.DEFINE_string("classify_split", "", "Instead of sampling: classify this split, print accuracy.")
 _NUM_EVAL = flags.DEFINE_integer("num_eval", 0, "Images to classify (0: the whole split).")
-_METHOD = flags.DEFINE_enum("method", "auto", ["auto", "forward", "backward"], "Image -> class integration.")
+_METHOD = flags.DEFINE_enum("method", "auto", ["auto", "forward", "backward"],
+                            "Image -> class / text integration.")
+_PROMPT = flags.DEFINE_multi_string("prompt", [], "Text prompt (repeatable).")
+_PROMPTS_FILE = flags.DEFINE_string("prompts_file", "", "File with one prompt per line.")
+_INTERPOLATE = flags.DEFINE_multi_string("interpolate", [], "Two prompts: interpolate between their latents.")
+_ARITHMETIC = flags.DEFINE_multi_string("arithmetic", [], "Three prompts a, b, c: draw z(a) + z(b) - z(c).")
+_RETRIEVE = flags.DEFINE_string("retrieve_split", "", "Image -> caption retrieval on this split; print top-1/5.")
+_JUDGE = flags.DEFINE_integer("judge_shapes", 0, "shapes models: judge N prompts of seen and of held-out pairs.")
 
 
 def parse_labels(text: str, num_classes: int) -> list[int]:
@@ -78,6 +96,8 @@ def sample_to_file(workdir: str, out: str, *, labels: str = "", num_samples: int
     raise ConfigError(f"--num_samples must be >= 1, got {num_samples}.")
   trained = load_trained(workdir, step=step, weights=weights)
   task = trained.experiment.task
+  if task.modality == "text":
+    raise ConfigError("This is a text model: pass --prompt \"...\" (or --prompts_file), not --class_label.")
   if task.name == "image_to_class":
     raise ConfigError("This model was trained image -> class only; it cannot draw images. Use --classify_split.")
   wanted = np.repeat(np.asarray(parse_labels(labels, task.num_classes), np.int32), num_samples)
@@ -137,7 +157,34 @@ def main(argv):
     raise ConfigError(f"Unexpected arguments {argv[1:]}.")
   if not _WORKDIR.value:
     raise ConfigError("--workdir is required (the training workdir with checkpoints/).")
-  if _CLASSIFY.value:
+  common = dict(steps=_STEPS.value, solver=_SOLVER.value, step=_STEP.value, weights=_WEIGHTS.value,
+                batch_size=_BATCH.value)
+  text_modes = [bool(_PROMPT.value or _PROMPTS_FILE.value), bool(_INTERPOLATE.value), bool(_ARITHMETIC.value),
+                bool(_RETRIEVE.value), bool(_CLASSIFY.value), bool(_JUDGE.value)]
+  if sum(text_modes) > 1:
+    raise ConfigError("Use one of --prompt/--prompts_file, --interpolate, --arithmetic, --retrieve_split, "
+                      "--judge_shapes and --classify_split at a time.")
+  from crossflow_jax import sample_text
+
+  if _PROMPT.value or _PROMPTS_FILE.value:
+    prompts = list(_PROMPT.value) + (sample_text.read_prompts_file(_PROMPTS_FILE.value) if _PROMPTS_FILE.value
+                                     else [])
+    result = sample_text.prompts_to_file(_WORKDIR.value, _OUT.value, prompts, num_samples=_NUM.value,
+                                         cfg_scale=_CFG.value, seed=_SEED.value, **common)
+  elif _INTERPOLATE.value:
+    result = sample_text.interpolation_to_file(_WORKDIR.value, _OUT.value, _INTERPOLATE.value,
+                                               num_samples=_NUM.value, cfg_scale=_CFG.value, seed=_SEED.value,
+                                               **common)
+  elif _ARITHMETIC.value:
+    result = sample_text.arithmetic_to_file(_WORKDIR.value, _OUT.value, _ARITHMETIC.value, num_samples=_NUM.value,
+                                            cfg_scale=_CFG.value, seed=_SEED.value, **common)
+  elif _RETRIEVE.value:
+    result = sample_text.retrieve_split(_WORKDIR.value, _RETRIEVE.value, num_eval=_NUM_EVAL.value,
+                                        method=_METHOD.value, **common)
+  elif _JUDGE.value:
+    result = sample_text.judge_shapes(_WORKDIR.value, num_prompts=_JUDGE.value, cfg_scale=_CFG.value,
+                                      seed=_SEED.value, **common)
+  elif _CLASSIFY.value:
     result = classify_split(_WORKDIR.value, _CLASSIFY.value, steps=_STEPS.value, solver=_SOLVER.value,
                             method=_METHOD.value, num_eval=_NUM_EVAL.value, step=_STEP.value, weights=_WEIGHTS.value,
                             batch_size=_BATCH.value)
@@ -150,4 +197,5 @@ def main(argv):
 
 if __name__ == "__main__":
   run_main(main, entry_flags={"workdir", "class_label", "num_samples", "steps", "solver", "cfg_scale", "seed", "out",
-                              "step", "weights", "batch_size", "classify_split", "num_eval", "method"})
+                              "step", "weights", "batch_size", "classify_split", "num_eval", "method", "prompt",
+                              "prompts_file", "interpolate", "arithmetic", "retrieve_split", "judge_shapes"})

@@ -273,8 +273,8 @@ def test_velocity_fn_guided_runs_backbone_once_on_2b(name, direction):
   b, s = 3, 2.5
   task = _task(name)
   backbone = FakeBackbone()
-  v = task.velocity_fn(types.SimpleNamespace(backbone=backbone), jnp.zeros((b,), jnp.int32), direction=direction,
-                       cfg_scale=s)
+  v = task.velocity_fn(types.SimpleNamespace(backbone=backbone), {"labels": jnp.zeros((b,), jnp.int32)},
+                       direction=direction, cfg_scale=s)
   x = jnp.asarray(np.random.default_rng(0).standard_normal((b, *SHAPE)), jnp.float32)
   t = jnp.full((b,), 0.25)
   out = np.asarray(v(x, t))
@@ -298,8 +298,8 @@ def test_velocity_fn_unguided_runs_backbone_on_b():
   t = jnp.zeros((b,))
   for task, cfg_scale in ((_task("class_to_image"), 1.0), (_task("class_to_image", guidance="none"), 3.0)):
     backbone = FakeBackbone()
-    v = task.velocity_fn(types.SimpleNamespace(backbone=backbone), jnp.zeros((b,), jnp.int32), direction=TO_IMAGE,
-                         cfg_scale=cfg_scale)
+    v = task.velocity_fn(types.SimpleNamespace(backbone=backbone), {"labels": jnp.zeros((b,), jnp.int32)},
+                         direction=TO_IMAGE, cfg_scale=cfg_scale)
     np.testing.assert_allclose(v(x, t), x)  # conditional pass only
     assert len(backbone.calls) == 1 and backbone.calls[0]["x"] == (b, *SHAPE)
     if task.guidance == "indicator":
@@ -311,7 +311,7 @@ def test_velocity_fn_null_class_guidance():
   task = _task("noise_to_image")
   backbone = FakeBackbone()
   labels = jnp.asarray([0, 1, 2, 9], jnp.int32)
-  v = task.velocity_fn(types.SimpleNamespace(backbone=backbone), labels, direction=TO_IMAGE, cfg_scale=s)
+  v = task.velocity_fn(types.SimpleNamespace(backbone=backbone), {"labels": labels}, direction=TO_IMAGE, cfg_scale=s)
   x = jnp.ones((b, *SHAPE))
   out = np.asarray(v(x, jnp.zeros((b,))))
   assert len(backbone.calls) == 1 and backbone.calls[0]["x"] == (2 * b, *SHAPE)

@@ -59,8 +59,8 @@ def test_unknown_and_ill_typed_keys(tmp_path):
 
 
 def test_impossible_patch_size(tmp_path):
-  r = run_cli(["train_flow.py", "--workdir", str(tmp_path / "w"), "--data.data_dir", str(tmp_path / "data"),
-               "--data.image_size", "12", "--model.patch_size", "8"])
+  r = run_cli(["train_flow.py", "--config", "configs/digits_c2i.py", "--workdir", str(tmp_path / "w"),
+               "--data.data_dir", str(tmp_path / "data"), "--data.image_size", "12", "--model.patch_size", "8"])
   assert r.returncode != 0
   assert "patch_size=8 does not divide the image size 12x12" in r.stderr, r.stderr[-2000:]
   assert not (tmp_path / "w").exists()

@@ -7,7 +7,8 @@ import pytest
 
 from crossflow_jax.train.experiment import DataSpec, build_experiment
 
-SHAPES = {"digits": (8, 8, 1), "mnist": (28, 28, 1), "cifar10": (32, 32, 3)}
+SHAPES = {"digits": (8, 8, 1), "mnist": (28, 28, 1), "cifar10": (32, 32, 3), "shapes": (32, 32, 3),
+          "flickr8k": (64, 64, 3), "cifar10_captions": (32, 32, 3)}
 RECIPES = sorted(p.stem for p in pathlib.Path(__file__).parent.parent.joinpath("configs").glob("*.py")
                  if p.stem not in ("__init__", "base"))
 
@@ -18,8 +19,18 @@ def test_recipe_builds(name, arg):
   config = importlib.import_module(f"configs.{name}").get_config(arg)
   with pytest.raises(AttributeError):
     config.not_a_key = 1  # locked: misspelt keys are errors
-  exp = build_experiment(config, DataSpec(config.data.name, SHAPES[config.data.name], 10))
+  shape = SHAPES[config.data.name]
+  if config.data.image_size:
+    shape = (config.data.image_size, config.data.image_size, shape[2])
+  if exp_is_text := config.task.name in ("text_to_image", "image_to_text", "bidirectional_text",
+                                         "noise_to_image_text"):
+    spec = DataSpec(config.data.name, shape, 0, num_captions=3, text_identity="test", text_dim=384,
+                    num_tokens=config.text.max_length)
+  else:
+    spec = DataSpec(config.data.name, shape, 10)
+  exp = build_experiment(config, spec)
   assert exp.task.name == config.task.name
+  assert (exp.task.modality == "text") == exp_is_text
 
 
 def test_reference_settings():

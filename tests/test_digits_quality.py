@@ -1,6 +1,6 @@
-"""The Quickstart's default run: digits of every class that an independent classifier can read.
+"""The class -> image CPU recipe: digits of every class that an independent classifier can read.
 
-Trains `configs/digits_c2i.py` exactly as the README's first command does (about 4 minutes on
+Trains `configs/digits_c2i.py` as the README's class -> image command does (about 4 minutes on
 2 CPU cores), samples every class with the CLI and has scikit-learn's SVM, trained on real
 digits only, read them. Also checks image -> class by integrating the same field backwards.
 """
@@ -27,10 +27,10 @@ def judge():
 
 
 @pytest.mark.slow
-def test_default_digits_run_draws_every_class(tmp_path, judge):
+def test_digits_c2i_run_draws_every_class(tmp_path, judge):
   workdir = tmp_path / "digits"
   data = tmp_path / "data"
-  r = run_cli(["train_flow.py", "--workdir", str(workdir)], timeout=1800,
+  r = run_cli(["train_flow.py", "--config", "configs/digits_c2i.py", "--workdir", str(workdir)], timeout=1800,
               env_extra={"CROSSFLOW_DATA_DIR": str(data)})
   assert r.returncode == 0, r.stderr[-3000:]
   assert (workdir / "loss.png").exists() and (workdir / "samples" / "step_0002000.png").exists()

@@ -1,6 +1,7 @@
 """DiT (`models/dit.py`), its layers (`models/layers.py`) and attention (`models/attention.py`)."""
 
 import dataclasses
+from types import SimpleNamespace
 
 import jax
 import jax.numpy as jnp
@@ -12,6 +13,8 @@ from crossflow_jax.errors import ConfigError
 from crossflow_jax.models import layers
 from crossflow_jax.models.attention import IMPLEMENTATIONS, dot_product_attention
 from crossflow_jax.models.dit import DiT, DiTConfig
+from crossflow_jax.models.factory import dit_config
+from crossflow_jax.parallel import axes
 
 
 def _cfg(**kw) -> DiTConfig:
@@ -287,3 +290,125 @@ def test_attention_unknown_implementation():
   assert "'flash'" in msg
   for name in IMPLEMENTATIONS:
     assert name in msg
+
+
+# ---- text context (cross-attention baseline) ----------------------------------------------
+
+
+CTX_LEN, CTX_DIM = 5, 12
+CTX_CFG = _cfg(depth=2, context_dim=CTX_DIM, context_len=CTX_LEN)
+CTX_LENGTHS = np.array([2, 5])  # real tokens per caption
+
+
+def _context(seed: int = 4, lengths=CTX_LENGTHS) -> dict:
+  mask = jnp.asarray(np.arange(CTX_LEN)[None] < np.asarray(lengths)[:, None], jnp.int32)
+  return dict(context=_normal(seed, (len(lengths), CTX_LEN, CTX_DIM)), context_mask=mask)
+
+
+@pytest.fixture(scope="module")
+def ctx():
+  """A depth-2 DiT with text cross-attention: graphdef, init params, perturbed params, jitted forward."""
+  graphdef, params = nnx.split(DiT(CTX_CFG, rngs=nnx.Rngs(0)), nnx.Param)
+  return graphdef, params, _perturb_params(params, 1), _forward_fn(graphdef)
+
+
+def test_context_free_dit_has_no_context_params(full):
+  _, params, _, _ = full
+  keys = [jax.tree_util.keystr(p) for p, _ in jax.tree_util.tree_flatten_with_path(params)[0]]
+  assert not any("context" in k or "cross" in k for k in keys)
+  with pytest.raises(ValueError, match="context_dim=0"):
+    jax.eval_shape(lambda: nnx.merge(full[0], params)(*_inputs(FULL_CFG), **_cond(), **_context()))
+
+
+def test_context_zero_init_and_identity_blocks(ctx):
+  graphdef, params, _, fwd = ctx
+  x, t = _inputs(CTX_CFG)
+  out = fwd(params, x, t, _context())
+  assert out.shape == x.shape and out.dtype == jnp.float32
+  np.testing.assert_array_equal(out, np.zeros(x.shape, np.float32))
+  model = nnx.merge(graphdef, params)
+  tokens = _normal(2, (2, 16, CTX_CFG.hidden_size))
+  c = _normal(3, (2, CTX_CFG.hidden_size))
+  kv, kv_mask, _ = nnx.jit(lambda emb, cond: emb(**cond))(model.context_embed, _context())
+  assert kv.shape == (2, 1 + CTX_LEN, CTX_CFG.hidden_size) and kv_mask.shape == (2, 1 + CTX_LEN)
+  apply_block = nnx.jit(lambda blk, *args: blk(*args))
+  for block in model.blocks:
+    np.testing.assert_array_equal(apply_block(block, tokens, c, kv, kv_mask), tokens)
+
+
+def test_context_changes_output_and_padding_does_not(ctx):
+  _, _, perturbed, fwd = ctx
+  x, t = _inputs(CTX_CFG)
+  base = _context()
+  out = np.asarray(fwd(perturbed, x, t, base))
+  other = np.asarray(fwd(perturbed, x, t, _context(seed=5)))
+  assert np.min(np.abs(out - other).reshape(2, -1).max(axis=1)) > 1e-4
+  # Only the real tokens count: new values (even NaN) at padded positions change nothing.
+  padded = ~np.asarray(base["context_mask"], bool)
+  garbage = np.where(padded[..., None], 100 * np.asarray(_normal(6, base["context"].shape)), base["context"])
+  garbage[0, -1, 0] = np.nan
+  same = np.asarray(fwd(perturbed, x, t, dict(base, context=jnp.asarray(garbage))))
+  np.testing.assert_allclose(same, out, atol=1e-5)
+  # A null caption (all-zero mask) attends to the learned null token alone: finite and different.
+  null = dict(base, context_mask=jnp.zeros_like(base["context_mask"]))
+  out_null = np.asarray(fwd(perturbed, x, t, null))
+  assert np.all(np.isfinite(out_null))
+  assert np.max(np.abs(out_null - out)) > 1e-4
+  out_null2 = np.asarray(fwd(perturbed, x, t, dict(null, context=_normal(8, base["context"].shape))))
+  np.testing.assert_allclose(out_null2, out_null, atol=1e-5)
+
+
+def test_context_gradients_under_jit(ctx):
+  graphdef, _, perturbed, _ = ctx
+  x, t = _inputs(CTX_CFG)
+  target = _normal(9, x.shape)
+  cond = _context(lengths=[0, 3])  # a null caption in the batch too
+
+  @jax.jit
+  def loss_and_grad(p):
+    return jax.value_and_grad(lambda p: jnp.mean(jnp.square(nnx.merge(graphdef, p)(x, t, **cond) - target)))(p)
+
+  loss, grads = jax.device_get(loss_and_grad(perturbed))
+  assert np.isfinite(loss)
+  flat = {jax.tree_util.keystr(k): g for k, g in jax.tree_util.tree_flatten_with_path(grads)[0]}
+  for key, g in flat.items():
+    assert np.all(np.isfinite(g)), key
+  for key in ("['context_embed']['null_token']", "['context_embed']['fc1']['kernel']",
+              "['context_embed']['pool_fc1']['kernel']", "['blocks'][0]['cross_attn']['k']['kernel']",
+              "['blocks'][1]['cross_attn']['proj']['kernel']"):
+    assert max(np.max(np.abs(g)) for k, g in flat.items() if k.startswith(key)) > 0, key
+
+
+def test_context_params_carry_logical_axes():
+  known = {name for name, _ in axes.DEFAULT_RULES}
+  state = nnx.state(nnx.eval_shape(lambda: DiT(CTX_CFG, rngs=nnx.Rngs(0))), nnx.Param)
+  for path, var in jax.tree_util.tree_flatten_with_path(state, is_leaf=lambda v: isinstance(v, nnx.Variable))[0]:
+    names = var.get_metadata().get("out_sharding")
+    assert names is not None and len(names) == var.get_value().ndim, (jax.tree_util.keystr(path), names)
+    assert set(names) - {None} <= known, names
+
+
+def test_context_missing_or_misshapen_raises(ctx):
+  graphdef, params, _, _ = ctx
+  model = nnx.merge(graphdef, params)
+  x, t = _inputs(CTX_CFG)
+  with pytest.raises(ValueError, match="context_dim=12"):
+    jax.eval_shape(lambda: model(x, t))
+  with pytest.raises(ValueError, match="context_mask"):
+    jax.eval_shape(lambda: model(x, t, context=_context()["context"]))
+  with pytest.raises(ValueError, match="L=5"):
+    jax.eval_shape(lambda: model(x, t, context=jnp.zeros((2, 4, CTX_DIM)), context_mask=jnp.ones((2, 4))))
+  with pytest.raises(ValueError, match="context_mask has shape"):
+    jax.eval_shape(lambda: model(x, t, context=_context()["context"], context_mask=jnp.ones((2, 4))))
+  with pytest.raises(ConfigError, match="context_len=3 needs context_dim"):
+    _cfg(context_len=3).validate()
+  with pytest.raises(ConfigError, match="context_dim"):
+    _cfg(context_dim=-1).validate()
+
+
+def test_factory_passes_context_through():
+  model_cfg = SimpleNamespace(preset="", depth=1, hidden_size=32, num_heads=2, patch_size=2, mlp_ratio=4.0,
+                              pos_embed="sincos", compute_dtype="float32", attention_impl="auto")
+  cfg = dit_config(model_cfg, image_shape=(8, 8, 3), context_dim=16, context_len=7)
+  assert (cfg.context_dim, cfg.context_len) == (16, 7)
+  assert dit_config(model_cfg, image_shape=(8, 8, 3)).context_dim == 0

@@ -15,13 +15,21 @@ import tensorflow_datasets as tfds
 
 from crossflow_jax.errors import DataError
 from tfds_builders.cifar10 import Cifar10
+from tfds_builders.cifar10_captions import Cifar10Captions
 from tfds_builders.digits import Digits
+from tfds_builders.flickr8k import Flickr8k
+from tfds_builders.image_text_folder import ImageTextFolder
 from tfds_builders.mnist import Mnist
+from tfds_builders.shapes import Shapes
 
 BUILDERS: dict[str, type[tfds.core.GeneratorBasedBuilder]] = {
     'digits': Digits,
     'mnist': Mnist,
     'cifar10': Cifar10,
+    'shapes': Shapes,
+    'cifar10_captions': Cifar10Captions,
+    'flickr8k': Flickr8k,
+    'image_text_folder': ImageTextFolder,
 }
 # Files each builder reads from its manual directory (empty: needs no manual data).
 MANUAL_FILES: dict[str, tuple[str, ...]] = {
@@ -30,18 +38,37 @@ MANUAL_FILES: dict[str, tuple[str, ...]] = {
 NEEDS_MANUAL_DIR: dict[str, bool] = {name: bool(files) for name, files in MANUAL_FILES.items()}
 
 
+def base_name(name: str) -> str:
+  """'shapes/s16' -> 'shapes' (a dataset name may carry a builder config after a slash)."""
+  return name.split('/')[0]
+
+
 def builder_class(name: str) -> type[tfds.core.GeneratorBasedBuilder]:
-  """The builder class of dataset `name`; raises `DataError` listing the known names."""
-  if name not in BUILDERS:
+  """The builder class of dataset `name` ('name' or 'name/config'); raises `DataError` listing the known names."""
+  if base_name(name) not in BUILDERS:
     raise DataError(
-        f"No TFDS builder named '{name}' in tfds_builders; available: {sorted(BUILDERS)}. "
+        f"No TFDS builder named '{base_name(name)}' in tfds_builders; available: {sorted(BUILDERS)}. "
         'Pick one of those or add a builder to tfds_builders.BUILDERS.'
     )
-  return BUILDERS[name]
+  return BUILDERS[base_name(name)]
+
+
+def make_builder(name: str, data_dir: str) -> tfds.core.DatasetBuilder:
+  """The builder of `name` ('shapes' = its default config, 'shapes/s16' = config s16) in `data_dir`."""
+  cls = builder_class(name)
+  _, _, config = name.partition('/')
+  if not config:
+    return cls(data_dir=data_dir)
+  names = [c.name for c in (cls.BUILDER_CONFIGS or [])]
+  if config not in names:
+    raise DataError(f"Dataset '{base_name(name)}' has no config '{config}'; its configs are {names or 'none'} "
+                    f"(write e.g. '{base_name(name)}/{names[0] if names else ''}').")
+  return cls(data_dir=data_dir, config=config)
 
 
 def check_manual_files(name: str, manual_dir: str) -> None:
   """Raises `DataError` unless `manual_dir` holds every manual file builder `name` needs."""
+  name = base_name(name)
   files = MANUAL_FILES[name]
   if not files:
     return
@@ -80,7 +107,7 @@ def build(
   Returns:
     The prepared builder; read it with `builder.as_data_source(split)`.
   """
-  builder = builder_class(name)(data_dir=data_dir)
+  builder = make_builder(name, data_dir)
   if builder.data_path.exists():
     return builder
   check_manual_files(name, manual_dir)

@@ -13,7 +13,28 @@ from etils import epath
 from crossflow_jax.errors import DataError
 
 
-class ImageClassificationBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
+class ManualFileMixin:
+  """`manual_file` for builders that read inputs from the manual directory."""
+
+  def manual_file(self, dl_manager: tfds.download.DownloadManager, filename: str) -> epath.Path:
+    """Path of `filename` in the manual dir; raises `DataError` if it is not there."""
+    try:
+      manual_dir = dl_manager.manual_dir
+    except AssertionError as e:  # TFDS raises this when the directory is missing or empty.
+      where = str(e).split(' Create it')[0]
+    else:
+      if (manual_dir / filename).exists():
+        return manual_dir / filename
+      where = f'Manual directory {manual_dir} does not hold it.'
+    raise DataError(
+        f"Cannot build dataset '{self.name}': it needs the manual file '{filename}'. {where} "
+        f'Fix: pass `--manual_dir <directory holding {filename}>` to '
+        f'`python -m tfds_builders {self.name}` (or set config.data.manual_dir); '
+        'in the project checkout that directory is ../shared/data.'
+    )
+
+
+class ImageClassificationBuilder(ManualFileMixin, tfds.core.GeneratorBasedBuilder, skip_registration=True):
   """Records `{'image': uint8 [H, W, C], 'label': int}` stored in source order (no shuffling)."""
 
   IMAGE_SHAPE: ClassVar[tuple[int, int, int]]
@@ -39,21 +60,4 @@ class ImageClassificationBuilder(tfds.core.GeneratorBasedBuilder, skip_registrat
         disable_shuffling=True,
         homepage=self.HOMEPAGE,
         license=self.LICENSE,
-    )
-
-  def manual_file(self, dl_manager: tfds.download.DownloadManager, filename: str) -> epath.Path:
-    """Path of `filename` in the manual dir; raises `DataError` if it is not there."""
-    try:
-      manual_dir = dl_manager.manual_dir
-    except AssertionError as e:  # TFDS raises this when the directory is missing or empty.
-      where = str(e).split(' Create it')[0]
-    else:
-      if (manual_dir / filename).exists():
-        return manual_dir / filename
-      where = f'Manual directory {manual_dir} does not hold it.'
-    raise DataError(
-        f"Cannot build dataset '{self.name}': it needs the manual file '{filename}'. {where} "
-        f'Fix: pass `--manual_dir <directory holding {filename}>` to '
-        f'`python -m tfds_builders {self.name}` (or set config.data.manual_dir); '
-        'in the project checkout that directory is ../shared/data.'
     )

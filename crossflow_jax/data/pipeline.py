@@ -45,6 +45,37 @@ def resize_image(image: np.ndarray, image_size: int) -> np.ndarray:
   return np.stack(channels, axis=-1)
 
 
+def _read_image(source: Sequence[dict[str, Any]], index: int, image_size: int | None) -> tuple[dict, np.ndarray]:
+  """(record, float32 [H', W', C] image in [-1, 1]) of record `index`, with clear errors."""
+  try:
+    record = source[index]
+  except CrossflowError:
+    raise
+  except Exception as e:
+    raise DataError(
+        f'Cannot read record {index} of {source!r}: {type(e).__name__}: {e}. The '
+        'dataset files may be corrupt: delete the prepared dataset folder and rebuild it '
+        '(python -m tfds_builders NAME).'
+    ) from e
+  image = np.asarray(record['image'])
+  if image.dtype != np.uint8 or image.ndim != 3:
+    raise DataError(
+        f'Record {index} of {source!r} has image {image.dtype} {image.shape}; '
+        'expected uint8 [H, W, C]. Rebuild the dataset with tfds_builders.'
+    )
+  return record, resize_and_scale(image, image_size)
+
+
+def resize_and_scale(image: np.ndarray, image_size: int | None) -> np.ndarray:
+  """uint8 [H, W, C] -> float32 [S, S, C] in [-1, 1] (resized as `resize_image` when S differs)."""
+  image = np.asarray(image)
+  if image_size is not None and image.shape[:2] != (image_size,) * 2:
+    pixels = resize_image(image, image_size)
+  else:
+    pixels = image.astype(np.float32)
+  return pixels / np.float32(127.5) - np.float32(1.0)
+
+
 class _ReadAndPreprocess(grain.transforms.Map):
   """Maps a record index to `{'image': float32 [H', W', C] in [-1, 1], 'label': int32 []}`."""
 
@@ -53,30 +84,33 @@ class _ReadAndPreprocess(grain.transforms.Map):
     self._image_size = image_size
 
   def map(self, index: int) -> dict[str, np.ndarray]:
-    try:
-      record = self._source[index]
-    except CrossflowError:
-      raise
-    except Exception as e:
-      raise DataError(
-          f'Cannot read record {index} of {self._source!r}: {type(e).__name__}: {e}. The '
-          'dataset files may be corrupt: delete the prepared dataset folder and rebuild it '
-          '(python -m tfds_builders NAME).'
-      ) from e
-    image = np.asarray(record['image'])
-    if image.dtype != np.uint8 or image.ndim != 3:
-      raise DataError(
-          f'Record {index} of {self._source!r} has image {image.dtype} {image.shape}; '
-          'expected uint8 [H, W, C]. Rebuild the dataset with tfds_builders.'
-      )
-    if self._image_size is not None and image.shape[:2] != (self._image_size,) * 2:
-      pixels = resize_image(image, self._image_size)
-    else:
-      pixels = image.astype(np.float32)
-    return {
-        'image': pixels / np.float32(127.5) - np.float32(1.0),
-        'label': np.asarray(record['label'], np.int32),
-    }
+    record, image = _read_image(self._source, index, self._image_size)
+    return {'image': image, 'label': np.asarray(record['label'], np.int32)}
+
+
+class _ReadCaptioned(grain.transforms.RandomMap):
+  """Maps a record index to its image and ONE of its captions (drawn per epoch), as model inputs.
+
+  Output: `{'image': float32 [H', W', C] in [-1, 1], **text_features(caption)}`, e.g.
+  `text_emb` float32 [L, D] and `text_mask` int32 [L] from a `TextEmbeddingCache`.
+  """
+
+  def __init__(self, source: Sequence[dict[str, Any]], image_size: int | None, text_features):
+    self._source = source
+    self._image_size = image_size
+    self._text_features = text_features
+
+  def random_map(self, index: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
+    record, image = _read_image(self._source, index, self._image_size)
+    captions = np.asarray(record['captions']).reshape(-1)
+    caption = captions[rng.integers(len(captions))]
+    caption = caption.decode('utf-8') if isinstance(caption, bytes) else str(caption)
+    return {'image': image, **self._text_features(caption)}
+
+
+def _read_map(source, image_size, text_features):
+  return _ReadAndPreprocess(source, image_size) if text_features is None else _ReadCaptioned(
+      source, image_size, text_features)
 
 
 def _check_args(
@@ -117,6 +151,7 @@ def make_train_iterator(
     shard_index: int | None = None,
     shard_count: int | None = None,
     worker_count: int = 0,
+    text_features=None,
 ) -> grain.DatasetIterator:
   """Infinite, per-epoch reshuffled, sharded training batches with checkpointable state.
 
@@ -135,6 +170,10 @@ def make_train_iterator(
     shard_index: this process's shard; defaults to `jax.process_index()`.
     shard_count: number of shards; defaults to `jax.process_count()`.
     worker_count: grain worker processes (0: threads in this process only).
+    text_features: for captioned datasets, `caption -> dict of arrays` (e.g.
+      `TextEmbeddingCache`-backed `{'text_emb', 'text_mask'}`); each read draws one of the
+      record's captions with a seeded per-record RNG, so the choice is part of the resumable
+      state. None: class datasets (`label`).
 
   Returns:
     A `grain.DatasetIterator` of `{'image': float32 [batch_size, H, W, C] in [-1, 1],
@@ -154,7 +193,9 @@ def make_train_iterator(
         'batch. Lower config.data.batch_size or use a larger split.'
     )
   ds = grain.MapDataset.range(shard_len * shard_count)[shard_index::shard_count]
-  ds = ds.shuffle(seed=seed).map(_ReadAndPreprocess(source, image_size))
+  ds = ds.shuffle(seed=seed)
+  read = _read_map(source, image_size, text_features)
+  ds = ds.map(read) if text_features is None else ds.random_map(read, seed=seed)
   ds = ds.batch(batch_size, drop_remainder=True).repeat(None)
   it_ds = ds.to_iter_dataset(_READ_OPTIONS)
   if worker_count > 0:
@@ -173,6 +214,7 @@ def make_eval_iterator(
     image_size: int | None,
     shard_index: int | None = None,
     shard_count: int | None = None,
+    text_features=None,
 ) -> grain.DatasetIterator:
   """One in-order pass over this process's shard; the last batch may be smaller.
 
@@ -194,5 +236,7 @@ def make_eval_iterator(
   shard_index, shard_count = _resolve_shard(shard_index, shard_count)
   _check_args(source, batch_size, image_size, shard_index, shard_count)
   ds = grain.MapDataset.range(len(source))[shard_index::shard_count]
-  ds = ds.map(_ReadAndPreprocess(source, image_size)).batch(batch_size, drop_remainder=False)
+  read = _read_map(source, image_size, text_features)
+  ds = ds.map(read) if text_features is None else ds.random_map(read, seed=0)
+  ds = ds.batch(batch_size, drop_remainder=False)
   return iter(ds.to_iter_dataset(_READ_OPTIONS))

@@ -11,6 +11,7 @@ import dataclasses
 import os
 from typing import Any
 
+import numpy as np
 import tensorflow_datasets as tfds
 
 import tfds_builders
@@ -40,6 +41,8 @@ class SourceInfo:
     class_names: label names; `class_names[label]` names a label.
     num_examples: records in the split.
     dataset_dir: the prepared dataset's folder, `data_dir/<name>/<version>`.
+    num_captions: captions per record (K of a `captions` feature; 0 for class datasets).
+    attributes: other ClassLabel fields and their names (e.g. shapes' colour, shape, size, position).
   """
 
   name: str
@@ -49,6 +52,46 @@ class SourceInfo:
   class_names: tuple[str, ...]
   num_examples: int
   dataset_dir: str
+  num_captions: int = 0
+  attributes: dict = dataclasses.field(default_factory=dict)
+
+
+class IndexView:
+  """The records `indices` of a source, renumbered 0..len-1 (e.g. train without held-out pairs)."""
+
+  def __init__(self, source, indices: np.ndarray, description: str):
+    self._source = source
+    self._indices = np.asarray(indices, np.int64)
+    self._description = description
+
+  def __len__(self) -> int:
+    return len(self._indices)
+
+  def __getitem__(self, index: int):
+    return self._source[int(self._indices[index])]
+
+  def __repr__(self) -> str:
+    return f'{self._source!r}[{self._description}, len={len(self)}]'
+
+
+def holdout_indices(source, builder, pairs: set[tuple[int, int]]) -> np.ndarray:
+  """bool [n]: whether record i of a shapes split has a held-out (colour, shape) pair (cached as .npy)."""
+  path = os.path.join(os.fspath(builder.data_path), f'pairs_{_split_key(source)}.npy')
+  if os.path.isfile(path):
+    colour_shape = np.load(path, allow_pickle=False)
+  else:
+    colour_shape = np.asarray([(source[i]['colour'], source[i]['shape']) for i in range(len(source))], np.int64)
+    tmp = f'{path}.tmp{os.getpid()}.npy'
+    np.save(tmp, colour_shape, allow_pickle=False)
+    os.replace(tmp, path)
+  wanted = np.zeros((8, 3), bool)
+  for c, k in pairs:
+    wanted[c, k] = True
+  return wanted[colour_shape[:, 0], colour_shape[:, 1]]
+
+
+def _split_key(source) -> str:
+  return source._split.replace('[', '_').replace(']', '').replace(':', '-')  # noqa: SLF001
 
 
 class DatasetSource:
@@ -106,9 +149,9 @@ def _cumsum(values: list[int]):
 
 
 def _rebuild_hint(name: str, data_dir: str) -> str:
-  if name not in tfds_builders.BUILDERS:
+  if tfds_builders.base_name(name) not in tfds_builders.BUILDERS:
     return ' with the tool that prepared it'
-  manual = ' --manual_dir <dir>' if tfds_builders.NEEDS_MANUAL_DIR[name] else ''
+  manual = ' --manual_dir <dir>' if tfds_builders.NEEDS_MANUAL_DIR[tfds_builders.base_name(name)] else ''
   return f' with `python -m tfds_builders {name} --data_dir {data_dir}{manual}`'
 
 
@@ -153,7 +196,7 @@ def get_builder(
   """
   data_dir = os.path.expanduser(data_dir)
   manual_dir = os.path.expanduser(manual_dir)
-  if name not in tfds_builders.BUILDERS:
+  if tfds_builders.base_name(name) not in tfds_builders.BUILDERS:
     prepared = _prepared_dir(name, data_dir)
     if prepared is None:
       raise DataError(
@@ -165,12 +208,12 @@ def get_builder(
           "file_format='array_record', or fix config.data.name / config.data.data_dir."
       )
     return tfds.builder_from_directory(prepared)
-  builder = tfds_builders.builder_class(name)(data_dir=data_dir)
+  builder = tfds_builders.make_builder(name, data_dir)
   if builder.data_path.exists():
     return builder
-  needs_manual = tfds_builders.NEEDS_MANUAL_DIR[name]
+  needs_manual = tfds_builders.NEEDS_MANUAL_DIR[tfds_builders.base_name(name)]
   if not auto_build or (needs_manual and not manual_dir):
-    files = ', '.join(tfds_builders.MANUAL_FILES[name])
+    files = ', '.join(tfds_builders.MANUAL_FILES[tfds_builders.base_name(name)])
     manual = f' --manual_dir <dir holding {files}>' if needs_manual else ''
     or_config = ' or set config.data.manual_dir' if needs_manual else ''
     raise DataError(
@@ -181,7 +224,8 @@ def get_builder(
 
 
 def load_source(
-    name: str, split: str, *, data_dir: str, manual_dir: str = '', auto_build: bool = True
+    name: str, split: str, *, data_dir: str, manual_dir: str = '', auto_build: bool = True,
+    holdout_pairs: str = '',
 ) -> tuple[DatasetSource, SourceInfo]:
   """Opens one split of a prepared dataset for random access, building it if allowed.
 
@@ -191,9 +235,12 @@ def load_source(
     data_dir: root of prepared datasets (see `default_data_dir()`).
     manual_dir: directory holding the builder's manual files, for building.
     auto_build: build a missing dataset when possible.
+    holdout_pairs: shapes only: 'colour:shape,...' pairs removed from the train split; the
+      split name 'holdout' then returns exactly the removed train records.
 
   Returns:
-    `(source, info)`: `source[i]` is `{'image': uint8 [H, W, C], 'label': int}`.
+    `(source, info)`: `source[i]` is `{'image': uint8 [H, W, C], 'label': int}` for class
+    datasets, `{'image', 'captions': object [K] (bytes), ...attributes}` for captioned ones.
 
   Raises:
     DataError: dataset missing and not buildable, unknown split, or unusable features.
@@ -201,19 +248,27 @@ def load_source(
   data_dir = os.path.expanduser(data_dir)
   builder = get_builder(name, data_dir, manual_dir, auto_build=auto_build)
   splits = sorted(builder.info.splits)
-  if split.split('[')[0] not in splits:
+  is_shapes = tfds_builders.base_name(name) == 'shapes'
+  if split == 'holdout' and not (holdout_pairs and is_shapes):
+    raise DataError(
+        "Split 'holdout' exists only for the shapes dataset with config.data.holdout_pairs set (e.g. "
+        f"'red:triangle,blue:circle'); dataset '{name}' has splits {splits}."
+    )
+  if holdout_pairs and not is_shapes:
+    raise DataError(f"config.data.holdout_pairs={holdout_pairs!r} applies only to the shapes dataset, not '{name}'; "
+                    "set it to ''.")
+  if split != 'holdout' and split.split('[')[0] not in splits:
     raise DataError(
         f"Dataset '{name}' has no split '{split}'; its splits are {splits}. "
         'Fix config.data.split (or the split argument).'
     )
   features = builder.info.features
-  if not all(k in features for k in ('image', 'label')) or not isinstance(
-      features['label'], tfds.features.ClassLabel
-  ):
+  has_label = 'label' in features and isinstance(features['label'], tfds.features.ClassLabel)
+  if 'image' not in features or not (has_label or 'captions' in features):
     raise DataError(
         f"Dataset '{name}' in {builder.data_dir} has features {sorted(features)}; expected "
-        "'image' (uint8 Tensor [H, W, C]) and 'label' (ClassLabel). Rebuild it with such "
-        'features (see tfds_builders).'
+        "'image' (uint8 Tensor [H, W, C]) and 'label' (ClassLabel) or 'captions' (object Tensor [K]). "
+        'Rebuild it with such features (see tfds_builders).'
     )
   image = features['image']
   if (
@@ -226,15 +281,25 @@ def load_source(
         'tfds.features.Tensor(shape=(H, W, C), dtype=np.uint8) images (tfds.features.Image '
         'needs TensorFlow). Rebuild it with such a feature (see tfds_builders).'
     )
-  source = DatasetSource(builder, split, _rebuild_hint(name, data_dir))
-  label = features['label']
+  source = DatasetSource(builder, 'train' if split == 'holdout' else split, _rebuild_hint(name, data_dir))
+  if holdout_pairs and split in ('train', 'holdout'):
+    from crossflow_jax.data import shapes  # pylint: disable=g-import-not-at-top
+
+    held = holdout_indices(source, builder, shapes.parse_holdout_pairs(holdout_pairs))
+    keep = held if split == 'holdout' else ~held
+    source = IndexView(source, np.flatnonzero(keep), f'{split}, held-out pairs {holdout_pairs}')
+  label = features['label'] if has_label else None
+  attributes = {k: tuple(f.names) for k, f in features.items()
+                if isinstance(f, tfds.features.ClassLabel) and k != 'label'}
   info = SourceInfo(
       name=name,
       split=split,
       image_shape=tuple(int(d) for d in image.shape),
-      num_classes=int(label.num_classes),
-      class_names=tuple(label.names),
+      num_classes=int(label.num_classes) if label else 0,
+      class_names=tuple(label.names) if label else (),
       num_examples=len(source),
       dataset_dir=os.fspath(builder.data_path),
+      num_captions=int(features['captions'].shape[0]) if 'captions' in features else 0,
+      attributes=attributes,
   )
   return source, info

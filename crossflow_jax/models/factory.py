@@ -9,8 +9,12 @@ BACKBONES = ("dit",)
 
 
 def dit_config(model_cfg, *, image_shape: tuple[int, int, int], num_classes: int = 0, use_indicator: bool = False,
-               use_direction: bool = False) -> DiTConfig:
-  """DiTConfig from config.model (a non-empty `preset` sets depth, hidden_size and num_heads)."""
+               use_direction: bool = False, context_dim: int = 0, context_len: int = 0) -> DiTConfig:
+  """DiTConfig from config.model (a non-empty `preset` sets depth, hidden_size and num_heads).
+
+  The keyword arguments are the conditioning the task asks for; `context_dim` / `context_len` > 0 add
+  cross-attention to text tokens of that width / length (the noise -> image text baseline).
+  """
   depth, hidden, heads = model_cfg.depth, model_cfg.hidden_size, model_cfg.num_heads
   if model_cfg.preset:
     if model_cfg.preset not in PRESETS:
@@ -20,7 +24,7 @@ def dit_config(model_cfg, *, image_shape: tuple[int, int, int], num_classes: int
                   hidden_size=hidden, depth=depth, num_heads=heads, mlp_ratio=float(model_cfg.mlp_ratio),
                   pos_embed=model_cfg.pos_embed, num_classes=num_classes, use_indicator=use_indicator,
                   use_direction=use_direction, compute_dtype=model_cfg.compute_dtype,
-                  attention_impl=model_cfg.attention_impl)
+                  attention_impl=model_cfg.attention_impl, context_dim=context_dim, context_len=context_len)
   cfg.validate()
   return cfg
 

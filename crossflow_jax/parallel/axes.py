@@ -11,6 +11,8 @@ MLP = "mlp"
 HEADS = "heads"
 CLASSES = "classes"
 PATCH = "patch"
+TEXT_EMBED = "text_embed"  # D_text: width of the frozen text encoder's token embeddings
+LATENT = "latent"          # a flattened [H * W * C] target (text VE output, image encoder features)
 
 MESH_AXES = ("data", "fsdp", "tensor")
 
@@ -22,4 +24,6 @@ DEFAULT_RULES = (
     (LENGTH, None),
     (CLASSES, None),
     (PATCH, None),
+    (TEXT_EMBED, None),
+    (LATENT, None),
 )

@@ -91,7 +91,10 @@ class ClassImageTask:
         use_direction=self.name == "bidirectional",
     )
 
-  def build_model(self, backbone: nnx.Module) -> FlowModel:
+  modality = "class"
+
+  def build_model(self, backbone: nnx.Module, *, rngs: nnx.Rngs | None = None) -> FlowModel:
+    del rngs  # the learned class table starts from fixed means
     table = None
     if self.source == "learned":
       table = jnp.asarray(class_means("learned", self.num_classes, self.image_shape))
@@ -153,12 +156,13 @@ class ClassImageTask:
 
   # ---- sampling ----------------------------------------------------------------------------
 
-  def velocity_fn(self, model: FlowModel, labels: jax.Array, *, direction: int, cfg_scale: float):
+  def velocity_fn(self, model: FlowModel, cond: dict, *, direction: int, cfg_scale: float):
     """The guided velocity field (x [B,H,W,C], t [B]) -> v for one direction.
 
     With guidance and cfg_scale != 1 the conditional and unconditional passes run as one
-    batch of 2B. `labels` are used only by noise_to_image.
+    batch of 2B. cond: {'labels': [B] int32}, used only by noise_to_image.
     """
+    labels = cond["labels"]
     b = labels.shape[0]
     base = {}
     if self.name == "bidirectional":

@@ -20,6 +20,7 @@ from crossflow_jax.parallel.mesh import make_mesh
 from crossflow_jax.parallel.sharding import data_parallel_size
 from crossflow_jax.tasks.class_image import ClassImageTask
 from crossflow_jax.tasks.factory import build_task
+from crossflow_jax.tasks.text_image import TextImageTask
 from crossflow_jax.train.optim import build_optimizer
 
 
@@ -31,21 +32,28 @@ class DataSpec:
   image_shape: tuple[int, int, int]   # (H, W, C) the model sees (after resizing)
   num_classes: int
   class_names: tuple[str, ...] = ()
+  num_captions: int = 0                # captions per record (0: a class dataset)
+  text_identity: str = ""              # the frozen text encoder that embeds the captions
+  text_dim: int = 0                    # D of its token embeddings
+  num_tokens: int = 0                  # L, the fixed token length
 
   def to_dict(self) -> dict:
     return {"name": self.name, "image_shape": list(self.image_shape), "num_classes": self.num_classes,
-            "class_names": list(self.class_names)}
+            "class_names": list(self.class_names), "num_captions": self.num_captions,
+            "text_identity": self.text_identity, "text_dim": self.text_dim, "num_tokens": self.num_tokens}
 
   @classmethod
   def from_dict(cls, d: dict) -> "DataSpec":
-    return cls(d["name"], tuple(d["image_shape"]), int(d["num_classes"]), tuple(d.get("class_names", ())))
+    return cls(d["name"], tuple(d["image_shape"]), int(d["num_classes"]), tuple(d.get("class_names", ())),
+               int(d.get("num_captions", 0)), d.get("text_identity", ""), int(d.get("text_dim", 0)),
+               int(d.get("num_tokens", 0)))
 
 
 @dataclasses.dataclass
 class Experiment:
   config: ml_collections.ConfigDict
   data: DataSpec
-  task: ClassImageTask
+  task: ClassImageTask | TextImageTask
   model_fn: Callable[[nnx.Rngs], nnx.Module]
   tx: object
   mesh: Mesh
@@ -59,6 +67,11 @@ class Experiment:
     fp.update({f"task.{k}": c.task[k] for k in ("name", "source", "guidance")})
     fp["data.image_shape"] = list(self.data.image_shape)
     fp["data.num_classes"] = self.data.num_classes
+    if self.data.num_captions:
+      fp.update({f"tve.{k}": v for k, v in c.tve.to_dict().items() if k not in ("compute_dtype", "init_logvar")})
+      fp.update({f"image_encoder.{k}": v for k, v in c.image_encoder.to_dict().items()})
+      fp["task.contrastive"] = bool(c.task.contrastive_weight > 0)
+      fp["text.identity"] = self.data.text_identity
     fp["optim.grad_clip"] = bool(c.optim.grad_clip_norm > 0)
     return json.loads(json.dumps(fp))
 
@@ -81,12 +94,13 @@ def validate_run_config(config) -> None:
 
 def build_experiment(config, data: DataSpec, *, devices=None) -> Experiment:
   validate_run_config(config)
-  task = build_task(config.task, config.flow, num_classes=data.num_classes, image_shape=data.image_shape)
+  task = build_task(config, data)
   conditioning = task.backbone_conditioning
   dit_config(config.model, image_shape=data.image_shape, **conditioning)  # validates shapes now
 
   def model_fn(rngs: nnx.Rngs) -> nnx.Module:
-    return task.build_model(build_backbone(config.model, image_shape=data.image_shape, rngs=rngs, **conditioning))
+    backbone = build_backbone(config.model, image_shape=data.image_shape, rngs=rngs, **conditioning)
+    return task.build_model(backbone, rngs=rngs)
 
   tx = build_optimizer(config.optim, config.total_steps)
   mesh = make_mesh(config.mesh.data, config.mesh.fsdp, config.mesh.tensor, devices=devices)

@@ -12,12 +12,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from crossflow_jax.data import pipeline
-from crossflow_jax.data.sources import default_data_dir, load_source
+from crossflow_jax.data import pipeline, text_inputs
+from crossflow_jax.data.sources import default_data_dir, get_builder, load_source
 from crossflow_jax.errors import TrainingDivergedError
 from crossflow_jax.eval.grids import save_grid, to_uint8
 from crossflow_jax.parallel.sharding import batch_sharding
 from crossflow_jax.sampling.sampler import classify_images, generate_images
+from crossflow_jax.train import text_eval
 from crossflow_jax.train.checkpoint import Checkpointer
 from crossflow_jax.train.experiment import DataSpec, Experiment, build_experiment
 from crossflow_jax.train.metrics import MetricsWriter, plot_loss_curve
@@ -33,15 +34,37 @@ def log(msg: str) -> None:
 def open_data(config, split: str):
   """(source, info, DataSpec) for a split, building embedded datasets on first use."""
   data_dir = config.data.data_dir or default_data_dir()
-  source, info = load_source(config.data.name, split, data_dir=data_dir, manual_dir=config.data.manual_dir)
+  source, info = load_source(config.data.name, split, data_dir=data_dir, manual_dir=config.data.manual_dir,
+                             holdout_pairs=config.data.holdout_pairs)
   size = config.data.image_size or info.image_shape[0]
-  spec = DataSpec(info.name, (size, size, info.image_shape[2]), info.num_classes, tuple(info.class_names))
+  text = text_inputs.spec_fields(config.text) if info.num_captions else {}
+  spec = DataSpec(info.name, (size, size, info.image_shape[2]), info.num_classes, tuple(info.class_names),
+                  num_captions=info.num_captions, **text)
   return source, info, spec
 
 
+def text_features(config, info):
+  """The pipeline's caption map for a captioned dataset (None for class datasets); builds the cache once."""
+  if not info.num_captions:
+    return None
+  data_dir = config.data.data_dir or default_data_dir()
+  splits = sorted(get_builder(config.data.name, data_dir, auto_build=False).info.splits)
+  sources = [load_source(config.data.name, s, data_dir=data_dir)[0] for s in splits]
+  return text_inputs.pipeline_features(config.text, info.dataset_dir, sources, log=log)
+
+
+def batch_shardings_for(exp: Experiment) -> dict:
+  """NamedShardings of the batch arrays, sharded over the batch axis."""
+  if exp.task.modality == "text":
+    ndims = {"image": 4, "text_emb": 3, "text_mask": 2}
+  else:
+    ndims = {"image": 4, "label": 1}
+  return {k: batch_sharding(exp.mesh, exp.rules, n) for k, n in ndims.items()}
+
+
 def global_batch(local: dict, shardings: dict) -> dict:
-  """Process-local numpy batch -> global jax.Arrays sharded over the batch axis."""
-  return {k: jax.make_array_from_process_local_data(shardings[k], np.asarray(v)) for k, v in local.items()}
+  """Process-local numpy batch -> global jax.Arrays sharded over the batch axis (keys of `shardings`)."""
+  return {k: jax.make_array_from_process_local_data(shardings[k], np.asarray(local[k])) for k in shardings}
 
 
 class _SigtermFlag:
@@ -72,7 +95,9 @@ def _fetch(metrics: dict) -> dict:
 
 
 def write_samples(exp: Experiment, graphdef, params, step: int, workdir: str, eval_batch: dict | None) -> dict:
-  """A grid of EMA samples (per_class per class) and, for reversible tasks, class accuracy."""
+  """A grid of EMA samples (per_class per class or prompt) and, for reversible class tasks, class accuracy."""
+  if exp.task.modality == "text":
+    return text_eval.write_text_samples(exp, graphdef, params, step, workdir, eval_batch)
   cfg, task, out = exp.config, exp.task, {}
   rows = min(exp.data.num_classes, 10)
   if task.name != "image_to_class":
@@ -96,7 +121,7 @@ def train(config, workdir: str) -> dict:
   Returns the last logged metrics. Raises CrossflowError subclasses for bad input, before any
   file in workdir is written.
   """
-  source, _, spec = open_data(config, config.data.train_split)
+  source, info, spec = open_data(config, config.data.train_split)
   exp = build_experiment(config, spec)
   ckpt = Checkpointer(workdir, max_to_keep=config.keep_checkpoints, async_save=config.async_checkpointing)
   latest = ckpt.latest_step()
@@ -104,12 +129,15 @@ def train(config, workdir: str) -> dict:
     ckpt.check_fingerprint(latest, exp.fingerprint)  # another model's checkpoint: stop before any work
 
   local_batch = config.batch_size // jax.process_count()
+  features = text_features(config, info)
   data_iter = pipeline.make_train_iterator(
       source, batch_size=local_batch, image_size=spec.image_shape[0] if config.data.image_size else None,
-      seed=config.seed, worker_count=config.data.worker_count)
-  batch_shardings = {"image": batch_sharding(exp.mesh, exp.rules, 4), "label": batch_sharding(exp.mesh, exp.rules, 1)}
+      seed=config.seed, worker_count=config.data.worker_count, text_features=features)
+  batch_shardings = batch_shardings_for(exp)
   eval_batch = None
-  if exp.task.can_classify and config.sample_every:
+  if exp.task.modality == "text" and config.sample_every:
+    eval_batch = text_eval.prepare(exp)
+  elif exp.task.can_classify and config.sample_every:
     eval_source, _, _ = open_data(config, config.data.eval_split)
     it = pipeline.make_eval_iterator(eval_source, batch_size=min(256, len(eval_source)) // jax.process_count(),
                                      image_size=spec.image_shape[0] if config.data.image_size else None)
@@ -152,7 +180,7 @@ def train(config, workdir: str) -> dict:
   try:
     with _SigtermFlag() as sigterm:
       while step < config.total_steps:
-        batch = global_batch(next(data_iter), batch_shardings)
+        batch = global_batch(text_inputs.embed_batch(next(data_iter), config.text), batch_shardings)
         state, metrics = step_fn(state, batch)
         step += 1
         last = step == config.total_steps

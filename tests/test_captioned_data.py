@@ -1,0 +1,135 @@
+"""Captioned TFDS builders (shapes, cifar10_captions, flickr8k, image_text_folder) and their sources."""
+
+import json
+import os
+
+import numpy as np
+import pytest
+from PIL import Image
+
+import tfds_builders
+from crossflow_jax.data import shapes
+from crossflow_jax.data.sources import load_source
+from crossflow_jax.data.text_cache import decode_caption
+from crossflow_jax.errors import DataError
+
+SHARED_DATA = os.environ.get("CROSSFLOW_SHARED_DATA",
+                             os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data"))
+needs_shared = pytest.mark.skipif(not os.path.isdir(SHARED_DATA), reason=f"{SHARED_DATA} (../shared/data) is absent")
+
+
+@pytest.fixture(scope="module")
+def shapes_dir(tmp_path_factory):
+  d = str(tmp_path_factory.mktemp("shapes"))
+  tfds_builders.build("shapes/s16", data_dir=d, max_examples_per_split=300)
+  return d
+
+
+def test_shapes_records_match_their_captions(shapes_dir):
+  source, info = load_source("shapes/s16", "train", data_dir=shapes_dir)
+  assert info.image_shape == (16, 16, 3) and info.num_captions == 3 and info.num_classes == 0
+  assert info.attributes["colour"][:2] == ("red", "green") and len(info.attributes["position"]) == 9
+  for i in range(50):
+    r = source[i]
+    assert r["image"].dtype == np.uint8 and r["image"].shape == (16, 16, 3)
+    captions = [decode_caption(c) for c in r["captions"]]
+    assert len(set(captions)) == 3
+    for c in captions:
+      assert shapes.parse_caption(c) == {k: int(r[k]) for k in shapes.ATTRIBUTES}, c
+
+
+def test_shapes_is_deterministic_and_has_three_sizes(tmp_path, shapes_dir):
+  again = str(tmp_path)
+  tfds_builders.build("shapes/s16", data_dir=again, max_examples_per_split=300)
+  a, _ = load_source("shapes/s16", "test", data_dir=shapes_dir)
+  b, _ = load_source("shapes/s16", "test", data_dir=again)
+  np.testing.assert_array_equal(a[7]["image"], b[7]["image"])
+  assert list(a[7]["captions"]) == list(b[7]["captions"])
+  assert [c.name for c in tfds_builders.builder_class("shapes").BUILDER_CONFIGS] == ["s16", "s32", "s64"]
+  with pytest.raises(DataError, match="no config 's20'"):
+    tfds_builders.make_builder("shapes/s20", again)
+
+
+def test_holdout_split_partitions_train(shapes_dir):
+  pairs = "red:triangle,blue:circle"
+  full, _ = load_source("shapes/s16", "train", data_dir=shapes_dir)
+  train, info = load_source("shapes/s16", "train", data_dir=shapes_dir, holdout_pairs=pairs)
+  held, held_info = load_source("shapes/s16", "holdout", data_dir=shapes_dir, holdout_pairs=pairs)
+  assert len(train) + len(held) == len(full) == 300 and len(held) > 0
+  assert info.num_examples == len(train) and held_info.num_examples == len(held)
+  want = {(0, 2), (2, 0)}
+  assert all((int(train[i]["colour"]), int(train[i]["shape"])) not in want for i in range(len(train)))
+  assert all((int(held[i]["colour"]), int(held[i]["shape"])) in want for i in range(len(held)))
+  test, _ = load_source("shapes/s16", "test", data_dir=shapes_dir, holdout_pairs=pairs)
+  assert len(test) == 300  # the test split is untouched
+  with pytest.raises(DataError, match="holdout_pairs"):
+    load_source("shapes/s16", "holdout", data_dir=shapes_dir)
+
+
+@needs_shared
+def test_holdout_pairs_only_for_shapes(tmp_path):
+  with pytest.raises(DataError, match="only to the shapes"):
+    load_source("digits", "train", data_dir=str(tmp_path), holdout_pairs="red:triangle")
+
+
+@needs_shared
+def test_flickr8k_has_the_human_captions(tmp_path):
+  tfds_builders.build("flickr8k", data_dir=str(tmp_path), manual_dir=SHARED_DATA)
+  train, info = load_source("flickr8k", "train", data_dir=str(tmp_path))
+  test, _ = load_source("flickr8k", "test", data_dir=str(tmp_path))
+  assert (len(train), len(test), info.num_captions, info.image_shape) == (900, 100, 5, (64, 64, 3))
+  with np.load(os.path.join(SHARED_DATA, "flickr8k_first1000_64px.npz")) as raw:
+    np.testing.assert_array_equal(test[3]["image"], raw["images"][903])
+    assert [decode_caption(c) for c in test[3]["captions"]] == [str(c) for c in raw["captions"][903]]
+
+
+@needs_shared
+def test_cifar10_captions_name_the_class(tmp_path):
+  tfds_builders.build("cifar10_captions", data_dir=str(tmp_path), manual_dir=SHARED_DATA, max_examples_per_split=40)
+  source, info = load_source("cifar10_captions", "test", data_dir=str(tmp_path))
+  assert info.num_classes == 10 and info.num_captions == 3
+  words = {"airplane": "airplane", "automobile": "car"}
+  for i in range(40):
+    r = source[i]
+    name = info.class_names[r["label"]]
+    captions = [decode_caption(c) for c in r["captions"]]
+    assert all(words.get(name, name) in c for c in captions), (name, captions)
+    assert not any(" a airplane" in c or " a automobile" in c for c in captions)
+
+
+def _write_folder(root, n=21, size=(40, 30)):
+  rng = np.random.default_rng(0)
+  lines = []
+  os.makedirs(root / "imgs", exist_ok=True)
+  for i in range(n):
+    Image.fromarray(rng.integers(0, 255, (size[1], size[0], 3), dtype=np.uint8)).save(root / "imgs" / f"{i}.png")
+    lines.append(json.dumps({"img_path": f"imgs/{i}.png", "prompt": f"picture number {i}"}))
+  (root / "captions.jsonl").write_text("\n".join(lines) + "\n")
+
+
+def test_image_text_folder_resizes_crops_and_splits(tmp_path):
+  manual = tmp_path / "mine"
+  _write_folder(manual)
+  tfds_builders.build("image_text_folder/s32", data_dir=str(tmp_path / "data"), manual_dir=str(manual))
+  train, info = load_source("image_text_folder/s32", "train", data_dir=str(tmp_path / "data"))
+  test, _ = load_source("image_text_folder/s32", "test", data_dir=str(tmp_path / "data"))
+  assert (len(train), len(test), info.image_shape, info.num_captions) == (20, 1, (32, 32, 3), 1)
+  assert decode_caption(test[0]["captions"][0]) == "picture number 19"  # line 20 -> test
+  # Shorter side 30 -> 32 (bicubic), then the centre 32x32 of the 43x32 result.
+  with Image.open(manual / "imgs" / "0.png") as img:
+    want = np.asarray(img.convert("RGB").resize((43, 32), Image.BICUBIC))[:, 5:37]
+  np.testing.assert_array_equal(train[0]["image"], want)
+
+
+def test_image_text_folder_bad_input_names_the_line(tmp_path):
+  manual = tmp_path / "mine"
+  _write_folder(manual, n=3)
+  with open(manual / "captions.jsonl", "a") as f:
+    f.write(json.dumps({"img_path": "imgs/missing.png", "prompt": "gone"}) + "\n")
+  with pytest.raises(DataError, match="line 4.*missing.png"):
+    tfds_builders.build("image_text_folder/s32", data_dir=str(tmp_path / "d1"), manual_dir=str(manual))
+  (manual / "captions.jsonl").write_text(json.dumps({"img_path": "imgs/0.png"}) + "\n")
+  with pytest.raises(DataError, match="line 1.*prompt"):
+    tfds_builders.build("image_text_folder/s32", data_dir=str(tmp_path / "d2"), manual_dir=str(manual))
+  with pytest.raises(DataError, match="captions.jsonl"):
+    tfds_builders.build("image_text_folder/s32", data_dir=str(tmp_path / "d3"), manual_dir=str(tmp_path / "none"))

@@ -1,0 +1,149 @@
+"""End-to-end CrossFlow text <-> image on a small shapes build: train, prompt, interpolate, retrieve, bad input."""
+
+import json
+
+import numpy as np
+import pytest
+
+import tfds_builders
+from crossflow_jax.errors import CheckpointError, ConfigError, PromptError, WeightsError
+from crossflow_jax.train.loop import train
+from crossflow_jax.train.metrics import read_metrics
+from tests.helpers import run_cli
+
+SMALL = 192  # records per split of the test build
+
+
+def _config(data_dir, name="configs/shapes_t2i.py", **overrides):
+  import importlib
+
+  module = importlib.import_module(name.replace("/", ".").removesuffix(".py"))
+  c = module.get_config("smoke")
+  with c.unlocked():
+    c.data.data_dir = data_dir
+    c.async_checkpointing = False
+    for key, value in overrides.items():
+      node = c
+      *parents, leaf = key.split(".")
+      for p in parents:
+        node = node[p]
+      node[leaf] = value
+  return c
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+  d = str(tmp_path_factory.mktemp("data"))
+  tfds_builders.build("shapes/s16", data_dir=d, max_examples_per_split=SMALL)
+  return d
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, data_dir):
+  """A CrossFlow text -> image model trained for 120 steps on 16x16 shapes (cached MiniLM embeddings)."""
+  workdir = tmp_path_factory.mktemp("t2i")
+  c = _config(data_dir, **{"data.name": "shapes/s16", "total_steps": 120, "log_every": 10, "save_every": 120,
+                           "sample_every": 120, "sample.judge_num": 4, "sample.num_prompts": 2, "sample.per_class": 2,
+                           "sample.steps": 4, "optim.learning_rate": 2e-3})
+  train(c, str(workdir))
+  return workdir
+
+
+def test_t2i_trains_from_the_cache(trained, data_dir):
+  records = read_metrics(trained / "metrics.jsonl")
+  flow = [r["flow_loss"] for r in records]
+  assert len(flow) == 12 and np.mean(flow[-3:]) < 0.7 * np.mean(flow[:2]), flow
+  last = records[-1]
+  assert {"kl", "contrastive", "contrastive_acc", "judge_seen_colour", "judge_holdout_colour"} <= set(last)
+  assert (trained / "samples" / "step_0000120.png").exists() and (trained / "loss.png").exists()
+  caches = list((__import__("pathlib").Path(data_dir)).glob("shapes/s16/*/text_cache/*/index.json"))
+  assert len(caches) == 1
+  index = json.loads(caches[0].read_text())
+  assert index["max_length"] == 24 and index["embed_dim"] == 384 and len(index["captions"]) > SMALL
+
+
+def test_prompt_cli_png_and_npz(trained, tmp_path):
+  env = {}
+  r = run_cli(["-m", "crossflow_jax.sample", "--workdir", str(trained), "--prompt",
+               "a small red circle in the top left", "--num_samples", "3", "--steps", "4", "--out",
+               str(tmp_path / "one.png")], env_extra=env)
+  assert r.returncode == 0, r.stderr[-3000:]
+  assert (tmp_path / "one.png").exists()
+  prompts = tmp_path / "prompts.txt"
+  prompts.write_text("a big blue box at the center\n\nbottom right: a tiny green disk\n")
+  r = run_cli(["-m", "crossflow_jax.sample", "--workdir", str(trained), "--prompts_file", str(prompts),
+               "--num_samples", "2", "--steps", "4", "--out", str(tmp_path / "many.npz")], env_extra=env)
+  assert r.returncode == 0, r.stderr[-3000:]
+  z = np.load(tmp_path / "many.npz")
+  assert z["images"].shape == (4, 16, 16, 3) and z["images"].dtype == np.uint8
+  assert list(z["prompts"]) == ["a big blue box at the center"] * 2 + ["bottom right: a tiny green disk"] * 2
+
+
+def test_interpolation_arithmetic_and_retrieval(trained, tmp_path):
+  from crossflow_jax import sample_text
+
+  out = sample_text.interpolation_to_file(str(trained), str(tmp_path / "interp.npz"),
+                                          ["a small red circle in the top left", "a big blue box at the center"],
+                                          num_samples=5, steps=4)
+  assert out["num_images"] == 5 and np.load(tmp_path / "interp.npz")["images"].shape == (5, 16, 16, 3)
+  out = sample_text.arithmetic_to_file(str(trained), str(tmp_path / "arith.png"),
+                                       ["a red circle in the center", "a blue box in the center",
+                                        "a red box in the center"], num_samples=2, steps=4)
+  assert out["num_images"] == 8 and (tmp_path / "arith.png").exists()
+  result = sample_text.retrieve_split(str(trained), "test", num_eval=32, steps=4)
+  assert result["num_candidates"] == 432 and result["num_images"] == 32
+  assert 0.0 <= result["top1"] <= result["top5"] <= 1.0
+  assert result["chance_top1"] == pytest.approx(1 / 432)
+
+
+def test_bad_prompts(trained, tmp_path):
+  from crossflow_jax import sample_text
+
+  with pytest.raises(PromptError, match="empty"):
+    sample_text.prompts_to_file(str(trained), str(tmp_path / "x.png"), ["  "], num_samples=1, steps=2)
+  with pytest.raises(ConfigError, match="exactly two"):
+    sample_text.interpolation_to_file(str(trained), str(tmp_path / "x.png"), ["a"], steps=2)
+  long = " ".join(["a small red circle in the top left"] * 10)
+  r = run_cli(["-m", "crossflow_jax.sample", "--workdir", str(trained), "--prompt", long, "--num_samples", "1",
+               "--steps", "2", "--out", str(tmp_path / "long.png")])
+  assert r.returncode == 0, r.stderr[-3000:]
+  assert "truncated" in r.stderr.lower() and "24" in r.stderr
+  r = run_cli(["-m", "crossflow_jax.sample", "--workdir", str(trained), "--prompt", "", "--out",
+               str(tmp_path / "e.png")])
+  assert r.returncode != 0 and "Traceback" not in r.stderr and "empty" in r.stderr.lower(), r.stderr[-2000:]
+
+
+def test_encoder_mismatch_is_refused(trained, monkeypatch):
+  import types
+
+  from crossflow_jax import sample_text
+  from crossflow_jax.data import text_inputs
+
+  monkeypatch.setattr(text_inputs, "encoder_for", lambda cfg: types.SimpleNamespace(identity="bert:other:sha256=0"))
+  with pytest.raises(WeightsError, match="do not match"):
+    sample_text.load_text_model(str(trained), step=None, weights="ema")
+
+
+def test_resume_with_another_image_size_is_refused(trained, data_dir, tmp_path):
+  import shutil
+
+  workdir = tmp_path / "copy"
+  shutil.copytree(trained, workdir)
+  c = _config(data_dir, **{"data.name": "shapes/s16", "data.image_size": 8, "total_steps": 130})
+  with pytest.raises(CheckpointError, match="image_shape"):
+    train(c, str(workdir))
+
+
+def test_noise_baseline_trains_and_samples(data_dir, tmp_path):
+  c = _config(data_dir, "configs/shapes_noise2img.py", **{"data.name": "shapes/s16", "total_steps": 30,
+                                                         "log_every": 10, "save_every": 30})
+  train(c, str(tmp_path))
+  records = read_metrics(tmp_path / "metrics.jsonl")
+  assert all(np.isfinite(r["loss"]) for r in records) and "kl" not in records[-1]
+  from crossflow_jax import sample_text
+
+  out = sample_text.prompts_to_file(str(tmp_path), str(tmp_path / "b.npz"), ["a big white square in the center"],
+                                    num_samples=2, steps=3, cfg_scale=2.0)
+  assert out["num_images"] == 2
+  with pytest.raises(ConfigError, match="baseline"):
+    sample_text.retrieve_split(str(tmp_path), "test", num_eval=4, steps=2)

@@ -1,0 +1,245 @@
+"""The text <-> image task (`tasks/text_image.py`) and the TVE losses (`flow/losses.py`)."""
+
+import os
+import subprocess
+import sys
+import types
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from crossflow_jax.errors import ConfigError
+from crossflow_jax.flow.losses import contrastive_loss, kl_divergence
+from crossflow_jax.flow.time_samplers import build_time_sampler
+from crossflow_jax.models.dit import DiT, DiTConfig
+from crossflow_jax.models.image_encoder import ImageEncoderConfig
+from crossflow_jax.models.text_ve import TextVEConfig
+from crossflow_jax.sampling.text_sampler import (
+  interpolate_latents,
+  latent_arithmetic,
+  rank_candidates,
+  retrieval_accuracy,
+)
+from crossflow_jax.tasks.text_image import TO_IMAGE, TO_SOURCE, TextImageTask
+
+SHAPE = (8, 8, 3)
+L, D = 6, 16
+
+
+def _task(name="text_to_image", **kw):
+  defaults = dict(
+      name=name, image_shape=SHAPE, text_dim=D, num_tokens=L,
+      tve=TextVEConfig(text_dim=D, num_tokens=L, target_shape=SHAPE, width=16, depth=1, num_heads=2, bottleneck=4),
+      image_encoder=ImageEncoderConfig(image_shape=SHAPE, out_dim=int(np.prod(SHAPE)), width=16, depth=1,
+                                       patch_size=4, num_heads=2),
+      guidance="null_text" if name == "noise_to_image_text" else "indicator",
+      time_sampler=build_time_sampler("uniform"))
+  defaults.update(kw)
+  return TextImageTask(**defaults)
+
+
+def _model(task, seed=0):
+  cond = task.backbone_conditioning
+  backbone = DiT(DiTConfig(image_size=SHAPE[:2], channels=3, patch_size=2, hidden_size=32, depth=1, num_heads=2,
+                           **cond), rngs=nnx.Rngs(seed))
+  return task.build_model(backbone, rngs=nnx.Rngs(seed + 1))
+
+
+def _batch(b=8, seed=0):
+  rng = np.random.default_rng(seed)
+  mask = np.zeros((b, L), np.int32)
+  for i in range(b):
+    mask[i, :rng.integers(2, L + 1)] = 1
+  return {"image": jnp.asarray(rng.uniform(-1, 1, (b, *SHAPE)), jnp.float32),
+          "text_emb": jnp.asarray(rng.standard_normal((b, L, D)), jnp.float32), "text_mask": jnp.asarray(mask)}
+
+
+def test_kl_forms_match_closed_form():
+  mu = jnp.asarray([[0.5, -2.0], [1.0, 3.0]])
+  logvar = jnp.asarray([[0.0, -1.0], [0.5, -4.0]])
+  var_term = np.exp(np.asarray(logvar)) - 1 - np.asarray(logvar)
+  want = 0.5 * np.mean(np.asarray(mu) ** 2 + var_term)
+  np.testing.assert_allclose(kl_divergence(mu, logvar, "standard"), want, rtol=1e-6)
+  want_cf = 0.5 * np.mean((0.3 * np.asarray(mu)) ** 6 + var_term)
+  np.testing.assert_allclose(kl_divergence(mu, logvar, "crossflow"), want_cf, rtol=1e-6)
+  assert float(kl_divergence(jnp.zeros(3), jnp.zeros(3))) == 0.0
+
+
+def test_contrastive_loss_matches_numpy_and_rewards_alignment():
+  rng = np.random.default_rng(0)
+  a = rng.standard_normal((6, 10)).astype(np.float32)
+  b = rng.standard_normal((6, 10)).astype(np.float32)
+  scale = np.log(10.0)
+  loss, _ = contrastive_loss(jnp.asarray(a), jnp.asarray(b), jnp.asarray(scale))
+  an = a / np.linalg.norm(a, axis=1, keepdims=True)
+  bn = b / np.linalg.norm(b, axis=1, keepdims=True)
+  logits = 10.0 * an @ bn.T
+
+  def ce(lg):
+    lg = lg - lg.max(1, keepdims=True)
+    return -np.mean(np.diag(lg) - np.log(np.exp(lg).sum(1)))
+
+  np.testing.assert_allclose(float(loss), 0.5 * (ce(logits) + ce(logits.T)), rtol=1e-5)
+  aligned, acc = contrastive_loss(jnp.asarray(a), jnp.asarray(a * 3.0), jnp.asarray(scale))
+  assert float(aligned) < float(loss) and float(acc) == 1.0
+  # The logit scale is clamped at max_logit_scale.
+  big, _ = contrastive_loss(jnp.asarray(a), jnp.asarray(b), jnp.asarray(20.0), max_logit_scale=10.0)
+  np.testing.assert_allclose(float(big), float(loss), rtol=1e-5)
+
+
+@pytest.mark.parametrize("name", ["text_to_image", "image_to_text", "bidirectional_text", "noise_to_image_text"])
+def test_loss_is_finite_and_trains_every_part(name):
+  task = _task(name)
+  model = _model(task)
+  graphdef, params = nnx.split(model, nnx.Param)
+  batch = _batch()
+
+  def loss_fn(p):
+    return task.loss(nnx.merge(graphdef, p), batch, jax.random.PRNGKey(0))
+
+  (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
+  assert np.isfinite(float(loss)) and all(np.isfinite(float(v)) for v in metrics.values())
+  norms = {k: float(optax_norm(v)) for k, v in grads.items() if v is not None}
+  assert norms["backbone"] > 0
+  if name != "noise_to_image_text":
+    assert norms["tve"] > 0 and norms["image_encoder"] > 0
+    assert {"kl", "contrastive", "flow_loss"} <= set(metrics)
+  else:
+    assert "tve" not in norms or norms.get("tve", 0) == 0
+
+
+def optax_norm(tree):
+  return jnp.sqrt(sum(jnp.sum(jnp.square(x)) for x in jax.tree.leaves(tree)))
+
+
+def test_flow_gradient_reaches_the_tve_through_z0():
+  """With the KL and contrastive weights at 0, the TVE is trained by the flow loss alone (t2i)."""
+  task = _task(kl_weight=0.0, contrastive_weight=0.0)
+  model = _model(task)
+  # Make the backbone non-trivial (adaLN-Zero starts as zero output, which would cut the path).
+  graphdef, params = nnx.split(model, nnx.Param)
+  params = jax.tree.map(lambda x: x + 0.05 * jax.random.normal(jax.random.PRNGKey(1), x.shape), params)
+  batch = _batch()
+  grads = jax.grad(lambda p: task.loss(nnx.merge(graphdef, p), batch, jax.random.PRNGKey(0))[0])(params)
+  assert float(optax_norm(grads["tve"])) > 1e-4
+  assert grads.get("image_encoder") is None or float(optax_norm(grads["image_encoder"])) == 0.0
+
+
+def test_source_is_the_tve_sample_and_padding_is_ignored():
+  task = _task()
+  model = _model(task)
+  batch = _batch()
+  key = jax.random.PRNGKey(3)
+  z, mu, logvar = task.text_latent(model, batch["text_emb"], batch["text_mask"], key)
+  eps = jax.random.normal(key, mu.shape)
+  np.testing.assert_allclose(z, mu + jnp.exp(0.5 * logvar) * eps, rtol=1e-5, atol=1e-6)
+  garbage = jnp.where(batch["text_mask"][..., None] > 0, batch["text_emb"], 1e3)
+  z2 = task.sample_source(model, garbage, batch["text_mask"], key)
+  np.testing.assert_allclose(z2, z, rtol=1e-5, atol=1e-5)
+
+
+class FakeBackbone:
+  def __init__(self):
+    self.calls = []
+
+  def __call__(self, x, t, **cond):
+    self.calls.append({k: np.asarray(v) for k, v in cond.items()})
+    out = x
+    if "indicator" in cond:
+      out = out + cond["indicator"][:, None, None, None]
+    if "context_mask" in cond:
+      out = out + jnp.sum(cond["context_mask"], axis=1)[:, None, None, None]
+    return out
+
+
+@pytest.mark.parametrize("name,direction", [("text_to_image", TO_IMAGE), ("bidirectional_text", TO_SOURCE),
+                                            ("noise_to_image_text", TO_IMAGE)])
+def test_guided_velocity_is_one_2b_pass(name, direction):
+  task = _task(name)
+  backbone = FakeBackbone()
+  b, s = 3, 2.0
+  batch = _batch(b)
+  cond = {"context": batch["text_emb"], "context_mask": batch["text_mask"]} if task.is_baseline else {}
+  v = task.velocity_fn(types.SimpleNamespace(backbone=backbone), cond, direction=direction, cfg_scale=s)
+  x = jnp.ones((b, *SHAPE))
+  out = np.asarray(v(x, jnp.zeros((b,))))
+  assert len(backbone.calls) == 1
+  call = backbone.calls[0]
+  if task.is_baseline:
+    n_tok = np.asarray(batch["text_mask"]).sum(1)
+    np.testing.assert_array_equal(call["context_mask"][b:], 0)  # the unconditional half sees no text
+    want = 1 + s * n_tok  # v_u + s (v_c - v_u) with v_c = 1 + n, v_u = 1
+  else:
+    np.testing.assert_array_equal(call["indicator"], [0] * b + [1] * b)
+    want = np.full(b, 2.0 + s * (1.0 - 2.0))
+    if name == "bidirectional_text":
+      np.testing.assert_array_equal(call["direction"], direction)
+  np.testing.assert_allclose(out[:, 0, 0, 0], want, rtol=1e-6)
+
+
+def test_config_errors():
+  with pytest.raises(ConfigError, match="task.name"):
+    _task("class_to_image")
+  with pytest.raises(ConfigError, match="null_text"):
+    _task("text_to_image", guidance="null_text")
+  with pytest.raises(ConfigError, match="indicator"):
+    _task("noise_to_image_text", guidance="indicator")
+  bad_tve = TextVEConfig(text_dim=D, num_tokens=L, target_shape=(16, 16, 3), width=16, depth=1, num_heads=2)
+  with pytest.raises(ConfigError, match="target shape"):
+    _task(tve=bad_tve)
+
+
+def test_retrieval_and_latent_helpers():
+  cand = np.eye(4, dtype=np.float32)
+  latents = cand[[2, 0, 3]] + 0.1
+  ranked = rank_candidates(latents, cand, k=3)
+  np.testing.assert_array_equal(ranked[:, 0], [2, 0, 3])
+  acc = retrieval_accuracy(ranked, np.asarray([2, 1, 3]))
+  assert acc["top1"] == pytest.approx(2 / 3) and acc["top5"] == 1.0
+  za, zb = jnp.zeros((2, 2, 1)), jnp.ones((2, 2, 1))
+  line = interpolate_latents(za, zb, 5)
+  np.testing.assert_allclose(line[:, 0, 0, 0], [0, 0.25, 0.5, 0.75, 1])
+  rng = np.random.default_rng(0)
+  a, b, c = (jnp.asarray(rng.standard_normal((4, 4, 3)) * 2 + 1) for _ in range(3))
+  z = latent_arithmetic(a, b, c)
+  np.testing.assert_allclose([float(jnp.mean(z)), float(jnp.std(z))], [float(jnp.mean(a)), float(jnp.std(a))],
+                             rtol=1e-5)
+
+
+_SHARDED_SCRIPT = r"""
+import os, sys, json
+os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=8"
+os.environ["JAX_PLATFORMS"] = "cpu"
+sys.path.insert(0, sys.argv[1])
+import jax, jax.numpy as jnp, numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+from tests.test_text_task import _task, _model, _batch
+from flax import nnx
+task = _task(contrastive_weight=1.0)
+graphdef, params = nnx.split(_model(task), nnx.Param)
+batch = _batch(16)
+fn = jax.jit(lambda p, b: task.loss(nnx.merge(graphdef, p), b, jax.random.PRNGKey(0))[1])
+one = fn(params, batch)
+mesh = Mesh(np.array(jax.devices()).reshape(8), ("data",))
+sharded = {k: jax.device_put(v, NamedSharding(mesh, P("data"))) for k, v in batch.items()}
+eight = fn(params, sharded)
+print(json.dumps({k: [float(one[k]), float(eight[k])] for k in ("loss", "contrastive", "flow_loss", "kl")}))
+"""
+
+
+def test_contrastive_negatives_span_all_devices():
+  """The loss on a batch sharded over 8 devices equals the 1-device loss: InfoNCE sees the global batch."""
+  repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  out = subprocess.run([sys.executable, "-c", _SHARDED_SCRIPT, repo], capture_output=True, text=True, timeout=300,
+                       env=dict(os.environ, JAX_PLATFORMS="cpu"))
+  assert out.returncode == 0, out.stderr[-3000:]
+  import json
+
+  values = json.loads(out.stdout.strip().splitlines()[-1])
+  for name, (one, eight) in values.items():
+    np.testing.assert_allclose(eight, one, rtol=2e-5, err_msg=name)
+  # A per-device InfoNCE (2 samples each) would be far smaller than the 16-way one.
+  assert values["contrastive"][0] > np.log(4)
