@@ -2,26 +2,49 @@
 
 import numpy as np
 import pytest
+from scipy import ndimage
 
 from crossflow_jax.data import shapes
 from crossflow_jax.errors import ConfigError
 from crossflow_jax.eval import shapes_judge
 
-# Measured on 1000 random renders per size (seeded): 16px 98.1% all four right (shape 98.6%),
-# 32px and 64px 100%; with N(0, 0.05) noise in [-1, 1] units: 97.1% / 100% / 100%.
-FLOOR = {16: 0.96, 32: 0.995, 64: 0.995}
+# Measured on 1000 random renders per size (seeds below): clean, every attribute 100% at 16, 32
+# and 64 px; with a Gaussian blur (sigma 0.5 px) and N(0, 0.05) noise in [-1, 1] units, 100% at
+# 32 and 64 px, and at 16 px (4 px wide small objects) shape 99.2%, size 99.9%, all four 99.1%
+# (the misses are small squares read as circles). Heavier degradations (1000 images): noise 0.1 +
+# blur 0.5 still 100% at 32 / 64 px, 98.4% shape at 16 px; blur 1.0 px: 100% at 32 / 64, 76%
+# shape at 16 px.
+FLOOR = {(16, False): 0.99, (16, True): 0.97, (32, False): 0.99, (32, True): 0.99, (64, False): 0.99,
+         (64, True): 0.99}
 
 
 @pytest.mark.parametrize("size", [16, 32, 64])
-@pytest.mark.parametrize("noise", [0.0, 0.05])
-def test_judge_reads_rendered_attributes(size, noise):
+@pytest.mark.parametrize("degraded", [False, True])
+def test_judge_reads_rendered_attributes(size, degraded):
   rng = np.random.default_rng(size)
   attrs = shapes.sample_attributes(1000, rng)
   images = shapes.render_batch(attrs["colour"], attrs["shape"], attrs["size"], attrs["position"], size, rng)
-  x = np.clip(images / 127.5 - 1 + noise * rng.standard_normal(images.shape), -1, 1)
-  scores = shapes_judge.score(x, attrs)
-  assert scores["all"] >= FLOOR[size], scores
+  x = images / 127.5 - 1
+  if degraded:
+    x = ndimage.gaussian_filter(x, sigma=(0, 0.5, 0.5, 0)) + 0.05 * rng.standard_normal(x.shape)
+  scores = shapes_judge.score(np.clip(x, -1, 1), attrs)
+  for key in shapes.ATTRIBUTES:
+    assert scores[key] >= FLOOR[size, degraded], scores
   assert scores["colour"] >= 0.99 and scores["position"] >= 0.99 and scores["size"] >= 0.99, scores
+  assert scores["all"] >= FLOOR[size, degraded] - 0.01, scores
+
+
+def test_judge_outputs_and_blank_images():
+  rng = np.random.default_rng(3)
+  image = shapes.render(colour=6, shape=2, size=1, position=8, image_size=32, rng=rng)
+  assert image.dtype == np.uint8 and image.shape == (32, 32, 3)
+  got = shapes_judge.judge(image)  # One [S, S, 3] image, uint8.
+  assert {k: v.tolist() for k, v in got.items()} == {"colour": [6], "shape": [2], "size": [1], "position": [8]}
+  assert all(v.dtype == np.int64 for v in got.values())
+  blank = shapes_judge.judge(-np.ones((2, 16, 16, 3), np.float32))
+  assert all((v == -1).all() for v in blank.values())
+  with pytest.raises(ValueError, match=r"\[N, S, S, 3\]"):
+    shapes_judge.judge(np.zeros((2, 16, 16)))
 
 
 def test_judge_scores_against_prompts_and_catches_wrong_images():
@@ -53,3 +76,26 @@ def test_holdout_pairs_parse_and_errors():
     shapes.parse_holdout_pairs("purple:triangle")
   with pytest.raises(ConfigError, match="colour:shape"):
     shapes.parse_holdout_pairs("red-triangle")
+
+
+def test_prompts_for_cover_every_size_and_position():
+  pairs = shapes.parse_holdout_pairs("red:triangle,blue:disk")
+  prompts = shapes.prompts_for(pairs, np.random.default_rng(0), n=2)
+  assert len(prompts) == 2 * len(shapes.SIZES) * len(shapes.POSITIONS) * 2
+  parsed = shapes.parse_captions(prompts)
+  assert set(zip(parsed["colour"].tolist(), parsed["shape"].tolist())) == {(0, 2), (2, 0)}
+  assert set(zip(parsed["size"].tolist(), parsed["position"].tolist())) == {(z, p) for z in range(2) for p in range(9)}
+
+
+def test_captions_use_synonyms_and_the_right_article():
+  rng = np.random.default_rng(0)
+  orange = {"colour": 7, "shape": 0, "size": 0, "position": 0}
+  captions = {shapes.make_caption(orange, rng) for _ in range(400)}
+  words = set(" ".join(captions).replace(",", " ").replace(":", " ").split())
+  assert {"small", "little", "tiny", "circle", "disk", "top", "upper"} <= words
+  assert not any("a orange" in c for c in captions) and any("an orange" in c for c in captions)
+  assert len(set(shapes.make_captions(orange, rng, 3))) == 3
+  assert shapes.parse_caption("A BIG white box, at the Centre.") == {"colour": 6, "shape": 1, "size": 1, "position": 4}
+  assert shapes.parse_caption("lower left: a little cyan disc")["position"] == 6
+  with pytest.raises(ValueError, match="more than one colour"):
+    shapes.parse_caption("a small red blue circle in the center")

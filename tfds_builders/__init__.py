@@ -98,8 +98,10 @@ def build(
   """Builds dataset `name` into `data_dir` (no-op if already built) and returns its builder.
 
   Args:
-    name: a key of `BUILDERS`.
-    data_dir: root directory; the dataset lands in `data_dir/name/<version>/`.
+    name: a key of `BUILDERS`, optionally with a builder config: 'shapes/s16' (plain 'shapes' is
+      its default config).
+    data_dir: root directory; the dataset lands in `data_dir/name/<version>/` (with a config,
+      `data_dir/name/<config>/<version>/`).
     manual_dir: directory holding the builder's `MANUAL_FILES` (unused by `digits`).
     max_examples_per_split: if set, write only the first that many examples of each split
       (for smoke tests; the result is stored as if it were the full dataset).

@@ -101,10 +101,19 @@ def sample_attributes(n: int, rng: np.random.Generator) -> dict[str, np.ndarray]
   return {key: rng.integers(0, len(ATTRIBUTE_NAMES[key]), size=n) for key in ATTRIBUTES}
 
 
-def _geometry(
-    sizes: np.ndarray, positions: np.ndarray, image_size: int, rng: np.random.Generator
+def sample_geometry(
+    sizes: Sequence[int], positions: Sequence[int], image_size: int, rng: np.random.Generator
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-  """Bounding-box centre (cx, cy) and extent e in pixels, each float64 [N]; pixel i spans [i, i + 1]."""
+  """Jittered bounding boxes of objects with the given sizes and positions.
+
+  The random draws do not depend on `image_size`: one seed gives the same layout, scaled, at
+  every S.
+
+  Returns:
+    (cx, cy, extent), each float64 [N], in pixels: the box centre (pixel i spans [i, i + 1])
+    and its side.
+  """
+  sizes, positions = np.asarray(sizes, np.int64).reshape(-1), np.asarray(positions, np.int64).reshape(-1)
   n, s = len(sizes), float(image_size)
   extent = np.asarray(SIZE_EXTENTS)[sizes] * s * (1.0 + rng.uniform(-SIZE_JITTER, SIZE_JITTER, n))
   row, col = np.divmod(positions, 3)
@@ -152,14 +161,21 @@ def render_batch(
       raise ValueError(f'Shapes {key} indices {a} outside 0..{len(ATTRIBUTE_NAMES[key]) - 1}.')
   if image_size < 8:
     raise ValueError(f'Shapes image_size={image_size} is too small; use one of {IMAGE_SIZES}.')
-  cx, cy, extent = _geometry(sizes, positions, image_size, rng)
+  return render_geometry(colours, shapes, *sample_geometry(sizes, positions, image_size, rng), image_size)
+
+
+def render_geometry(
+    colours: np.ndarray, shapes: np.ndarray, cx: np.ndarray, cy: np.ndarray, extent: np.ndarray, image_size: int
+) -> np.ndarray:
+  """Renders N objects with the boxes of `sample_geometry`; colours, shapes: int [N]; returns uint8 [N, S, S, 3]."""
+  n = len(colours)
   # Render only a window around each object: its side covers the largest extent plus the
   # anti-aliased border, so the costly supersampled test touches ~1/4 of the image.
   win = min(image_size, int(np.ceil(SIZE_EXTENTS[-1] * (1 + SIZE_JITTER) * image_size)) + 2)
   x0 = np.clip(np.floor(cx - win / 2).astype(np.int64), 0, image_size - win)
   y0 = np.clip(np.floor(cy - win / 2).astype(np.int64), 0, image_size - win)
   sub = (np.arange(win * SUPERSAMPLE) + 0.5) / SUPERSAMPLE  # Sample offsets within the window.
-  coverage = np.zeros((n, win, win), np.float32)
+  cover = np.zeros((n, win, win), np.float32)
   chunk = max(1, 2**22 // (win * SUPERSAMPLE) ** 2)  # ~4M samples per step bounds the memory.
   for shape in range(len(SHAPES)):
     (idx,) = np.nonzero(shapes == shape)
@@ -168,10 +184,10 @@ def render_batch(
       dx = (sub[None, None, :] + x0[i, None, None]) - cx[i, None, None]
       dy = (sub[None, :, None] + y0[i, None, None]) - cy[i, None, None]
       inside = _coverage(shape, dx, dy, extent[i, None, None] / 2)
-      coverage[i] = inside.reshape(len(i), win, SUPERSAMPLE, win, SUPERSAMPLE).mean((2, 4), dtype=np.float32)
+      cover[i] = inside.reshape(len(i), win, SUPERSAMPLE, win, SUPERSAMPLE).mean((2, 4), dtype=np.float32)
   images = np.zeros((n, image_size, image_size, 3), np.uint8)
   rgb = COLOUR_RGB.astype(np.float32)[colours]  # [N, 3]
-  patches = np.rint(coverage[..., None] * rgb[:, None, None, :]).astype(np.uint8)
+  patches = np.rint(cover[..., None] * rgb[:, None, None, :]).astype(np.uint8)
   for k in range(n):
     images[k, y0[k]:y0[k] + win, x0[k]:x0[k] + win] = patches[k]
   return images
@@ -183,6 +199,20 @@ def render(
   """Renders one image (see `render_batch`); returns uint8 [S, S, 3]."""
   _check_attrs({'colour': colour, 'shape': shape, 'size': size, 'position': position})
   return render_batch([colour], [shape], [size], [position], image_size, rng)[0]
+
+
+def coverage(shape: int, cx: float, cy: float, extent: float, image_size: int) -> np.ndarray:
+  """Anti-aliased coverage in [0, 1] of one object, float32 [S, S] (the renderer's geometry).
+
+  Args:
+    shape: index into `SHAPES`.
+    cx, cy: bounding-box centre in pixels (pixel i spans [i, i + 1]).
+    extent: bounding-box side in pixels.
+    image_size: S.
+  """
+  sub = (np.arange(image_size * SUPERSAMPLE) + 0.5) / SUPERSAMPLE
+  inside = _coverage(shape, (sub - cx)[None, None, :], (sub - cy)[None, :, None], extent / 2)
+  return inside.reshape(image_size, SUPERSAMPLE, image_size, SUPERSAMPLE).mean((1, 3), dtype=np.float32)
 
 
 def _pick(words: Sequence[str], rng: np.random.Generator) -> str:

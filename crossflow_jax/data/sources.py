@@ -53,7 +53,7 @@ class SourceInfo:
   num_examples: int
   dataset_dir: str
   num_captions: int = 0
-  attributes: dict = dataclasses.field(default_factory=dict)
+  attributes: dict[str, tuple[str, ...]] = dataclasses.field(default_factory=dict)
 
 
 class IndexView:
@@ -74,24 +74,34 @@ class IndexView:
     return f'{self._source!r}[{self._description}, len={len(self)}]'
 
 
-def holdout_indices(source, builder, pairs: set[tuple[int, int]]) -> np.ndarray:
-  """bool [n]: whether record i of a shapes split has a held-out (colour, shape) pair (cached as .npy)."""
-  path = os.path.join(os.fspath(builder.data_path), f'pairs_{_split_key(source)}.npy')
-  if os.path.isfile(path):
-    colour_shape = np.load(path, allow_pickle=False)
-  else:
-    colour_shape = np.asarray([(source[i]['colour'], source[i]['shape']) for i in range(len(source))], np.int64)
+def holdout_indices(builder: tfds.core.DatasetBuilder, split: str, pairs: set[tuple[int, int]]) -> np.ndarray:
+  """bool [n]: whether record i of a shapes split has a held-out (colour, shape) pair.
+
+  The (colour, shape) of every record, int64 [n, 2], is read once (records in chunks, ~2 s for
+  20,000) and cached as `pairs_<split>.npy` in the dataset folder (skipped if it is read-only),
+  so any choice of pairs is then instant.
+  """
+  from crossflow_jax.data import shapes  # pylint: disable=g-import-not-at-top
+
+  key = split.replace('[', '_').replace(']', '').replace(':', '-')
+  path = os.path.join(os.fspath(builder.data_path), f'pairs_{key}.npy')
+  records = builder.as_data_source(split)
+  colour_shape = np.load(path, allow_pickle=False) if os.path.isfile(path) else None
+  if colour_shape is None or colour_shape.shape != (len(records), 2):  # Missing or stale.
+    colour_shape = np.zeros((len(records), 2), np.int64)
+    for start in range(0, len(records), 1000):
+      chunk = records.__getitems__(list(range(start, min(start + 1000, len(records)))))
+      colour_shape[start:start + len(chunk)] = [(r['colour'], r['shape']) for r in chunk]
     tmp = f'{path}.tmp{os.getpid()}.npy'
-    np.save(tmp, colour_shape, allow_pickle=False)
-    os.replace(tmp, path)
-  wanted = np.zeros((8, 3), bool)
+    try:
+      np.save(tmp, colour_shape, allow_pickle=False)
+      os.replace(tmp, path)
+    except OSError:  # A read-only dataset folder: recompute next time.
+      pass
+  wanted = np.zeros((len(shapes.COLOUR_NAMES), len(shapes.SHAPES)), bool)
   for c, k in pairs:
     wanted[c, k] = True
   return wanted[colour_shape[:, 0], colour_shape[:, 1]]
-
-
-def _split_key(source) -> str:
-  return source._split.replace('[', '_').replace(']', '').replace(':', '-')  # noqa: SLF001
 
 
 class DatasetSource:
@@ -281,11 +291,12 @@ def load_source(
         'tfds.features.Tensor(shape=(H, W, C), dtype=np.uint8) images (tfds.features.Image '
         'needs TensorFlow). Rebuild it with such a feature (see tfds_builders).'
     )
-  source = DatasetSource(builder, 'train' if split == 'holdout' else split, _rebuild_hint(name, data_dir))
-  if holdout_pairs and split in ('train', 'holdout'):
+  read_split = 'train' if split == 'holdout' else split
+  source = DatasetSource(builder, read_split, _rebuild_hint(name, data_dir))
+  if holdout_pairs and (split == 'holdout' or split.split('[')[0] == 'train'):  # Slices of train too.
     from crossflow_jax.data import shapes  # pylint: disable=g-import-not-at-top
 
-    held = holdout_indices(source, builder, shapes.parse_holdout_pairs(holdout_pairs))
+    held = holdout_indices(builder, read_split, shapes.parse_holdout_pairs(holdout_pairs))
     keep = held if split == 'holdout' else ~held
     source = IndexView(source, np.flatnonzero(keep), f'{split}, held-out pairs {holdout_pairs}')
   label = features['label'] if has_label else None

@@ -122,9 +122,9 @@ class TextEmbeddingCache:
     if row is None:
       raise DataError(f"Caption {caption[:60]!r} is not in the text-embedding cache {self.path}; the dataset changed "
                       "after the cache was built. Delete that folder and train again to rebuild it.")
-    if self._source is None:
-      self._source = array_record_data_source.ArrayRecordDataSource([os.path.join(self.path, _ROWS)])
     try:
+      if self._source is None:
+        self._source = array_record_data_source.ArrayRecordDataSource([os.path.join(self.path, _ROWS)])
       raw = self._source[row]
     except Exception as e:
       raise DataError(f"Cannot read row {row} of the text-embedding cache {self.path}: {type(e).__name__}: {e}. "

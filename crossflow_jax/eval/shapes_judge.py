@@ -1,21 +1,23 @@
 """An analytic judge of `shapes` images: reads colour, shape, size and position off the pixels.
 
 No model is involved, so it can score any generator (text -> image on `shapes`) without
-training a classifier. Per image:
+training a classifier. Per image (float in [0, 1], not clipped):
 
-1. brightness v = max over RGB in [0, 1]; the background level is its median, the object's
-   level its 99th percentile; the foreground is the largest (by mass) 8-connected component of
-   pixels above half way between the two, grown by 2 pixels to keep anti-aliased edges;
-2. soft coverage c = (v - background) / (object - background), clipped to [0, 1], inside it;
-3. colour: the palette colour nearest (RGB distance) to the median colour of the core pixels
-   (c >= 0.7);
-4. extent: the bounding box from the coverage profiles (width = sum over columns of the
-   column's largest coverage; exact for anti-aliased edges and kept by blurring); its centre is
-   the profile-weighted mean; size = large iff max(width, height) > `SIZE_THRESHOLD` * S;
-   position = the 3x3 cell holding the centre;
-5. shape: a triangle pointing up has its centroid 1/6 of its height below the bounding-box
-   centre (circle and square: 0); else the fill ratio area / (width * height) separates the
-   square (1.0) from the circle (pi / 4).
+1. brightness v = max over RGB; the background level is its median, the object's level its 99th
+   percentile (contrast below `MIN_CONTRAST`: no object, all attributes -1); the foreground is
+   the largest (by brightness mass) 8-connected component of pixels above half way between the
+   two, grown by 2 pixels to keep anti-aliased and blurred edges;
+2. colour: the median colour (minus the background's) of the component's core pixels, matched
+   to the palette colour nearest after scaling each palette colour by its best gain in
+   [0, 1.25] (dim, anti-aliased or blurred objects keep their hue: dim yellow is not orange);
+3. coverage c: each pixel's projection on that colour (unclipped, so noise stays zero-mean);
+   its area and centroid inside the grown component are kept by blurring;
+4. shape: for each shape, the renderer's anti-aliased template with that area and centroid
+   (a triangle pointing up has its centroid 1/6 of its extent below its box centre) is blurred
+   by each of `BLUR_SIGMAS` and scaled by its best gain; the shape whose template is nearest to
+   c (sum of squares) wins;
+5. size: large iff the fitted extent exceeds `SIZE_THRESHOLD` * S, half way between the largest
+   small and the smallest large extent; position: the 3x3 cell holding the fitted box centre.
 
 `score` compares the judged attributes with those of the prompts.
 """
@@ -29,8 +31,9 @@ from crossflow_jax.data import shapes
 
 SIZE_THRESHOLD = 0.5 * (shapes.SIZE_EXTENTS[0] * (1 + shapes.SIZE_JITTER)
                         + shapes.SIZE_EXTENTS[1] * (1 - shapes.SIZE_JITTER))  # 0.34: extent / S.
-TRIANGLE_OFFSET = 1 / 12  # Centroid below the box centre / height: triangle 1/6, others 0.
-SQUARE_FILL = 0.5 * (1.0 + np.pi / 4)  # Fill ratio between square (1) and circle (0.785).
+_IDEAL_FILL = (np.pi / 4, 1.0, 0.5)  # Area / extent**2 of circle, square, triangle.
+_CENTROID_OFFSET = (0.0, 0.0, 1 / 6)  # Centroid below the bounding-box centre / extent.
+BLUR_SIGMAS = (0.0, 0.5, 1.0, 1.5)  # Gaussian blurs (pixels) of the fitted templates.
 MIN_CONTRAST = 0.1  # Object minus background brightness below this: no object (all -1).
 _EIGHT_CONNECTED = np.ones((3, 3), bool)
 
@@ -46,7 +49,7 @@ def _to_unit(images: np.ndarray) -> np.ndarray:
     return images.astype(np.float32) / 255.0
   if not np.issubdtype(images.dtype, np.floating):
     raise ValueError(f'shapes judge expects uint8 or float images in [-1, 1], got dtype {images.dtype}.')
-  return np.clip((images.astype(np.float32) + 1.0) / 2.0, 0.0, 1.0)
+  return (images.astype(np.float32) + 1.0) / 2.0  # Not clipped: noise stays zero-mean.
 
 
 def _judge_one(x: np.ndarray) -> tuple[int, int, int, int]:
@@ -57,31 +60,52 @@ def _judge_one(x: np.ndarray) -> tuple[int, int, int, int]:
   peak = float(np.percentile(v, 99))
   if peak - background < MIN_CONTRAST:
     return -1, -1, -1, -1
-  labels, count = ndimage.label(v > background + 0.5 * (peak - background), structure=_EIGHT_CONNECTED)
+  level = background + 0.5 * (peak - background)
+  labels, count = ndimage.label(v > level, structure=_EIGHT_CONNECTED)
   mass = ndimage.sum_labels(v, labels, np.arange(1, count + 1))
   component = labels == 1 + int(np.argmax(mass))
   support = ndimage.binary_dilation(component, structure=_EIGHT_CONNECTED, iterations=2)
-  c = np.clip((v - background) / (peak - background), 0.0, 1.0) * support
 
-  core = c >= 0.7
-  rgb = np.median(x[core if core.any() else component], axis=0) * 255.0
-  colour = int(np.argmin(((shapes.COLOUR_RGB.astype(np.float32) - rgb) ** 2).sum(-1)))
+  bg_rgb = np.median(x.reshape(-1, 3), axis=0)
+  core = component & (v >= background + 0.7 * (peak - background))
+  rgb = np.median(x[core if core.any() else component], axis=0) - bg_rgb
+  # Distance to each palette colour p scaled by the best gain in [0, 1.25]: anti-aliased or
+  # blurred small objects are dimmer but keep their hue (dim yellow is not orange).
+  palette = shapes.COLOUR_RGB.astype(np.float32) / 255.0
+  gain = np.clip(palette @ rgb / (palette**2).sum(-1), 0.0, 1.25)
+  colour = int(np.argmin(((gain[:, None] * palette - rgb) ** 2).sum(-1)))
 
-  columns, rows = c.max(axis=0), c.max(axis=1)
-  width, height = float(columns.sum()), float(rows.sum())
+  # Coverage: projection on the object's colour, unclipped so that noise stays zero-mean.
+  c = (x - bg_rgb) @ rgb / max(float(rgb @ rgb), 1e-6)
+  inside = c * support
+  area = float(inside.sum())
+  if area < 0.5:  # Less than half a pixel of object: no shape to fit.
+    return colour, -1, -1, -1
   centres = np.arange(s) + 0.5  # Pixel i spans [i, i + 1].
-  cx = float((columns * centres).sum()) / width
-  cy = float((rows * centres).sum()) / height
-  size = int(max(width, height) > SIZE_THRESHOLD * s)
-  position = 3 * min(int(cy * 3 / s), 2) + min(int(cx * 3 / s), 2)
-
-  area = float(c.sum())
-  centroid_y = float((c.sum(axis=1) * centres).sum()) / area
-  if (centroid_y - cy) / height > TRIANGLE_OFFSET:
-    shape = 2
-  else:
-    shape = int(area / (width * height) > SQUARE_FILL) if area < width * height * 2 else 1
-    shape = 1 if shape else 0
+  gx = float((inside.sum(axis=0) * centres).sum()) / area
+  gy = float((inside.sum(axis=1) * centres).sum()) / area
+  # Fit each shape with the measured area and centroid (blurring keeps both), blurred by each
+  # of `BLUR_SIGMAS` and scaled by its best gain; keep the one nearest to c. The templates are
+  # drawn in a window holding every hypothesis and its blur (c outside adds the same to all).
+  extents = [np.sqrt(area / fill) for fill in _IDEAL_FILL]
+  half = max(e * (0.5 + o) for e, o in zip(extents, _CENTROID_OFFSET)) + 3 * max(BLUR_SIGMAS) + 1
+  win = min(s, 2 * int(np.ceil(half)))
+  x0 = min(max(int(gx) - win // 2, 0), s - win)
+  y0 = min(max(int(gy) - win // 2, 0), s - win)
+  c_win = c[y0:y0 + win, x0:x0 + win]
+  best = None
+  for shape, extent in enumerate(extents):
+    cx, cy = gx, gy - _CENTROID_OFFSET[shape] * extent
+    template = shapes.coverage(shape, cx - x0, cy - y0, extent, win)
+    for sigma in BLUR_SIGMAS:
+      blurred = ndimage.gaussian_filter(template, sigma, mode='constant') if sigma else template
+      gain = float((c_win * blurred).sum() / max((blurred * blurred).sum(), 1e-6))
+      error = float(((c_win - gain * blurred) ** 2).sum())
+      if best is None or error < best[0]:
+        best = error, shape, extent, cx, cy
+  _, shape, extent, cx, cy = best
+  size = int(extent > SIZE_THRESHOLD * s)
+  position = 3 * min(max(int(cy * 3 / s), 0), 2) + min(max(int(cx * 3 / s), 0), 2)
   return colour, shape, size, position
 
 
@@ -89,8 +113,8 @@ def judge(images: np.ndarray) -> dict[str, np.ndarray]:
   """Judges `shapes` images analytically (see the module docstring).
 
   Args:
-    images: uint8 [N, S, S, 3] in [0, 255], or float [N, S, S, 3] in [-1, 1] (values outside
-      are clipped); a single [S, S, 3] image is treated as N = 1.
+    images: uint8 [N, S, S, 3] in [0, 255], or float [N, S, S, 3] in [-1, 1] (not clipped:
+      values outside are fine); a single [S, S, 3] image is treated as N = 1.
 
   Returns:
     `{'colour', 'shape', 'size', 'position'}` -> int64 [N] indices into `shapes.COLOUR_NAMES`,

@@ -5,7 +5,7 @@ Manual directory: `captions.jsonl`, one JSON object per line `{"img_path": ..., 
 record (K = 1 caption; an image listed on several lines gives several records). Images are
 resized so the shorter side is S (PIL bicubic, antialiased) and centre-cropped to S x S; configs
 `s32`, `s64` (the default) and `s128`. Split: every 20th line (1-based line 20, 40, ...) goes to
-`test`, the rest to `train`.
+`test`, the rest to `train`; a file with fewer than 20 lines gives a `train` split only.
 
     python -m tfds_builders image_text_folder/s64 --manual_dir DIR_WITH_captions.jsonl
 
@@ -104,7 +104,10 @@ class ImageTextFolder(ManualFileMixin, tfds.core.GeneratorBasedBuilder, skip_reg
     rows = read_jsonl(self.manual_file(dl_manager, JSONL))
     test = [r for i, r in enumerate(rows, start=1) if i % TEST_EVERY == 0]
     train = [r for i, r in enumerate(rows, start=1) if i % TEST_EVERY]
-    return {'train': self._generate_examples(train), 'test': self._generate_examples(test)}
+    splits = {'train': self._generate_examples(train)}
+    if test:  # TFDS cannot write an empty split: fewer than TEST_EVERY lines give train only.
+      splits['test'] = self._generate_examples(test)
+    return splits
 
   def _generate_examples(self, rows) -> Iterator[tuple[int, dict]]:
     s = self.builder_config.image_size
