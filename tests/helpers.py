@@ -7,11 +7,11 @@ import sys
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def tiny_config(data_dir: str, **overrides):
-  """The digits smoke config (2-block width-32 DiT) with `overrides` ('a.b': value)."""
-  from configs import digits_c2i
+def recipe_config(data_dir: str, recipe: str = "digits_c2i", **overrides):
+  """The `:smoke` variant of configs/<recipe>.py with `data_dir` and `overrides` ('a.b': value), synchronous saves."""
+  import importlib
 
-  c = digits_c2i.get_config("smoke")
+  c = importlib.import_module(f"configs.{recipe}").get_config("smoke")
   with c.unlocked():
     c.data.data_dir = data_dir
     c.async_checkpointing = False
@@ -22,6 +22,11 @@ def tiny_config(data_dir: str, **overrides):
         node = node[p]
       node[leaf] = value
   return c
+
+
+def tiny_config(data_dir: str, **overrides):
+  """The digits smoke config (2-block width-32 DiT) with `overrides` ('a.b': value)."""
+  return recipe_config(data_dir, "digits_c2i", **overrides)
 
 
 def run_cli(args: list[str], *, timeout: float = 300, env_extra: dict | None = None) -> subprocess.CompletedProcess:

@@ -9,26 +9,13 @@ import tfds_builders
 from crossflow_jax.errors import CheckpointError, ConfigError, PromptError, WeightsError
 from crossflow_jax.train.loop import train
 from crossflow_jax.train.metrics import read_metrics
-from tests.helpers import run_cli
+from tests.helpers import recipe_config, run_cli
 
 SMALL = 192  # records per split of the test build
 
 
-def _config(data_dir, name="configs/shapes_t2i.py", **overrides):
-  import importlib
-
-  module = importlib.import_module(name.replace("/", ".").removesuffix(".py"))
-  c = module.get_config("smoke")
-  with c.unlocked():
-    c.data.data_dir = data_dir
-    c.async_checkpointing = False
-    for key, value in overrides.items():
-      node = c
-      *parents, leaf = key.split(".")
-      for p in parents:
-        node = node[p]
-      node[leaf] = value
-  return c
+def _config(data_dir, recipe="shapes_t2i", **overrides):
+  return recipe_config(data_dir, recipe, **overrides)
 
 
 @pytest.fixture(scope="module")
@@ -135,7 +122,7 @@ def test_resume_with_another_image_size_is_refused(trained, data_dir, tmp_path):
 
 
 def test_noise_baseline_trains_and_samples(data_dir, tmp_path):
-  c = _config(data_dir, "configs/shapes_noise2img.py", **{"data.name": "shapes/s16", "total_steps": 30,
+  c = _config(data_dir, "shapes_noise2img", **{"data.name": "shapes/s16", "total_steps": 30,
                                                          "log_every": 10, "save_every": 30})
   train(c, str(tmp_path))
   records = read_metrics(tmp_path / "metrics.jsonl")
