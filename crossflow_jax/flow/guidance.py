@@ -48,3 +48,14 @@ def drop_labels(key: jax.Array, labels: jax.Array, p: float, null_id: int) -> ja
 def guided_velocity(v_cond: jax.Array, v_uncond: jax.Array, scale: float | jax.Array) -> jax.Array:
   """v = v_u + s (v_c - v_u); s=1 is the plain conditional velocity."""
   return v_uncond + scale * (v_cond - v_uncond)
+
+
+def guided_call(backbone, x: jax.Array, t: jax.Array, cond: dict, uncond: dict, scale: float) -> jax.Array:
+  """v_u + s (v_c - v_u), with the conditional and unconditional passes run as ONE batch of 2B.
+
+  x: [B, ...], t: [B]; cond / uncond: the backbone's keyword inputs (same keys, [B, ...] each).
+  """
+  b = x.shape[0]
+  both = {k: jnp.concatenate([cond[k], uncond[k]]) for k in cond}
+  out = backbone(jnp.concatenate([x, x]), jnp.concatenate([t, t]), **both)
+  return guided_velocity(out[:b], out[b:], scale)

@@ -181,9 +181,7 @@ class ClassImageTask:
         uncond["indicator"] = jnp.ones((b,), jnp.int32)
       else:
         uncond["labels"] = jnp.full((b,), self.num_classes, jnp.int32)
-      both = {k: jnp.concatenate([base[k], uncond[k]]) for k in base}
-      out = model.backbone(jnp.concatenate([x, x]), jnp.concatenate([t, t]), **both)
-      return guidance.guided_velocity(out[:b], out[b:], cfg_scale)
+      return guidance.guided_call(model.backbone, x, t, base, uncond, cfg_scale)
 
     return v
 

@@ -223,9 +223,7 @@ class TextImageTask:
       else:
         uncond["context"] = jnp.zeros_like(base["context"])
         uncond["context_mask"] = jnp.zeros_like(base["context_mask"])
-      both = {k: jnp.concatenate([base[k], uncond[k]]) for k in base}
-      out = model.backbone(jnp.concatenate([x, x]), jnp.concatenate([t, t]), **both)
-      return guidance.guided_velocity(out[:b], out[b:], cfg_scale)
+      return guidance.guided_call(model.backbone, x, t, base, uncond, cfg_scale)
 
     return v
 

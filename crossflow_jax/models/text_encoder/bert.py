@@ -13,6 +13,8 @@ from flax import nnx
 from crossflow_jax.errors import ConfigError
 from crossflow_jax.models import layers
 from crossflow_jax.models.attention import dot_product_attention
+from crossflow_jax.models.text_encoder.common import embed as _embed
+from crossflow_jax.models.text_encoder.common import layer_norm as _norm
 
 # Hugging Face ACT2FN names -> functions; "gelu" is the exact (erf) GELU.
 ACTIVATIONS = {
@@ -65,14 +67,6 @@ class BertConfig:
                num_heads=c["num_attention_heads"], intermediate_size=c["intermediate_size"],
                max_position_embeddings=c["max_position_embeddings"], type_vocab_size=c["type_vocab_size"],
                layer_norm_eps=c["layer_norm_eps"], hidden_act=c["hidden_act"])
-
-
-def _norm(dim: int, eps: float, rngs: nnx.Rngs) -> nnx.LayerNorm:
-  return nnx.LayerNorm(dim, epsilon=eps, dtype=jnp.float32, param_dtype=jnp.float32, rngs=rngs)
-
-
-def _embed(num: int, dim: int, rngs: nnx.Rngs) -> nnx.Embed:
-  return nnx.Embed(num, dim, dtype=jnp.float32, param_dtype=jnp.float32, rngs=rngs)
 
 
 class BertLayer(nnx.Module):

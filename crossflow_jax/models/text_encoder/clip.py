@@ -14,6 +14,8 @@ from flax import nnx
 from crossflow_jax.errors import ConfigError
 from crossflow_jax.models import layers
 from crossflow_jax.models.attention import dot_product_attention
+from crossflow_jax.models.text_encoder.common import embed as _embed
+from crossflow_jax.models.text_encoder.common import layer_norm as _norm
 
 ACTIVATIONS = {
     "quick_gelu": lambda x: x * jax.nn.sigmoid(1.702 * x),
@@ -62,14 +64,6 @@ class CLIPTextConfig:
                num_heads=c["num_attention_heads"], intermediate_size=c["intermediate_size"],
                max_position_embeddings=c["max_position_embeddings"], layer_norm_eps=c["layer_norm_eps"],
                hidden_act=c["hidden_act"])
-
-
-def _norm(dim: int, eps: float, rngs: nnx.Rngs) -> nnx.LayerNorm:
-  return nnx.LayerNorm(dim, epsilon=eps, dtype=jnp.float32, param_dtype=jnp.float32, rngs=rngs)
-
-
-def _embed(num: int, dim: int, rngs: nnx.Rngs) -> nnx.Embed:
-  return nnx.Embed(num, dim, dtype=jnp.float32, param_dtype=jnp.float32, rngs=rngs)
 
 
 class CLIPLayer(nnx.Module):
