@@ -99,6 +99,16 @@ def get_config() -> ml_collections.ConfigDict:
   c.sample.num_prompts = 8        # text tasks: prompts (rows) in training grids, from the eval split's captions
   c.sample.judge_num = 0          # shapes: images judged per sample step, on seen and held-out prompts (0 = off)
 
+  # FID during training (eval_fid.py evaluates saved checkpoints after training).
+  c.eval = ml_collections.ConfigDict()
+  c.eval.fid_every = 0            # steps between FIDs of the EMA model; the best is kept in workdir/best (0 = never)
+  c.eval.fid_num_samples = 1_000  # images per FID (more than the feature dim: 129 for classifier features)
+  c.eval.features = "classifier"  # classifier | classifier:PATH | inception:PATH
+  c.eval.solver = "heun"
+  c.eval.steps = 20
+  c.eval.cfg_scale = 1.0
+  c.eval.batch_size = 256         # images per sampler call
+
   c.mesh = ml_collections.ConfigDict()
   c.mesh.data = -1                # -1 takes the remaining devices
   c.mesh.fsdp = 1

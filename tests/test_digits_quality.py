@@ -1,8 +1,9 @@
 """The class -> image CPU recipe: digits of every class that an independent classifier can read.
 
 Trains `configs/digits_c2i.py` as the README's class -> image command does (about 4 minutes on
-2 CPU cores), samples every class with the CLI and has scikit-learn's SVM, trained on real
-digits only, read them. Also checks image -> class by integrating the same field backwards.
+2 CPU cores), evaluates it with eval_fid.py (a guidance x steps sweep, FID and companions,
+conditional accuracy) and has scikit-learn's SVM, trained on real digits only, read the samples.
+Also checks image -> class by integrating the same field backwards.
 """
 
 import json
@@ -35,36 +36,61 @@ def test_digits_c2i_run_draws_every_class(tmp_path, judge):
   assert r.returncode == 0, r.stderr[-3000:]
   assert (workdir / "loss.png").exists() and (workdir / "samples" / "step_0002000.png").exists()
 
-  r = run_cli(["-m", "crossflow_jax.sample", "--workdir", str(workdir), "--num_samples", "30", "--steps", "20",
-               "--seed", "1", "--out", str(tmp_path / "s.npz")], env_extra={"CROSSFLOW_DATA_DIR": str(data)})
+  # eval_fid.py sweeps guidance and steps on the trained model; its last setting (cfg 1, Heun 20 steps, 30
+  # images per class) is saved, read by the independent SVM, and repeated exactly by a second run (same seed).
+  env = {"CROSSFLOW_DATA_DIR": str(data)}
+  space = "classifier:digits"
+  sweep = tmp_path / "eval" / "sweep.json"
+  r = run_cli(["eval_fid.py", "--workdir", str(workdir), "--num_samples", "300", "--steps", "10,20", "--cfg_scale",
+               "2,1", "--seed", "3", "--save_samples", "--num_classify", "300", "--out", str(sweep)], env_extra=env,
+              timeout=900)
   assert r.returncode == 0, r.stderr[-3000:]
-  z = np.load(tmp_path / "s.npz")
+  metrics = json.loads(sweep.read_text())
+  rows = metrics["results"]
+  assert [(x["cfg_scale"], x["steps"]) for x in rows] == [(2.0, 10), (2.0, 20), (1.0, 10), (1.0, 20)]
+  assert (tmp_path / "eval" / "sweep_sweep.png").stat().st_size > 1000
+  assert f"fid[{space}]" in (tmp_path / "eval" / "sweep_sweep.md").read_text()
+  row = rows[-1]
+  print("eval_fid", row, metrics["feature_extractor"], metrics["image_to_class_accuracy"])
+  assert metrics["feature_space"] == space and metrics["feature_extractor"]["test_accuracy"]["label"] >= 0.95
+  for key in ("fid", "precision", "recall", "density", "coverage", "class_accuracy"):
+    assert all(np.isfinite(x[f"{key}[{space}]"]) for x in rows), key
+  assert 0 < row[f"fid[{space}]"] < 50 and row[f"precision[{space}]"] > 0.5 and row[f"recall[{space}]"] > 0.3
+
+  # Every class drawn, as an independent judge (an SVM trained on real digits only) reads them; the in-domain
+  # classifier's class accuracy agrees with it on the very same images.
+  z = np.load(tmp_path / "eval" / "sweep_samples.npz")
   images, labels = z["images"], z["labels"]
-  assert images.shape == (300, 8, 8, 1)
+  assert images.shape == (300, 8, 8, 1) and np.array_equal(np.bincount(labels), np.full(10, 30))
   pred = judge.predict(images.reshape(300, 64).astype(np.float64) * 16.0 / 255.0)
   per_class = [float(np.mean(pred[labels == c] == c)) for c in range(10)]
-  print("judged accuracy", float(np.mean(pred == labels)), per_class)
-  assert np.mean(pred == labels) >= 0.9, per_class
-  assert min(per_class) >= 0.6, per_class
+  svm = float(np.mean(pred == labels))
+  print("judged accuracy", svm, per_class)
+  assert svm >= 0.9 and min(per_class) >= 0.6, per_class
+  assert abs(row[f"class_accuracy[{space}]"] - svm) <= 0.10, (row[f"class_accuracy[{space}]"], svm)
+  # Image -> class by integrating the same field backwards, on 300 test digits.
+  assert metrics["image_to_class"]["num_images"] == 300 and metrics["image_to_class_accuracy"] >= 0.85
 
-  r = run_cli(["-m", "crossflow_jax.sample", "--workdir", str(workdir), "--classify_split", "test", "--steps", "20"],
-              env_extra={"CROSSFLOW_DATA_DIR": str(data)})
+  out = tmp_path / "eval" / "metrics.json"
+  r = run_cli(["eval_fid.py", "--workdir", str(workdir), "--num_samples", "300", "--steps", "20", "--seed", "3",
+               "--num_classify", "0", "--out", str(out)], env_extra=env, timeout=900)
   assert r.returncode == 0, r.stderr[-3000:]
-  result = json.loads(r.stdout.strip().splitlines()[-1])
-  print("image -> class", result)
-  assert result["num_images"] == 300 and result["accuracy"] >= 0.85
+  again = json.loads(out.read_text())["results"][0]
+  assert again[f"fid[{space}]"] == row[f"fid[{space}]"]
+  assert again[f"class_accuracy[{space}]"] == row[f"class_accuracy[{space}]"]
 
 
 @pytest.mark.slow
 def test_digits_image_to_class_model_classifies_held_out_digits(tmp_path):
   workdir, data = tmp_path / "i2c", tmp_path / "data"
   env = {"CROSSFLOW_DATA_DIR": str(data)}
-  r = run_cli(["train_flow.py", "--config", "configs/digits_i2c.py", "--workdir", str(workdir)], timeout=1800,
-              env_extra=env)
+  # Half the recipe's 2,000 steps, to keep CI short: 88% here (the full recipe reaches 93%, BENCHMARKS.md).
+  r = run_cli(["train_flow.py", "--config", "configs/digits_i2c.py", "--workdir", str(workdir),
+               "--config.total_steps", "1000", "--config.sample_every", "0"], timeout=1800, env_extra=env)
   assert r.returncode == 0, r.stderr[-3000:]
   r = run_cli(["-m", "crossflow_jax.sample", "--workdir", str(workdir), "--classify_split", "test", "--steps", "20"],
               env_extra=env)
   assert r.returncode == 0, r.stderr[-3000:]
   result = json.loads(r.stdout.strip().splitlines()[-1])
   print("image -> class", result)
-  assert result["num_images"] == 300 and result["accuracy"] >= 0.9
+  assert result["num_images"] == 300 and result["accuracy"] >= 0.85

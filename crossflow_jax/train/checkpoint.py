@@ -6,6 +6,7 @@ Saves are atomic (Orbax writes to a temporary folder and renames it when complet
 process killed during a save leaves the previous checkpoint loadable.
 """
 
+import json
 import os
 
 import orbax.checkpoint as ocp
@@ -49,6 +50,16 @@ class Checkpointer:
     except Exception as e:  # noqa: BLE001 - any read failure means the checkpoint is unusable
       raise CheckpointError(f"Cannot read the metadata of checkpoint step {step} in {self.directory}: {e}") from e
     return dict(out["meta"])
+
+  def state_fields(self, step: int) -> set[str] | None:
+    """Top-level fields of the saved train state (e.g. 'params', 'ema_params'), None if unreadable."""
+    path = os.path.join(self.directory, str(step), "state", "_METADATA")
+    try:
+      with open(path) as f:
+        tree = json.load(f)["tree_metadata"]
+    except (OSError, ValueError, KeyError):
+      return None
+    return {key.strip("()").split(",")[0].strip(" '\"") for key in tree}
 
   def check_fingerprint(self, step: int, fingerprint: dict) -> dict:
     """Raises CheckpointError if the checkpoint was written by another model."""

@@ -90,6 +90,11 @@ def validate_run_config(config) -> None:
       raise ConfigError(f"config.{key} must be >= 0 (0 = never), got {config[key]}.")
   if config.keep_checkpoints < 1:
     raise ConfigError(f"config.keep_checkpoints must be >= 1, got {config.keep_checkpoints}.")
+  if config.eval.fid_every < 0:
+    raise ConfigError(f"config.eval.fid_every must be >= 0 (0 = never), got {config.eval.fid_every}.")
+  if config.eval.fid_every and config.eval.features.partition(":")[0] not in ("classifier", "inception"):
+    raise ConfigError(f"config.eval.features={config.eval.features!r}: choose classifier, classifier:PATH or "
+                      "inception:PATH.")
 
 
 def build_experiment(config, data: DataSpec, *, devices=None) -> Experiment:
@@ -116,7 +121,25 @@ def build_experiment(config, data: DataSpec, *, devices=None) -> Experiment:
 
 
 def config_from_meta(meta: dict) -> ml_collections.ConfigDict:
-  """The training config stored in a checkpoint's metadata."""
-  cfg = ml_collections.ConfigDict(meta["config"])
+  """The training config stored in a checkpoint's metadata.
+
+  Keys added to configs/base.py after the checkpoint was written take their defaults.
+  """
+  from configs import base
+
+  cfg = base.get_config()
+  _update_missing(cfg, meta["config"])
   cfg.axis_rules = tuple((k, tuple(v) if isinstance(v, list) else v) for k, v in cfg.axis_rules)
   return cfg
+
+
+def _update_missing(cfg: ml_collections.ConfigDict, saved: dict) -> None:
+  """Overwrites `cfg` with the saved values (keys only in `cfg` keep their defaults)."""
+  for key, value in saved.items():
+    if isinstance(value, dict) and key in cfg and isinstance(cfg[key], ml_collections.ConfigDict):
+      _update_missing(cfg[key], value)
+    elif key in cfg:
+      with cfg.ignore_type():
+        cfg[key] = value
+    else:
+      cfg[key] = value

@@ -161,6 +161,11 @@ def train(config, workdir: str) -> dict:
                          wandb_cfg=config.wandb, config_dict=config.to_dict())
   writer.truncate_after(start_step)
   meta = exp.meta()
+  fid_eval = None
+  if config.eval.fid_every:
+    from crossflow_jax.train.fid_eval import FidDuringTraining
+
+    fid_eval = FidDuringTraining(config, exp, workdir, log=log)
   last_good_saved = latest
   record = {}
 
@@ -172,6 +177,9 @@ def train(config, workdir: str) -> dict:
     if ckpt.latest_step() != step:
       ckpt.save(step, state, data_iterator=data_iter, meta=meta)
       last_good_saved = step
+
+  def save_best(checkpointer: Checkpointer) -> None:
+    checkpointer.save(step, state, data_iterator=data_iter, meta=meta, force=True)
 
   step = start_step
   if step >= config.total_steps:
@@ -185,7 +193,8 @@ def train(config, workdir: str) -> dict:
         step += 1
         last = step == config.total_steps
         sample_now = bool(config.sample_every) and (step % config.sample_every == 0 or last)
-        if step % config.log_every == 0 or last or sample_now:
+        fid_now = fid_eval is not None and (step % config.eval.fid_every == 0 or last)
+        if step % config.log_every == 0 or last or sample_now or fid_now:
           fetched = _fetch(metrics)
           bad = int(state.nonfinite_step)
           if bad >= 0:
@@ -193,6 +202,9 @@ def train(config, workdir: str) -> dict:
           fetched.update(writer.throughput(step))
           if sample_now:
             fetched.update(write_samples(exp, graphdef, state.ema_params, step, workdir, eval_batch))
+          if fid_now:
+            fetched.update(fid_eval(graphdef, state.ema_params, step, save_best))
+          if sample_now or fid_now:
             writer.start(step)  # sampling time is not training throughput
           record = writer.write(step, fetched)
         if (config.save_every and step % config.save_every == 0) or last or sigterm.raised:
@@ -202,6 +214,8 @@ def train(config, workdir: str) -> dict:
           break
   finally:
     ckpt.close()
+    if fid_eval is not None:
+      fid_eval.close()
     writer.close()
     if jax.process_index() == 0 and os.path.exists(writer.path):
       plot_loss_curve(writer.path, os.path.join(workdir, "loss.png"))

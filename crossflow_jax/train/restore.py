@@ -40,6 +40,11 @@ def load_trained(workdir: str, *, step: int | None = None, weights: str = "ema")
   if "config" not in meta or "data" not in meta:
     raise CheckpointError(f"Checkpoint step {step} in {ckpt.directory} has no crossflow_jax metadata; it was not "
                           "written by train_flow.py.")
+  fields = ckpt.state_fields(step)
+  if fields is not None and {"ema": "ema_params", "params": "params"}[weights] not in fields:
+    hint = " Pass --weights params to use the raw weights." if "params" in fields else ""
+    raise CheckpointError(f"Checkpoint step {step} in {ckpt.directory} holds no {weights!r} weights "
+                          f"(it has {sorted(fields)}); it was not written by train_flow.py with EMA.{hint}")
   config = config_from_meta(meta)
   with config.unlocked():
     config.mesh.data, config.mesh.fsdp, config.mesh.tensor = -1, 1, 1

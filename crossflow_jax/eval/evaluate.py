@@ -1,0 +1,251 @@
+"""FID, precision/recall, density/coverage and conditional accuracy of a trained model.
+
+`evaluate_model` draws `num_samples` images with the jitted sampler (`eval.generate`), embeds
+them and the real eval split in one feature space (`eval.features`), and returns every metric
+named with that space, e.g. `fid[classifier:mnist]`, together with the settings that produced
+it. Conditional metrics:
+
+* class models: `class_accuracy[classifier:<dataset>]`, the in-domain classifier's agreement
+  with the requested labels; models that flow images back to labels (bidirectional,
+  image_to_class, class_to_image by backward integration): `image_to_class_accuracy` on the
+  eval split;
+* text models on shapes: the analytic judge's colour/shape/size/position accuracy of the images
+  against their prompts (`shapes_judge/...`) and image -> caption retrieval (`retrieval/...`).
+"""
+
+import itertools
+import os
+import time
+
+import numpy as np
+
+from crossflow_jax.errors import ConfigError
+from crossflow_jax.eval import features as features_lib
+from crossflow_jax.eval.feature_classifier import RECIPES, base_dataset, get_classifier
+from crossflow_jax.eval.frechet import StatsAccumulator, frechet_distance_from_stats, min_samples_for_covariance
+from crossflow_jax.eval.generate import eval_conditions, generate
+from crossflow_jax.eval.manifold import precision_recall_density_coverage
+
+
+def parse_list(text: str, cast, name: str) -> list:
+  """'1,1.5,2' -> [1.0, 1.5, 2.0] with a clear error."""
+  try:
+    values = [cast(x) for x in str(text).split(",") if x.strip()]
+  except ValueError as e:
+    raise ConfigError(f"--{name} must be a comma-separated list of {cast.__name__}s, got {text!r}.") from e
+  if not values:
+    raise ConfigError(f"--{name} is empty.")
+  return values
+
+
+def check_num_samples(num_samples: int, feature_dim: int, feature_space: str) -> None:
+  need = min_samples_for_covariance(feature_dim)
+  if num_samples < need:
+    raise ConfigError(f"--num_samples {num_samples} is too few for FID in {feature_space}: the covariance of "
+                      f"{feature_dim}-d features needs at least {need} samples. Raise --num_samples to {need} or "
+                      "more (10,000+ for numbers comparable across runs).")
+
+
+def feature_metrics(extractor, reference, real_features: np.ndarray, fake_features: np.ndarray, *, k: int = 3
+                    ) -> dict[str, float]:
+  """fid/precision/recall/density/coverage[space] of fake features against the real ones."""
+  space = extractor.feature_space
+  acc = StatsAccumulator(fake_features.shape[1])
+  acc.update(fake_features)
+  stats = acc.finalize(feature_space=space, dataset="samples", resolution=extractor.resolution)
+  out = {f"fid[{space}]": frechet_distance_from_stats(reference, stats)}
+  n = min(len(real_features), len(fake_features))  # equal-sized sets, as the k-NN estimates assume
+  prdc = precision_recall_density_coverage(real_features[:n], fake_features[:n], k=k)
+  out.update({f"{name}[{space}]": float(v) for name, v in prdc.items()})
+  return out
+
+
+def class_accuracy(classifier, images: np.ndarray, labels: np.ndarray) -> float:
+  pred = classifier.predict(images)["label"]
+  return float(np.mean(pred == labels))
+
+
+def text_metrics(exp, images: np.ndarray, prompts: list[str], classifier=None) -> dict[str, float]:
+  """Shapes attribute accuracy of images against their prompts: analytic judge and in-domain classifier."""
+  from crossflow_jax.data import shapes
+  from crossflow_jax.eval import shapes_judge
+  from crossflow_jax.eval.grids import to_uint8
+
+  if base_dataset(exp.data.name) != "shapes":
+    return {}
+  out = {f"shapes_judge/{k}": v for k, v in shapes_judge.score(to_uint8(images), prompts).items()}
+  if classifier is not None:
+    want = shapes.parse_captions(prompts)
+    pred = classifier.predict(images)
+    for key in want:
+      out[f"attribute_accuracy[{classifier.feature_space}]/{key}"] = float(np.mean(pred[key] == want[key]))
+  return out
+
+
+def evaluate_model(exp, graphdef, params, *, extractor, reference, real_features: np.ndarray, num_samples: int,
+                   solver: str, steps: int, cfg_scale: float, seed: int = 0, batch_size: int = 256, data_dir: str,
+                   split: str = "test", cond_classifier=None, k: int = 3, log=print) -> tuple[dict, np.ndarray, dict]:
+  """(metrics, images float32 [N, H, W, C] in [-1, 1], conditions) for one (solver, steps, cfg_scale) setting.
+
+  conditions: {'labels': int32 [N]} or {'prompts': [N] str}, what each image was asked to show.
+  """
+  check_num_samples(num_samples, extractor.feature_dim, extractor.feature_space)
+  cond = eval_conditions(exp, num_samples, data_dir=data_dir, split=split)
+  images, gen_rate = generate(exp, graphdef, params, cond, solver=solver, steps=steps, cfg_scale=cfg_scale,
+                              seed=seed, batch_size=batch_size, log=log)
+  start = time.time()
+  fake = extractor.features(images)
+  feat_rate = len(images) / max(time.time() - start, 1e-9)
+  metrics = {"solver": solver, "steps": steps, "cfg_scale": cfg_scale, "num_samples": num_samples, "seed": seed,
+             "generation_img_per_s": round(gen_rate, 2), "feature_img_per_s": round(feat_rate, 2)}
+  metrics.update(feature_metrics(extractor, reference, real_features, fake, k=k))
+  if "labels" in cond and cond_classifier is not None:
+    metrics[f"class_accuracy[{cond_classifier.feature_space}]"] = class_accuracy(cond_classifier, images,
+                                                                                 cond["labels"])
+  if "prompts" in cond:
+    metrics.update(text_metrics(exp, images, cond["prompts"], cond_classifier))
+  return metrics, images, cond
+
+
+def conditional_classifier(exp, extractor, *, data_dir: str, manual_dir: str, log=print):
+  """The in-domain classifier for conditional accuracy (the extractor itself when it is one), or None."""
+  if hasattr(extractor, "predict") and extractor.dataset == exp.data.name:
+    return extractor
+  if base_dataset(exp.data.name) in RECIPES:
+    return get_classifier(exp.data.name, data_dir=data_dir, manual_dir=manual_dir, log=log)
+  return None
+
+
+def sweep_table(rows: list[dict], metric: str) -> str:
+  """A Markdown table: one row per cfg scale, one column per step count, cells = `metric`."""
+  cfgs = sorted({r["cfg_scale"] for r in rows})
+  steps = sorted({r["steps"] for r in rows})
+  cell = {(r["cfg_scale"], r["steps"]): r.get(metric) for r in rows}
+  lines = [f"| cfg \\ steps | {' | '.join(str(s) for s in steps)} |", "|---" * (len(steps) + 1) + "|"]
+  for c in cfgs:
+    vals = [cell.get((c, s)) for s in steps]
+    lines.append(f"| {c:g} | " + " | ".join("-" if v is None else f"{v:.4g}" for v in vals) + " |")
+  return "\n".join(lines)
+
+
+def plot_sweep(rows: list[dict], metric: str, path: str) -> None:
+  """`metric` against sampling steps, one line per cfg scale, as a PNG."""
+  import matplotlib
+
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+
+  fig, ax = plt.subplots(figsize=(5, 3.5), dpi=120)
+  for c in sorted({r["cfg_scale"] for r in rows}):
+    pts = sorted((r["steps"], r[metric]) for r in rows if r["cfg_scale"] == c)
+    ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=f"cfg {c:g}")
+  ax.set_xlabel("sampling steps")
+  ax.set_ylabel(metric)
+  ax.set_xscale("log")
+  ax.legend()
+  ax.grid(alpha=0.3)
+  fig.tight_layout()
+  fig.savefig(path)
+  plt.close(fig)
+
+
+def settings_grid(cfg_scales: list[float], steps: list[int]) -> list[tuple[float, int]]:
+  return list(itertools.product(cfg_scales, steps))
+
+
+def output_paths(out: str) -> dict[str, str]:
+  stem = os.path.splitext(out)[0]
+  return {"json": out, "table": stem + "_sweep.md", "plot": stem + "_sweep.png", "grid": stem + "_samples.png",
+          "samples": stem + "_samples.npz"}
+
+
+def evaluate_workdir(workdir: str, *, out: str, num_samples: int = 10_000, solver: str = "heun",
+                     steps: str | int = 50, cfg_scale: str | float = 1.0, features: str = "classifier", seed: int = 0,
+                     step: int | None = None, weights: str = "ema", batch_size: int = 256, split: str = "",
+                     num_classify: int = 1000, k: int = 3, save_samples: bool = False, log=print) -> dict:
+  """Evaluates the checkpoint of `workdir` at every (cfg_scale, steps) setting and writes `out` (JSON).
+
+  With more than one setting it also writes `<out>_sweep.md` (a FID table) and `<out>_sweep.png`;
+  always a grid of the last setting's first 64 images (`<out>_samples.png`), and with
+  `save_samples` all its images (uint8) and their labels or prompts (`<out>_samples.npz`).
+  Returns the JSON content: {'settings': ..., 'results': [metrics per setting], ...}.
+  """
+  import json
+
+  import jax
+
+  from crossflow_jax.data.sources import default_data_dir
+  from crossflow_jax.eval.grids import save_grid, to_uint8
+  from crossflow_jax.train.restore import load_trained
+
+  if not out.endswith(".json"):
+    raise ConfigError(f"--out must be a .json file, got {out!r}.")
+  cfg_scales = parse_list(cfg_scale, float, "cfg_scale")
+  step_counts = parse_list(steps, int, "steps")
+  trained = load_trained(workdir, step=step, weights=weights)
+  exp = trained.experiment
+  cfg = exp.config
+  data_dir = cfg.data.data_dir or default_data_dir()
+  split = split or cfg.data.eval_split
+  resolution = int(exp.data.image_shape[0])
+  result = {"workdir": os.path.abspath(workdir), "checkpoint_step": trained.step, "weights": weights,
+            "task": exp.task.name, "dataset": exp.data.name, "split": split, "resolution": resolution,
+            "devices": jax.device_count(), "backend": jax.default_backend()}
+  results = []
+  can_generate = exp.task.name != "image_to_class"
+  if can_generate and num_samples > 0:
+    extractor = features_lib.build_feature_extractor(features, dataset=exp.data.name, resolution=resolution,
+                                                     data_dir=data_dir, manual_dir=cfg.data.manual_dir, log=log)
+    check_num_samples(num_samples, extractor.feature_dim, extractor.feature_space)
+    reference, real = features_lib.reference_statistics(extractor, dataset=exp.data.name, split=split,
+                                                        data_dir=data_dir, manual_dir=cfg.data.manual_dir, log=log)
+    cond_clf = conditional_classifier(exp, extractor, data_dir=data_dir, manual_dir=cfg.data.manual_dir, log=log)
+    result["feature_space"] = extractor.feature_space
+    result["feature_extractor"] = {"path": getattr(extractor, "path", ""), "test_accuracy": extractor.test_accuracy}
+    result["reference"] = {"dataset": reference.dataset, "split": reference.split,
+                           "num_samples": reference.num_samples, "resolution": reference.resolution}
+    if cond_clf is not None:
+      result["conditional_classifier"] = {"feature_space": cond_clf.feature_space, "path": cond_clf.path,
+                                          "test_accuracy": cond_clf.test_accuracy}
+    for c, s in settings_grid(cfg_scales, step_counts):
+      log(f"Evaluating {workdir} step {trained.step}: {solver} {s} steps, cfg {c:g}, {num_samples} samples, "
+          f"features {extractor.feature_space}")
+      metrics, images, cond = evaluate_model(exp, trained.graphdef, trained.params, extractor=extractor,
+                                       reference=reference, real_features=real, num_samples=num_samples,
+                                       solver=solver, steps=s, cfg_scale=c, seed=seed, batch_size=batch_size,
+                                       data_dir=data_dir, split=split, cond_classifier=cond_clf, k=k, log=log)
+      log("  " + ", ".join(f"{key} {v:.4g}" for key, v in metrics.items() if isinstance(v, float)))
+      results.append(metrics)
+    paths = output_paths(out)
+    os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
+    save_grid(to_uint8(images[:64]), paths["grid"], ncols=8)
+    if save_samples:
+      np.savez(paths["samples"], images=to_uint8(images), **{k: np.asarray(v) for k, v in cond.items()})
+      result["samples"] = paths["samples"]
+    if len(results) > 1:
+      fid_key = f"fid[{extractor.feature_space}]"
+      with open(paths["table"], "w") as f:
+        f.write(f"{fid_key} of {workdir} (step {trained.step}, {solver}, {num_samples} samples)\n\n")
+        f.write(sweep_table(results, fid_key) + "\n")
+      plot_sweep(results, fid_key, paths["plot"])
+      result["sweep_table"], result["sweep_plot"] = paths["table"], paths["plot"]
+  elif not can_generate:
+    log("This model maps images to classes only: no images to score; reporting image -> class accuracy.")
+  result["results"] = results
+  if exp.task.modality != "text" and exp.task.can_classify and num_classify > 0:
+    from crossflow_jax.eval.conditional import classify_split
+
+    cls = classify_split(workdir, split, steps=step_counts[-1], solver=solver, num_eval=num_classify, step=step,
+                         weights=weights, batch_size=min(batch_size, num_classify))
+    result["image_to_class_accuracy"] = cls["accuracy"]
+    result["image_to_class"] = cls
+  if exp.task.modality == "text" and num_classify > 0 and exp.task.name != "noise_to_image_text":
+    from crossflow_jax.sample_text import retrieve_split
+
+    ret = retrieve_split(workdir, split, num_eval=num_classify, steps=step_counts[-1], solver=solver, step=step,
+                         weights=weights, batch_size=min(batch_size, num_classify))
+    result["retrieval"] = ret
+  os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
+  with open(out, "w") as f:
+    json.dump(result, f, indent=1)
+  return result
