@@ -1,10 +1,17 @@
-"""Sampling throughput: Euler/Heun img/s with guidance, and its ratio to the floor.
+"""Sampling throughput: img/s of the whole jitted Euler/Heun solve, without and with guidance, against the floor.
 
-The floor is (number of function evaluations) x (one forward pass of the same batch), each
-timed as its own jitted program; a ratio near 1 means the solver loop adds nothing.
+The solve is `sampling.sampler.solve` (one jitted `lax.fori_loop` program). The floor of each setting is
+NFE x (one forward pass of the same batch, the guided velocity field at one time, timed as its own jitted
+program); a ratio near 1 means the solver loop adds nothing. With guidance (`--cfg_scale` != 1 and a task with
+guidance) the conditional and unconditional passes run as one call on a batch of 2B, so each function evaluation
+costs about twice the unguided one. Works for any config (class or text tasks, DiT, DiMR, UNet) and the presets of
+benchmarks/reference_settings.py; weights are random (speed does not depend on them).
 
   python benchmarks/sample_throughput.py --preset M --num_images 64 --steps 50 --solver euler
   python benchmarks/sample_throughput.py --config configs/cifar10_c2i.py --cfg_scale 2
+  python benchmarks/sample_throughput.py --preset DiT-B/2 --num_images 256 --solver heun --steps 25 \\
+      --config.model.compute_dtype bfloat16 --peak_tflops 989
+  python benchmarks/sample_throughput.py --preset DiMR-tiny --num_images 256 --config.model.compute_dtype bfloat16
 """
 
 import json
@@ -21,25 +28,31 @@ from absl import flags  # noqa: E402
 from flax import nnx  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
-from benchmarks import reference_settings  # noqa: E402
+from benchmarks import flops, reference_settings  # noqa: E402
 from crossflow_jax.command_line import run_main  # noqa: E402
+from crossflow_jax.models.factory import backbone_config  # noqa: E402
 from crossflow_jax.sampling.sampler import draw_source, solve  # noqa: E402
 from crossflow_jax.tasks.class_image import TO_IMAGE  # noqa: E402
+from crossflow_jax.tasks.text_image import TASKS as TEXT_TASKS  # noqa: E402
 from crossflow_jax.train.experiment import DataSpec, build_experiment  # noqa: E402
 from crossflow_jax.train.state import create_train_state  # noqa: E402
 
 DEFAULT_CONFIG = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs", "digits_c2i.py")
+TEXT_DIM = 384  # all-MiniLM-L6-v2-shaped synthetic token embeddings for text configs
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config.", lock_config=True)
-_PRESET = flags.DEFINE_enum("preset", "", ["", "M", "C"], "Reference benchmark setting (overrides the config).")
-_NUM = flags.DEFINE_integer("num_images", 64, "Images per program.")
+_PRESET = flags.DEFINE_enum("preset", "", ["", *reference_settings.PRESETS],
+                            "Named benchmark setting (overrides the config's model; see reference_settings).")
+_NUM = flags.DEFINE_integer("num_images", 64, "Images per program (B; the guided program evaluates 2B).")
 _STEPS = flags.DEFINE_integer("steps", 50, "Solver steps.")
 _SOLVER = flags.DEFINE_enum("solver", "euler", ["euler", "heun"], "ODE solver.")
-_CFG = flags.DEFINE_float("cfg_scale", 1.0, "Guidance scale (1: no unconditional pass).")
+_CFG = flags.DEFINE_float("cfg_scale", 2.0, "Guidance scale of the guided run (1: only the unguided run).")
 _REPEATS = flags.DEFINE_integer("repeats", 3, "Timing repeats; the median is reported.")
+_PEAK = flags.DEFINE_float("peak_tflops", 0.0, "Device peak TFLOP/s for MFU (0: not reported).")
+_JSON = flags.DEFINE_string("json_out", "", "Also write the result as JSON here.")
 
 
-def _time(fn, repeats):
-  jax.block_until_ready(fn())
+def _time(fn, repeats: int) -> float:
+  jax.block_until_ready(fn())  # compile and warm up
   times = []
   for _ in range(repeats):
     t0 = time.perf_counter()
@@ -48,42 +61,82 @@ def _time(fn, repeats):
   return float(np.median(times))
 
 
-def main(argv):
-  del argv
-  cfg = _CONFIG.value
-  image_shape = reference_settings.apply(cfg, _PRESET.value)
-  exp = build_experiment(cfg, DataSpec("synthetic", image_shape, 10))
-  graphdef, state, _ = create_train_state(exp.model_fn, exp.tx, cfg.seed, exp.mesh, exp.rules)
-  params = state.ema_params
+def sampling_inputs(exp, graphdef, params, n: int, image_shape):
+  """(x0 [n, H, W, C], cond) for the config's task: label latents, or a text latent's shape and text tokens."""
   task = exp.task
-  labels = jnp.arange(_NUM.value, dtype=jnp.int32) % 10
-  x0 = draw_source(graphdef, params, labels, jax.random.PRNGKey(0), task=task)
-  guided = task.guidance != "none" and _CFG.value != 1.0
-  nfe = _STEPS.value * (2 if _SOLVER.value == "heun" else 1)
+  if task.modality != "text":
+    labels = jnp.arange(n, dtype=jnp.int32) % exp.data.num_classes
+    return draw_source(graphdef, params, labels, jax.random.PRNGKey(0), task=task), {"labels": labels}
+  from crossflow_jax.sampling.text_sampler import _cond
+
+  rng = np.random.default_rng(0)
+  emb = jnp.asarray(rng.standard_normal((n, exp.data.num_tokens, exp.data.text_dim)), jnp.float32)
+  mask = jnp.ones((n, exp.data.num_tokens), jnp.int32)
+  x0 = jax.random.normal(jax.random.PRNGKey(0), (n, *image_shape), jnp.float32)  # the source's shape (TVE runs once)
+  return x0, _cond(task, emb, mask)
+
+
+def measure(exp, graphdef, params, x0, cond, cfg_scale: float, nfe: int, forward_flops: float | None) -> dict:
+  task = exp.task
+  n = x0.shape[0]
 
   def sample():
-    return solve(graphdef, params, x0, {"labels": labels}, task=task, solver=_SOLVER.value, num_steps=_STEPS.value,
-                 cfg_scale=_CFG.value, direction=TO_IMAGE)
+    return solve(graphdef, params, x0, cond, task=task, solver=_SOLVER.value, num_steps=_STEPS.value,
+                 cfg_scale=cfg_scale, direction=TO_IMAGE)
 
   @jax.jit
   def one_eval(params, x):
     model = nnx.merge(graphdef, params)
-    v = task.velocity_fn(model, {"labels": labels}, direction=TO_IMAGE, cfg_scale=_CFG.value)
+    v = task.velocity_fn(model, cond, direction=TO_IMAGE, cfg_scale=cfg_scale)
     return v(x, jnp.full((x.shape[0],), 0.5))
 
+  guided = task.guidance != "none" and cfg_scale != 1.0
   t_sample = _time(sample, _REPEATS.value)
   t_eval = _time(lambda: one_eval(params, x0), max(_REPEATS.value, 5))
+  out = {"cfg_scale": cfg_scale, "guided": guided, "forward_batch": 2 * n if guided else n, "seconds": t_sample,
+         "img_per_s": n / t_sample, "one_eval_ms": t_eval * 1e3, "floor_seconds": nfe * t_eval,
+         "ratio_to_floor": t_sample / (nfe * t_eval)}
+  if forward_flops is not None:
+    total = forward_flops * nfe * n * (2 if guided else 1)
+    out["model_tflops_per_s"] = total / t_sample / 1e12
+    if _PEAK.value:
+      out["mfu"] = out["model_tflops_per_s"] / (_PEAK.value * jax.device_count())
+  return out
+
+
+def main(argv):
+  del argv
+  cfg = _CONFIG.value
+  image_shape = reference_settings.apply(cfg, _PRESET.value)
+  if cfg.task.name in TEXT_TASKS:
+    spec = DataSpec("synthetic", image_shape, 0, num_captions=1, text_identity="synthetic", text_dim=TEXT_DIM,
+                    num_tokens=cfg.text.max_length)
+  else:
+    spec = DataSpec("synthetic", image_shape, 10)
+  exp = build_experiment(cfg, spec)
+  graphdef, state, _ = create_train_state(exp.model_fn, exp.tx, cfg.seed, exp.mesh, exp.rules)
+  params = state.ema_params
+  x0, cond = sampling_inputs(exp, graphdef, params, _NUM.value, image_shape)
+  nfe = _STEPS.value * (2 if _SOLVER.value == "heun" else 1)
+  backbone = backbone_config(cfg.model, image_shape=tuple(image_shape), **exp.task.backbone_conditioning)
+  forward_flops = flops.forward_flops_per_image(backbone)
+  runs = {"unguided": measure(exp, graphdef, params, x0, cond, 1.0, nfe, forward_flops)}
+  if _CFG.value != 1.0 and exp.task.guidance != "none":
+    runs["guided"] = measure(exp, graphdef, params, x0, cond, _CFG.value, nfe, forward_flops)
   result = {
       "config": _PRESET.value or os.path.basename(config_flags.get_config_filename(flags.FLAGS["config"])),
-      "backend": jax.default_backend(), "device_kind": jax.devices()[0].device_kind, "solver": _SOLVER.value,
-      "steps": _STEPS.value, "nfe": nfe, "cfg_scale": _CFG.value, "guided_batch_doubled": guided,
-      "num_images": _NUM.value, "image_shape": list(image_shape), "seconds": t_sample,
-      "img_per_s": _NUM.value / t_sample, "one_eval_ms": t_eval * 1e3, "floor_seconds": nfe * t_eval,
-      "ratio_to_floor": t_sample / (nfe * t_eval),
+      "model": cfg.model.name, "model_preset": cfg.model.preset, "task": exp.task.name,
+      "backend": jax.default_backend(), "devices": jax.device_count(), "device_kind": jax.devices()[0].device_kind,
+      "compute_dtype": cfg.model.compute_dtype, "solver": _SOLVER.value, "steps": _STEPS.value, "nfe": nfe,
+      "num_images": _NUM.value, "image_shape": list(image_shape), "forward_flops_per_image_analytic": forward_flops,
+      **runs,
   }
   print(json.dumps(result, indent=1))
+  if _JSON.value:
+    with open(_JSON.value, "w") as f:
+      json.dump(result, f, indent=1)
 
 
 if __name__ == "__main__":
-  run_main(main, entry_flags={"config", "preset", "num_images", "steps", "solver", "cfg_scale", "repeats"},
-           default_config=DEFAULT_CONFIG)
+  run_main(main, entry_flags={"config", "preset", "num_images", "steps", "solver", "cfg_scale", "repeats",
+                              "peak_tflops", "json_out"}, default_config=DEFAULT_CONFIG)

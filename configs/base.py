@@ -25,6 +25,7 @@ def get_config() -> ml_collections.ConfigDict:
   c.data.eval_split = "test"
   c.data.worker_count = 0         # Grain worker processes (0 = read in the main process)
   c.data.holdout_pairs = ""       # shapes: "red:triangle,blue:circle" moves those pairs from train to a holdout split
+  c.data.num_classes = 0          # 0 = from the dataset; set it for --dry_run on a class dataset not yet built
 
   # Captioned datasets (shapes, cifar10_captions, flickr8k, image_text_folder) train text tasks.
   c.text = ml_collections.ConfigDict()
@@ -32,6 +33,13 @@ def get_config() -> ml_collections.ConfigDict:
   c.text.max_length = 77          # tokens per caption (padded, with a mask; longer prompts are truncated)
   c.text.use_cache = True         # encode every caption once into <dataset>/text_cache (else encode each batch)
   c.text.compute_dtype = "float32"  # of the frozen encoder
+
+  # Latent space: the model works on VAE latents [S/8, S/8, 4], cached once per split beside the dataset.
+  c.latent = ml_collections.ConfigDict()
+  c.latent.vae = ""               # '' = pixel space; a local diffusers AutoencoderKL folder or .safetensors file
+  c.latent.scale_factor = 0.18215  # z = scale_factor * posterior sample (0.18215 Stable Diffusion, 0.23010 CrossFlow)
+  c.latent.image_size = 256       # pixels a side the images are resized to before the VAE encodes them
+  c.latent.decode_batch_size = 16  # latents per jitted VAE decode when samples are saved or scored
 
   c.task = ml_collections.ConfigDict()
   c.task.name = "class_to_image"  # class_to_image | image_to_class | bidirectional | noise_to_image
@@ -69,16 +77,41 @@ def get_config() -> ml_collections.ConfigDict:
   c.flow.logit_normal_scale = 1.0
 
   c.model = ml_collections.ConfigDict()
-  c.model.name = "dit"
-  c.model.preset = ""             # '' or DiT-XL|L|B|S|Ti|tiny|micro: sets depth, hidden_size, num_heads
-  c.model.depth = 12
+  c.model.name = "dit"            # dit | dimr (config.model.dimr) | unet (config.model.unet)
+  c.model.preset = ""             # '' or DiT-XL|L|B|S|Ti|tiny|micro (sets depth, hidden_size, num_heads), or
+                                  # DiMR-256|512|tiny|micro (sets the model.dimr stage tuples)
+  c.model.remat = "none"          # per-block rematerialisation: none | full | dots | dots_no_batch
+  c.model.depth = 12              # DiT: blocks, width, heads, patch size (model.name='dit')
   c.model.hidden_size = 384
   c.model.num_heads = 6
   c.model.patch_size = 2
   c.model.mlp_ratio = 4.0
   c.model.pos_embed = "sincos"    # sincos | learned
   c.model.compute_dtype = "float32"  # float32 | bfloat16 (parameters stay float32)
-  c.model.attention_impl = "auto"  # auto | xla | cudnn
+  c.model.attention_impl = "auto"  # auto (cuDNN on NVIDIA GPUs where it runs, else XLA) | xla | cudnn | splash (TPU)
+  # DiMR (model.name='dimr'): one entry per stage, low to high resolution; stage 1 is a transformer on the
+  # coarsest grid, later stages ConvNeXt; the last stage has patch size 1. Defaults: the DiMR-tiny preset.
+  c.model.dimr = ml_collections.ConfigDict()
+  c.model.dimr.stage_types = ("transformer", "convnext")
+  c.model.dimr.stage_dims = (128, 32)       # width D_s
+  c.model.dimr.stage_mlp_dims = (256, 64)   # gated-GELU MLP width
+  c.model.dimr.stage_blocks = (5, 3)        # blocks per stage (odd: in, mid, out with U-ViT skips)
+  c.model.dimr.stage_patch_sizes = (4, 1)   # each stage patchifies the full-resolution input
+  c.model.dimr.stage_heads = (4, 0)         # attention heads (transformer stages)
+  c.model.dimr.kernel_size = 7              # ConvNeXt depthwise kernel
+  c.model.dimr.final_kernel_size = 3        # output-head conv of every stage
+  c.model.dimr.stage_loss_weights = ()      # () = (1/4, 1) for two stages, (1/4, 1/2, 1) for three
+  c.model.dimr.block_grad_to_lowres = False  # stop gradients into the previous stage's features
+  # UNet (model.name='unet'): the ADM / guided-diffusion layout for small pixel-space images.
+  c.model.unet = ml_collections.ConfigDict()
+  c.model.unet.channels = 64                # C_0, width of the first level
+  c.model.unet.channel_mult = (1, 2, 2)     # width of each level / C_0; level l has a 2^l times smaller map
+  c.model.unet.num_res_blocks = 2           # ResBlocks per encoder level (decoder: one more)
+  c.model.unet.attention_resolutions = (16,)  # feature-map sides (pixels) with self-attention (plus the middle)
+  c.model.unet.num_heads = 4                # attention heads
+  c.model.unet.dropout = 0.0                # ResBlock dropout (the training loop passes no dropout key: keep 0)
+  c.model.unet.use_scale_shift_norm = True  # time/class embedding as a scale-shift of the GroupNorm (ADM)
+  c.model.unet.groups = 32                  # GroupNorm groups (must divide every width)
 
   c.optim = ml_collections.ConfigDict()
   c.optim.learning_rate = 1e-4
@@ -125,7 +158,7 @@ def get_config() -> ml_collections.ConfigDict:
 
 
 def smoke(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
-  """The `:smoke` variant of any recipe: a 2-block width-32 DiT for a few CPU steps."""
+  """The `:smoke` variant of any recipe: a 2-block width-32 DiT (DiMR, UNet shrunk alike) for a few CPU steps."""
   c.batch_size = 32
   c.total_steps = 20
   c.log_every = 5
@@ -135,5 +168,13 @@ def smoke(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   c.model.depth = 2
   c.model.hidden_size = 32
   c.model.num_heads = 2
+  c.model.dimr.stage_dims = tuple(min(d, 32 // 2**i) for i, d in enumerate(c.model.dimr.stage_dims))
+  c.model.dimr.stage_mlp_dims = tuple(2 * d for d in c.model.dimr.stage_dims)
+  c.model.dimr.stage_blocks = tuple(min(n, 3) for n in c.model.dimr.stage_blocks)
+  c.model.dimr.stage_heads = tuple(min(h, 2) for h in c.model.dimr.stage_heads)
+  c.model.unet.channels = min(c.model.unet.channels, 16)
+  c.model.unet.num_res_blocks = 1
+  c.model.unet.num_heads = min(c.model.unet.num_heads, 2)
+  c.model.unet.groups = min(c.model.unet.groups, 8)
   c.optim.ema_decay = 0.9
   return c

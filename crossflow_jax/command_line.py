@@ -69,6 +69,31 @@ def normalize_argv(argv: list[str], entry_flags: set[str]) -> list[str]:
   return out
 
 
+DISTRIBUTED_FLAGS = ("coordinator_address", "num_processes", "process_id", "local_device_ids")
+
+
+def define_distributed_flags() -> None:
+  """Declares the multi-host flags (`DISTRIBUTED_FLAGS`; pass them as entry flags to `run_main`)."""
+  from absl import flags
+
+  flags.DEFINE_string("coordinator_address", "", "Multi-host: host:port of process 0 (default "
+                      "$JAX_COORDINATOR_ADDRESS; TPU pods, Slurm and Open MPI need none of these flags).")
+  flags.DEFINE_integer("num_processes", 0, "Multi-host: number of processes (default $JAX_NUM_PROCESSES).")
+  flags.DEFINE_integer("process_id", -1, "Multi-host: this process's index (default $JAX_PROCESS_ID).")
+  flags.DEFINE_string("local_device_ids", "", "Multi-host: comma-separated local devices of this process "
+                      "(default all).")
+
+
+def initialize_distributed_from_flags() -> bool:
+  """`parallel.distributed.initialize_distributed` with the flags of `define_distributed_flags`."""
+  from absl import flags
+
+  from crossflow_jax.parallel.distributed import initialize_distributed
+
+  f = flags.FLAGS
+  return initialize_distributed(f.coordinator_address, f.num_processes, f.process_id, f.local_device_ids)
+
+
 def run_main(main, argv=None, entry_flags=(), default_config: str | None = None):
   """absl.app.run with argv normalisation and clean one-paragraph errors for bad input.
 

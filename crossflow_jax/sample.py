@@ -87,6 +87,7 @@ def sample_to_file(workdir: str, out: str, *, labels: str = "", num_samples: int
   import jax.numpy as jnp
 
   from crossflow_jax.eval.grids import save_grid, to_uint8
+  from crossflow_jax.sampling.latent_decode import decode_to_pixels
   from crossflow_jax.sampling.sampler import generate_images
   from crossflow_jax.train.restore import load_trained
 
@@ -107,8 +108,9 @@ def sample_to_file(workdir: str, out: str, *, labels: str = "", num_samples: int
 
   def draw(chunk, offset):
     key = jax.random.fold_in(jax.random.PRNGKey(seed), offset)
-    return generate_images(trained.graphdef, trained.params, jnp.asarray(chunk), key, task=task, solver=solver,
-                           num_steps=steps, cfg_scale=cfg_scale)
+    return decode_to_pixels(trained.experiment, generate_images(
+        trained.graphdef, trained.params, jnp.asarray(chunk), key, task=task, solver=solver, num_steps=steps,
+        cfg_scale=cfg_scale))
 
   images = to_uint8(_batched(draw, wanted, max(batch, 1)))
   os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)

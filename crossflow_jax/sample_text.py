@@ -9,6 +9,7 @@ import numpy as np
 
 from crossflow_jax.data import text_inputs
 from crossflow_jax.errors import ConfigError, PromptError, WeightsError
+from crossflow_jax.sampling.latent_decode import decode_to_pixels, encode_from_pixels, pixel_size
 
 
 def read_prompts_file(path: str) -> list[str]:
@@ -58,8 +59,9 @@ def _generate_batched(trained, emb, mask, *, seed: int, steps: int, solver: str,
       e = jnp.concatenate([e, jnp.repeat(e[-1:], pad, 0)])
       m = jnp.concatenate([m, jnp.repeat(m[-1:], pad, 0)])
     key = jax.random.fold_in(jax.random.PRNGKey(seed), lo)
-    images = np.asarray(generate_from_text(trained.graphdef, trained.params, e, m, key, task=trained.experiment.task,
-                                           solver=solver, num_steps=steps, cfg_scale=cfg_scale))
+    images = np.asarray(decode_to_pixels(trained.experiment, generate_from_text(
+        trained.graphdef, trained.params, e, m, key, task=trained.experiment.task, solver=solver, num_steps=steps,
+        cfg_scale=cfg_scale)))
     out.append(images[:images.shape[0] - pad] if pad else images)
   return np.concatenate(out)
 
@@ -100,9 +102,9 @@ def _latent_strip(trained, z: jax.Array, emb=None, mask=None, *, steps, solver, 
   from crossflow_jax.eval.grids import to_uint8
   from crossflow_jax.sampling.text_sampler import images_from_latents
 
-  return to_uint8(np.asarray(images_from_latents(trained.graphdef, trained.params, z, emb, mask,
-                                                 task=trained.experiment.task, solver=solver, num_steps=steps,
-                                                 cfg_scale=cfg_scale)))
+  return to_uint8(np.asarray(decode_to_pixels(trained.experiment, images_from_latents(
+      trained.graphdef, trained.params, z, emb, mask, task=trained.experiment.task, solver=solver, num_steps=steps,
+      cfg_scale=cfg_scale))))
 
 
 def _text_latents(trained, prompts: list[str], seed: int) -> jax.Array:
@@ -216,8 +218,9 @@ def retrieve_split(workdir: str, split: str, *, num_eval: int = 0, steps: int = 
   cand = np.concatenate([np.asarray(text_means(trained.graphdef, trained.params, emb[i:i + batch_size],
                                                mask[i:i + batch_size], task=exp.task))
                          for i in range(0, len(captions), batch_size)])
-  image_size = exp.data.image_shape[0] if exp.data.image_shape[0] != info.image_shape[0] else None
+  image_size = pixel_size(exp) if pixel_size(exp) != info.image_shape[0] else None
   images = np.concatenate([pipeline.resize_and_scale(r["image"], image_size)[None] for r in records])
+  images = encode_from_pixels(exp, images)  # latent models: the scaled posterior means
   latents = []
   for lo in range(0, n, batch_size):
     chunk = images[lo:lo + batch_size]

@@ -5,6 +5,9 @@ import subprocess
 import sys
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# Environment for the long training runs (thousands of steps): full XLA optimisation, unlike the quick
+# compiles conftest.py sets for everything else.
+OPTIMIZED = {"XLA_FLAGS": ""}
 
 
 def recipe_config(data_dir: str, recipe: str = "digits_c2i", **overrides):

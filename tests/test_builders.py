@@ -140,3 +140,38 @@ def test_cli(tmp_path, capsys):
   assert str(tmp_path / 'digits' / '1.0.0') in out and 'train: 1497' in out
   assert cli.main(['mnist', '--data_dir', str(tmp_path)]) == 1
   assert '--manual_dir' in capsys.readouterr().err
+
+
+def test_image_folder_builds_both_layouts_with_clear_errors(tmp_path):
+  from PIL import Image
+
+  rng = np.random.default_rng(0)
+
+  def write(folder, n):
+    folder.mkdir(parents=True)
+    for i in range(n):
+      Image.fromarray(rng.integers(0, 256, (40, 56, 3), dtype=np.uint8)).save(folder / f"{i:03d}.png")
+
+  flat = tmp_path / "flat"
+  write(flat / "cat", 21)
+  write(flat / "dog", 3)
+  builder = tfds_builders.build("image_folder/s32", data_dir=str(tmp_path / "d1"), manual_dir=str(flat))
+  assert builder.info.features["label"].names == ["cat", "dog"]
+  assert {k: v.num_examples for k, v in builder.info.splits.items()} == {"train": 23, "test": 1}
+  record = builder.as_data_source("train")[0]
+  assert record["image"].shape == (32, 32, 3) and record["image"].dtype == np.uint8 and record["label"] == 0
+
+  nested = tmp_path / "imagenet"
+  write(nested / "train" / "n01", 2)
+  write(nested / "train" / "n02", 2)
+  write(nested / "val" / "n02", 1)
+  builder = tfds_builders.build("image_folder/s32", data_dir=str(tmp_path / "d2"), manual_dir=str(nested))
+  assert {k: v.num_examples for k, v in builder.info.splits.items()} == {"train": 4, "test": 1}
+  assert builder.as_data_source("test")[0]["label"] == 1
+
+  write(nested / "val" / "n09", 1)
+  with pytest.raises(DataError, match=r"n09"):
+    tfds_builders.build("image_folder/s32", data_dir=str(tmp_path / "d3"), manual_dir=str(nested))
+  (tmp_path / "empty").mkdir()
+  with pytest.raises(DataError, match=r"empty.*train/<class>/"):
+    tfds_builders.build("image_folder/s32", data_dir=str(tmp_path / "d4"), manual_dir=str(tmp_path / "empty"))

@@ -1,9 +1,11 @@
 """Command lines: config overrides, the JAX flow-matching reference's flags, and their errors."""
 
+import os
+
 from absl import flags
 
 from crossflow_jax.command_line import normalize_argv
-from tests.helpers import run_cli
+from tests.helpers import REPO, run_cli
 
 REFERENCE = ("--dataset_name imagenet256 --wandb.name DiT-B --model.depth 12 --model.hidden_size 768 "
              "--model.patch_size 2 --model.num_heads 16 --model.mlp_ratio 4 --batch_size 512").split()
@@ -28,10 +30,12 @@ def test_reference_config_values_mean_what_they_say():
   """Parse the reference flags against the real config flag and read the values back."""
   from ml_collections import config_flags
 
-  from train_flow import DEFAULT_CONFIG
+  # train_flow.py's default config (importing train_flow here would define its absl flags in the test process).
+  default_config = os.path.join(REPO, "configs", "shapes_t2i.py")
+  assert f'"{os.path.basename(default_config)}"' in open(os.path.join(REPO, "train_flow.py")).read()
   fv = flags.FlagValues()
   argv = normalize_argv(["train_flow.py"] + REFERENCE, {"config"})
-  argv.insert(1, f"--config={DEFAULT_CONFIG}")
+  argv.insert(1, f"--config={default_config}")
   holder = config_flags.DEFINE_config_file("config", None, "", flag_values=fv, lock_config=True, sys_argv=argv)
   fv(argv)
   c = holder.value

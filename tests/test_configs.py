@@ -3,12 +3,12 @@
 import importlib
 import pathlib
 
+import jax
 import pytest
 
-from crossflow_jax.train.experiment import DataSpec, build_experiment
+from crossflow_jax.train.dry_run import abstract_data_spec
+from crossflow_jax.train.experiment import build_experiment
 
-SHAPES = {"digits": (8, 8, 1), "mnist": (28, 28, 1), "cifar10": (32, 32, 3), "shapes": (32, 32, 3),
-          "flickr8k": (64, 64, 3), "cifar10_captions": (32, 32, 3)}
 RECIPES = sorted(p.stem for p in pathlib.Path(__file__).parent.parent.joinpath("configs").glob("*.py")
                  if p.stem not in ("__init__", "base"))
 
@@ -19,18 +19,11 @@ def test_recipe_builds(name, arg):
   config = importlib.import_module(f"configs.{name}").get_config(arg)
   with pytest.raises(AttributeError):
     config.not_a_key = 1  # locked: misspelt keys are errors
-  shape = SHAPES[config.data.name]
-  if config.data.image_size:
-    shape = (config.data.image_size, config.data.image_size, shape[2])
-  if exp_is_text := config.task.name in ("text_to_image", "image_to_text", "bidirectional_text",
-                                         "noise_to_image_text"):
-    spec = DataSpec(config.data.name, shape, 0, num_captions=3, text_identity="test", text_dim=384,
-                    num_tokens=config.text.max_length)
-  else:
-    spec = DataSpec(config.data.name, shape, 10)
-  exp = build_experiment(config, spec)
+  spec, _ = abstract_data_spec(config)  # the data shapes training would see (latents, text tokens), read from configs
+  exp = build_experiment(config, spec, devices=jax.devices()[:1])
   assert exp.task.name == config.task.name
-  assert (exp.task.modality == "text") == exp_is_text
+  exp_is_text = config.task.name in ("text_to_image", "image_to_text", "bidirectional_text", "noise_to_image_text")
+  assert (exp.task.modality == "text") == exp_is_text == bool(spec.num_captions)
 
 
 def test_reference_settings():

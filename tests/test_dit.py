@@ -191,6 +191,23 @@ def test_gradients_finite_and_nonzero(full):
       np.testing.assert_allclose(g, 0.0, atol=1e-6)
 
 
+def test_remat_policies_give_the_same_gradients(full):
+  """Per-block rematerialisation changes what is stored for the backward pass, not the gradients."""
+  _, _, perturbed, _ = full
+  x, t = _inputs(FULL_CFG, b=4)
+  cond = dict(labels=jnp.arange(4), indicator=jnp.array([0, 1, 0, 1]), direction=jnp.array([0, 0, 1, 1]))
+  grads = {}
+  for policy in ("none", "full", "dots_no_batch"):
+    graphdef, _ = nnx.split(nnx.eval_shape(lambda p=policy: DiT(dataclasses.replace(FULL_CFG, remat=p),
+                                                                   rngs=nnx.Rngs(0))))
+    grads[policy] = jax.jit(jax.grad(lambda p, g=graphdef: jnp.sum(nnx.merge(g, p)(x, t, **cond) ** 2)))(perturbed)
+  for policy in ("full", "dots_no_batch"):
+    for a, b in zip(jax.tree.leaves(grads["none"]), jax.tree.leaves(grads[policy])):
+      np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5 * float(jnp.abs(a).max()))
+  with pytest.raises(ConfigError, match="model.remat"):
+    dataclasses.replace(FULL_CFG, remat="some").validate()
+
+
 def test_bfloat16_compute_keeps_float32_params_and_output(full):
   _, _, perturbed, fwd32 = full
   cfg16 = dataclasses.replace(FULL_CFG, compute_dtype="bfloat16")
@@ -408,7 +425,7 @@ def test_context_missing_or_misshapen_raises(ctx):
 
 def test_factory_passes_context_through():
   model_cfg = SimpleNamespace(preset="", depth=1, hidden_size=32, num_heads=2, patch_size=2, mlp_ratio=4.0,
-                              pos_embed="sincos", compute_dtype="float32", attention_impl="auto")
+                              pos_embed="sincos", compute_dtype="float32", attention_impl="auto", remat="none")
   cfg = dit_config(model_cfg, image_shape=(8, 8, 3), context_dim=16, context_len=7)
   assert (cfg.context_dim, cfg.context_len) == (16, 7)
   assert dit_config(model_cfg, image_shape=(8, 8, 3)).context_dim == 0

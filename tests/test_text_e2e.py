@@ -36,6 +36,7 @@ def trained(tmp_path_factory, data_dir):
   return workdir
 
 
+@pytest.mark.slow
 def test_t2i_trains_from_the_cache(trained, data_dir):
   records = read_metrics(trained / "metrics.jsonl")
   flow = [r["flow_loss"] for r in records]

@@ -90,6 +90,7 @@ def test_contrastive_loss_matches_numpy_and_rewards_alignment():
   np.testing.assert_allclose(float(big), float(loss), rtol=1e-5)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["text_to_image", "image_to_text", "bidirectional_text", "noise_to_image_text"])
 def test_loss_is_finite_and_trains_every_part(name):
   task = _task(name)

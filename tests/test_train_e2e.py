@@ -34,6 +34,7 @@ def _losses(path):
   return [(r["step"], r["loss"], r["grad_norm"]) for r in read_metrics(path)]
 
 
+@pytest.mark.slow
 def test_exact_resume_after_sigterm(tmp_path, data_dir):
   """A run stopped by SIGTERM and restarted logs the same losses, bit for bit, as an uninterrupted run."""
   common = ["--config", "configs/digits_c2i.py:smoke", "--data.data_dir", data_dir, "--total_steps", "250",

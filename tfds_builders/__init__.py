@@ -18,6 +18,7 @@ from tfds_builders.cifar10 import Cifar10
 from tfds_builders.cifar10_captions import Cifar10Captions
 from tfds_builders.digits import Digits
 from tfds_builders.flickr8k import Flickr8k
+from tfds_builders.image_folder import ImageFolder
 from tfds_builders.image_text_folder import ImageTextFolder
 from tfds_builders.mnist import Mnist
 from tfds_builders.shapes import Shapes
@@ -30,12 +31,14 @@ BUILDERS: dict[str, type[tfds.core.GeneratorBasedBuilder]] = {
     'cifar10_captions': Cifar10Captions,
     'flickr8k': Flickr8k,
     'image_text_folder': ImageTextFolder,
+    'image_folder': ImageFolder,
 }
 # Files each builder reads from its manual directory (empty: needs no manual data).
 MANUAL_FILES: dict[str, tuple[str, ...]] = {
     name: cls.MANUAL_FILES for name, cls in BUILDERS.items()
 }
-NEEDS_MANUAL_DIR: dict[str, bool] = {name: bool(files) for name, files in MANUAL_FILES.items()}
+NEEDS_MANUAL_DIR: dict[str, bool] = {name: bool(MANUAL_FILES[name]) or getattr(cls, 'NEEDS_MANUAL_DIR', False)
+                                     for name, cls in BUILDERS.items()}
 
 
 def base_name(name: str) -> str:

@@ -4,12 +4,15 @@ Usage: `python -m tfds_builders NAME [--data_dir D] [--manual_dir M]`, e.g.
 `python -m tfds_builders mnist --manual_dir ../shared/data`. For captioned datasets
 `--text_encoder minilm --max_length 24` also encodes every distinct caption once into the
 dataset's text-embedding cache (what training with `config.text.use_cache` reads; training
-builds it on first use otherwise).
+builds it on first use otherwise). `--vae PATH --latent_image_size S` encodes every split once
+through a diffusers AutoencoderKL into the dataset's latent cache (posterior moments; what training
+with `config.latent.vae` reads).
 """
 
 import argparse
 import os
 import sys
+import types
 
 from crossflow_jax.data.sources import default_data_dir
 from crossflow_jax.errors import CrossflowError
@@ -41,6 +44,13 @@ def main(argv: list[str] | None = None) -> int:
   parser.add_argument('--text_encoder', default='', help="captioned datasets: also cache this encoder's "
                       "embeddings ('minilm' or a Hugging Face folder)")
   parser.add_argument('--max_length', type=int, default=77, help='tokens per caption for --text_encoder')
+  parser.add_argument('--vae', default='', help='also encode every split to VAE latents: a diffusers AutoencoderKL '
+                      'folder or .safetensors file (config.latent.vae)')
+  parser.add_argument('--latent_image_size', type=int, default=256, help='pixels a side fed to --vae')
+  parser.add_argument('--latent_scale_factor', type=float, default=0.18215,
+                      help='latent scale training will use (recorded in the cache; config.latent.scale_factor)')
+  parser.add_argument('--latent_batch_size', type=int, default=64, help='images per VAE call')
+  parser.add_argument('--rebuild_latents', action='store_true', help='re-encode latent caches that exist')
   args = parser.parse_args(argv)
   try:
     builder = build(
@@ -61,7 +71,41 @@ def main(argv: list[str] | None = None) -> int:
       print(f'error: {e}', file=sys.stderr)
       return 1
     print(f'text-embedding cache of {len(cache)} captions in {cache.path}')
+  if args.vae:
+    try:
+      caches = cache_latents(builder, args.name, args)
+    except CrossflowError as e:
+      print(f'error: {e}', file=sys.stderr)
+      return 1
+    for cache in caches:
+      print(f'latent cache of {len(cache)} {cache.split} latents {list(cache.shape)} in {cache.rows_path}')
   return 0
+
+
+def cache_latents(builder, name: str, args) -> list:
+  """Encodes every split of a built dataset through the VAE into its latent cache (skipping matching ones)."""
+  from crossflow_jax.data import latents
+  from crossflow_jax.data.sources import load_source
+
+  data_dir = os.path.expanduser(args.data_dir)
+  vae = latents.load_vae_for(args.vae)
+  latents.check_latent_config(types.SimpleNamespace(image_size=args.latent_image_size, decode_batch_size=1,
+                                                    scale_factor=args.latent_scale_factor), 0, vae)
+  out = []
+  for split in sorted(builder.info.splits):
+    source, info = load_source(name, split, data_dir=data_dir, auto_build=False)
+    folder = latents.cache_dir(info.dataset_dir, args.latent_image_size)
+    if os.path.isfile(os.path.join(folder, f'{latents.split_key(split)}.json')) and not args.rebuild_latents:
+      cache = latents.LatentSplit(folder, split)
+    else:
+      cache = latents.encode_latent_cache(info.dataset_dir, source, dataset=name, split=split, vae=vae,
+                                          vae_path=args.vae, scale_factor=args.latent_scale_factor,
+                                          image_size=args.latent_image_size, batch_size=args.latent_batch_size)
+    cache.check(vae_identity=vae.identity, scale_factor=args.latent_scale_factor, dataset=name,
+                num_examples=len(source), rebuild=latents.rebuild_command(
+                    name, data_dir, args.vae, args.latent_image_size, args.latent_scale_factor))
+    out.append(cache)
+  return out
 
 
 def cache_captions(builder, encoder: str, max_length: int):

@@ -45,8 +45,12 @@ def resize_image(image: np.ndarray, image_size: int) -> np.ndarray:
   return np.stack(channels, axis=-1)
 
 
-def _read_image(source: Sequence[dict[str, Any]], index: int, image_size: int | None) -> tuple[dict, np.ndarray]:
-  """(record, float32 [H', W', C] image in [-1, 1]) of record `index`, with clear errors."""
+def _read_image(source: Sequence[dict[str, Any]], index: int, image_size: int | None) -> tuple[dict, dict]:
+  """(record, its image inputs) of record `index`, with clear errors.
+
+  The image inputs are `{'image': float32 [H', W', C] in [-1, 1]}`, or for latent records (`data.latents`)
+  `{'latent_mean', 'latent_logvar'}` float32 [h, w, C], the VAE posterior moments the train step samples.
+  """
   try:
     record = source[index]
   except CrossflowError:
@@ -57,13 +61,15 @@ def _read_image(source: Sequence[dict[str, Any]], index: int, image_size: int | 
         'dataset files may be corrupt: delete the prepared dataset folder and rebuild it '
         '(python -m tfds_builders NAME).'
     ) from e
+  if 'latent_mean' in record:
+    return record, {k: np.asarray(record[k], np.float32) for k in ('latent_mean', 'latent_logvar')}
   image = np.asarray(record['image'])
   if image.dtype != np.uint8 or image.ndim != 3:
     raise DataError(
         f'Record {index} of {source!r} has image {image.dtype} {image.shape}; '
         'expected uint8 [H, W, C]. Rebuild the dataset with tfds_builders.'
     )
-  return record, resize_and_scale(image, image_size)
+  return record, {'image': resize_and_scale(image, image_size)}
 
 
 def resize_and_scale(image: np.ndarray, image_size: int | None) -> np.ndarray:
@@ -85,7 +91,7 @@ class _ReadAndPreprocess(grain.transforms.Map):
 
   def map(self, index: int) -> dict[str, np.ndarray]:
     record, image = _read_image(self._source, index, self._image_size)
-    return {'image': image, 'label': np.asarray(record['label'], np.int32)}
+    return {**image, 'label': np.asarray(record['label'], np.int32)}
 
 
 class _ReadCaptioned(grain.transforms.RandomMap):
@@ -105,7 +111,7 @@ class _ReadCaptioned(grain.transforms.RandomMap):
     captions = np.asarray(record['captions']).reshape(-1)
     caption = captions[rng.integers(len(captions))]
     caption = caption.decode('utf-8') if isinstance(caption, bytes) else str(caption)
-    return {'image': image, **self._text_features(caption)}
+    return {**image, **self._text_features(caption)}
 
 
 def _read_map(source, image_size, text_features):

@@ -70,6 +70,11 @@ class IndexView:
   def __getitem__(self, index: int):
     return self._source[int(self._indices[index])]
 
+  @property
+  def indices(self) -> np.ndarray:
+    """int64 [len]: the underlying source's index of each record (e.g. rows of a per-split latent cache)."""
+    return self._indices
+
   def __repr__(self) -> str:
     return f'{self._source!r}[{self._description}, len={len(self)}]'
 
@@ -223,7 +228,7 @@ def get_builder(
     return builder
   needs_manual = tfds_builders.NEEDS_MANUAL_DIR[tfds_builders.base_name(name)]
   if not auto_build or (needs_manual and not manual_dir):
-    files = ', '.join(tfds_builders.MANUAL_FILES[tfds_builders.base_name(name)])
+    files = ', '.join(tfds_builders.MANUAL_FILES[tfds_builders.base_name(name)]) or 'its input folders'
     manual = f' --manual_dir <dir holding {files}>' if needs_manual else ''
     or_config = ' or set config.data.manual_dir' if needs_manual else ''
     raise DataError(

@@ -11,6 +11,7 @@ def classify_split(workdir: str, split: str, *, steps: int = 50, solver: str = "
   import jax.numpy as jnp
 
   from crossflow_jax.data import pipeline
+  from crossflow_jax.sampling.latent_decode import encode_from_pixels, pixel_size
   from crossflow_jax.sampling.sampler import classify_images
   from crossflow_jax.train.loop import open_data
   from crossflow_jax.train.restore import load_trained
@@ -20,7 +21,7 @@ def classify_split(workdir: str, split: str, *, steps: int = 50, solver: str = "
   if not exp.task.can_classify:
     raise ConfigError(f"Task {exp.task.name!r} has no class source to flow back to; it cannot classify.")
   source, info, _ = open_data(exp.config, split)
-  image_size = exp.data.image_shape[0] if exp.data.image_shape[0] != info.image_shape[0] else None
+  image_size = pixel_size(exp) if pixel_size(exp) != info.image_shape[0] else None
   it = pipeline.make_eval_iterator(source, batch_size=batch_size, image_size=image_size, shard_index=0, shard_count=1)
   correct = total = 0
   for batch in it:
@@ -29,6 +30,7 @@ def classify_split(workdir: str, split: str, *, steps: int = 50, solver: str = "
       images, labels = images[:num_eval - total], labels[:num_eval - total]
     pad = batch_size - len(images)
     padded = np.concatenate([images, np.repeat(images[-1:], pad, 0)]) if pad else images
+    padded = encode_from_pixels(exp, padded)  # latent models: the scaled posterior means
     pred = np.asarray(classify_images(trained.graphdef, trained.params, jnp.asarray(padded), task=exp.task,
                                       solver=solver, num_steps=steps, method=method))[:len(images)]
     correct += int(np.sum(pred == labels))

@@ -187,7 +187,7 @@ def evaluate_workdir(workdir: str, *, out: str, num_samples: int = 10_000, solve
   cfg = exp.config
   data_dir = cfg.data.data_dir or default_data_dir()
   split = split or cfg.data.eval_split
-  resolution = int(exp.data.image_shape[0])
+  resolution = int(exp.data.decoded_shape[0])  # of the images scored (decoded pixels for latent models)
   result = {"workdir": os.path.abspath(workdir), "checkpoint_step": trained.step, "weights": weights,
             "task": exp.task.name, "dataset": exp.data.name, "split": split, "resolution": resolution,
             "devices": jax.device_count(), "backend": jax.default_backend()}

@@ -68,6 +68,7 @@ class Progress:
 def generate(exp, graphdef, params, cond: dict, *, solver: str, steps: int, cfg_scale: float, seed: int,
              batch_size: int = 256, log=print) -> tuple[np.ndarray, float]:
   """(float32 images [N, H, W, C] in [-1, 1], img/s) for the conditions of `eval_conditions`."""
+  from crossflow_jax.sampling.latent_decode import decode_to_pixels
   from crossflow_jax.sampling.sampler import generate_images
   from crossflow_jax.sampling.text_sampler import generate_from_text
 
@@ -97,6 +98,7 @@ def generate(exp, graphdef, params, cond: dict, *, solver: str, steps: int, cfg_
     else:
       images = generate_from_text(graphdef, params, chunk["text_emb"], chunk["text_mask"], key, task=task,
                                   solver=solver, num_steps=steps, cfg_scale=cfg_scale)
+    images = decode_to_pixels(exp, images)  # latent models: through the VAE, in decode_batch_size batches
     out.append(np.asarray(jax.device_get(jnp.clip(images, -1.0, 1.0)))[:keep])
     progress.update(lo + keep)
   return np.concatenate(out).astype(np.float32), progress.images_per_s

@@ -19,7 +19,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from crossflow_jax.errors import ConfigError
-from crossflow_jax.models import layers
+from crossflow_jax.models import layers, remat
 from crossflow_jax.models.attention import dot_product_attention
 from crossflow_jax.parallel import axes
 
@@ -57,6 +57,7 @@ class DiTConfig:
   attention_impl: str = "auto"
   context_dim: int = 0                 # > 0: cross-attention to text tokens [B, L, context_dim] (D_text)
   context_len: int = 0                 # > 0: the context must have exactly this many tokens; 0: any length
+  remat: str = "none"                  # per-block rematerialisation policy (models.remat)
 
   def validate(self) -> None:
     h, w = self.image_size
@@ -82,6 +83,7 @@ class DiTConfig:
     if self.context_dim < 0 or self.context_len < 0:
       raise ConfigError(f"context_dim and context_len must be >= 0 (0 = no text context), got "
                         f"{self.context_dim}, {self.context_len}.")
+    remat.check_policy(self.remat)
     if self.context_len and not self.context_dim:
       raise ConfigError(f"context_len={self.context_len} needs context_dim > 0 (the width of the text "
                         "embeddings); set context_dim or set context_len=0.")
@@ -89,12 +91,6 @@ class DiTConfig:
   @property
   def dtype(self):
     return DTYPES[self.compute_dtype]
-
-
-def key_mask(mask: jax.Array, query_len: int) -> jax.Array:
-  """Key-padding mask [B, S] (nonzero = keep) -> attention mask [B, 1, query_len, S] bool."""
-  b, s = mask.shape
-  return jnp.broadcast_to(mask.astype(bool)[:, None, None, :], (b, 1, query_len, s))
 
 
 class Attention(nnx.Module):
@@ -114,8 +110,7 @@ class Attention(nnx.Module):
     kv = x if context is None else context
     split = lambda y: y.reshape(b, y.shape[1], self.num_heads, d // self.num_heads)  # noqa: E731
     out = dot_product_attention(split(self.q(x)), split(self.k(kv)), split(self.v(kv)),
-                                implementation=self.implementation,
-                                mask=None if mask is None else key_mask(mask, length))
+                                implementation=self.implementation, key_mask=mask)
     return self.proj(out.reshape(b, length, d))
 
 
@@ -256,8 +251,9 @@ class DiT(nnx.Module):
       raise ValueError("This DiT was built without text context (model context_dim=0); build it with "
                        "context_dim > 0 or do not pass `context` / `context_mask`.")
     c = c.astype(cfg.dtype)
+    call = remat.block_call(cfg.remat)
     for block in self.blocks:
-      tokens = block(tokens, c, kv, kv_mask)
+      tokens = call(block, tokens, c, kv, kv_mask)
     out = self.final(tokens, c)
     h, w = cfg.image_size
     return layers.unpatchify(out, cfg.patch_size, h, w, cfg.channels).astype(jnp.float32)

@@ -19,7 +19,8 @@ from flax import nnx
 
 from crossflow_jax.errors import ConfigError
 from crossflow_jax.flow import guidance
-from crossflow_jax.flow.paths import CondOTPath, per_sample_mse
+from crossflow_jax.flow.multiscale import per_sample_velocity_loss
+from crossflow_jax.flow.paths import CondOTPath
 from crossflow_jax.flow.time_samplers import TimeSampler
 from crossflow_jax.parallel import axes
 from crossflow_jax.tasks.class_sources import KINDS as SOURCE_KINDS
@@ -145,9 +146,8 @@ class ClassImageTask:
       cond["direction"] = direction
     t = self.time_sampler(k_t, b)
     x_t = self.path.sample_xt(x0, x1, t)
-    v = model.backbone(x_t, t, **cond)
-    per_sample = per_sample_mse(v, self.path.velocity_target(x0, x1))
-    metrics = {"loss": jnp.mean(per_sample)}
+    per_sample, metrics = per_sample_velocity_loss(model.backbone, x_t, t, cond, self.path.velocity_target(x0, x1))
+    metrics["loss"] = jnp.mean(per_sample)
     if self.name == "bidirectional":
       to_img = (direction == TO_IMAGE).astype(jnp.float32)
       metrics["loss_to_image"] = jnp.sum(per_sample * to_img) / jnp.maximum(jnp.sum(to_img), 1.0)

@@ -26,7 +26,8 @@ from flax import nnx
 from crossflow_jax.errors import ConfigError
 from crossflow_jax.flow import guidance
 from crossflow_jax.flow.losses import KL_FORMS, contrastive_loss, kl_divergence
-from crossflow_jax.flow.paths import CondOTPath, per_sample_mse
+from crossflow_jax.flow.multiscale import per_sample_velocity_loss
+from crossflow_jax.flow.paths import CondOTPath
 from crossflow_jax.flow.time_samplers import TimeSampler
 from crossflow_jax.models.image_encoder import ImageEncoder, ImageEncoderConfig
 from crossflow_jax.models.text_ve import TextVariationalEncoder, TextVEConfig
@@ -187,8 +188,10 @@ class TextImageTask:
         aux = aux + self.contrastive_weight * clip
     t = self.time_sampler(k_t, b)
     x_t = self.path.sample_xt(x0, x1, t)
-    v = model.backbone(x_t, t, **cond)
-    flow = jnp.mean(per_sample_mse(v, self.path.velocity_target(x0, x1)))
+    per_sample, stage_metrics = per_sample_velocity_loss(model.backbone, x_t, t, cond,
+                                                         self.path.velocity_target(x0, x1))
+    flow = jnp.mean(per_sample)
+    metrics.update(stage_metrics)
     loss = flow + aux
     metrics.update(loss=loss, flow_loss=flow)
     return loss, metrics

@@ -15,7 +15,8 @@ from flax import nnx
 from jax.sharding import Mesh
 
 from crossflow_jax.errors import ConfigError
-from crossflow_jax.models.factory import build_backbone, dit_config
+from crossflow_jax.models.attention import check_platform
+from crossflow_jax.models.factory import backbone_config, build_backbone, fingerprint_keys
 from crossflow_jax.parallel.mesh import make_mesh
 from crossflow_jax.parallel.sharding import data_parallel_size
 from crossflow_jax.tasks.class_image import ClassImageTask
@@ -36,17 +37,28 @@ class DataSpec:
   text_identity: str = ""              # the frozen text encoder that embeds the captions
   text_dim: int = 0                    # D of its token embeddings
   num_tokens: int = 0                  # L, the fixed token length
+  latent_vae: str = ""                 # identity of the VAE whose latents image_shape is ('' = pixel space)
+  latent_scale_factor: float = 0.0     # z = scale_factor * posterior sample
+  pixel_shape: tuple[int, ...] = ()    # (S, S, C) the latents decode to (latent space only)
+
+  @property
+  def decoded_shape(self) -> tuple[int, ...]:
+    """(H, W, C) of the images samples are saved and scored as: pixel_shape in latent space, else image_shape."""
+    return tuple(self.pixel_shape) or tuple(self.image_shape)
 
   def to_dict(self) -> dict:
     return {"name": self.name, "image_shape": list(self.image_shape), "num_classes": self.num_classes,
             "class_names": list(self.class_names), "num_captions": self.num_captions,
-            "text_identity": self.text_identity, "text_dim": self.text_dim, "num_tokens": self.num_tokens}
+            "text_identity": self.text_identity, "text_dim": self.text_dim, "num_tokens": self.num_tokens,
+            "latent_vae": self.latent_vae, "latent_scale_factor": self.latent_scale_factor,
+            "pixel_shape": list(self.pixel_shape)}
 
   @classmethod
   def from_dict(cls, d: dict) -> "DataSpec":
     return cls(d["name"], tuple(d["image_shape"]), int(d["num_classes"]), tuple(d.get("class_names", ())),
                int(d.get("num_captions", 0)), d.get("text_identity", ""), int(d.get("text_dim", 0)),
-               int(d.get("num_tokens", 0)))
+               int(d.get("num_tokens", 0)), d.get("latent_vae", ""), float(d.get("latent_scale_factor", 0.0)),
+               tuple(d.get("pixel_shape", ())))
 
 
 @dataclasses.dataclass
@@ -63,7 +75,7 @@ class Experiment:
   def fingerprint(self) -> dict:
     """Flat dict of everything that fixes the shapes and meaning of the saved state."""
     c = self.config
-    fp = {f"model.{k}": v for k, v in c.model.to_dict().items() if k not in ("compute_dtype", "attention_impl")}
+    fp = fingerprint_keys(c.model)
     fp.update({f"task.{k}": c.task[k] for k in ("name", "source", "guidance")})
     fp["data.image_shape"] = list(self.data.image_shape)
     fp["data.num_classes"] = self.data.num_classes
@@ -72,6 +84,10 @@ class Experiment:
       fp.update({f"image_encoder.{k}": v for k, v in c.image_encoder.to_dict().items()})
       fp["task.contrastive"] = bool(c.task.contrastive_weight > 0)
       fp["text.identity"] = self.data.text_identity
+    if self.data.latent_vae:  # latent space: the VAE and scale fix what the weights mean
+      fp["latent.vae"] = self.data.latent_vae
+      fp["latent.scale_factor"] = self.data.latent_scale_factor
+      fp["latent.pixel_shape"] = list(self.data.pixel_shape)
     fp["optim.grad_clip"] = bool(c.optim.grad_clip_norm > 0)
     return json.loads(json.dumps(fp))
 
@@ -101,13 +117,14 @@ def build_experiment(config, data: DataSpec, *, devices=None) -> Experiment:
   validate_run_config(config)
   task = build_task(config, data)
   conditioning = task.backbone_conditioning
-  dit_config(config.model, image_shape=data.image_shape, **conditioning)  # validates shapes now
+  backbone_config(config.model, image_shape=data.image_shape, **conditioning)  # validates shapes now
 
   def model_fn(rngs: nnx.Rngs) -> nnx.Module:
     backbone = build_backbone(config.model, image_shape=data.image_shape, rngs=rngs, **conditioning)
     return task.build_model(backbone, rngs=rngs)
 
   tx = build_optimizer(config.optim, config.total_steps)
+  check_platform(config.model.attention_impl)  # 'splash' off TPU, 'cudnn' off NVIDIA GPUs: stop now
   mesh = make_mesh(config.mesh.data, config.mesh.fsdp, config.mesh.tensor, devices=devices)
   rules = tuple((k, tuple(v) if isinstance(v, list) else v) for k, v in config.axis_rules)
   dp = data_parallel_size(mesh, rules)
@@ -116,7 +133,12 @@ def build_experiment(config, data: DataSpec, *, devices=None) -> Experiment:
                       f"(mesh data x fsdp = {dict(mesh.shape)}); use a multiple of {dp}.")
   if config.batch_size % jax.process_count():
     raise ConfigError(f"config.batch_size={config.batch_size} is not divisible by the process count "
-                      f"{jax.process_count()}.")
+                      f"{jax.process_count()} (each process reads config.batch_size / {jax.process_count()} "
+                      f"images); use a multiple of {jax.process_count()}.")
+  if dp % jax.process_count():
+    raise ConfigError(f"The batch is split {dp} ways (mesh data x fsdp = {dict(mesh.shape)}) but there are "
+                      f"{jax.process_count()} processes, each reading its own images: make data x fsdp a multiple of "
+                      f"{jax.process_count()} (keep the tensor axis within a host).")
   return Experiment(config=config, data=data, task=task, model_fn=model_fn, tx=tx, mesh=mesh, rules=rules)
 
 

@@ -11,6 +11,8 @@ metrics.
 import json
 import os
 
+import jax
+
 from crossflow_jax.data.sources import default_data_dir
 from crossflow_jax.eval import features as features_lib
 from crossflow_jax.eval.evaluate import check_num_samples, conditional_classifier, evaluate_model
@@ -25,7 +27,7 @@ class FidDuringTraining:
     self.exp, self.cfg, self.log = exp, e, log
     self.data_dir = config.data.data_dir or default_data_dir()
     self.extractor = features_lib.build_feature_extractor(
-        e.features, dataset=exp.data.name, resolution=int(exp.data.image_shape[0]), data_dir=self.data_dir,
+        e.features, dataset=exp.data.name, resolution=int(exp.data.decoded_shape[0]), data_dir=self.data_dir,
         manual_dir=config.data.manual_dir, log=log)
     check_num_samples(e.fid_num_samples, self.extractor.feature_dim, self.extractor.feature_space)
     self.reference, self.real = features_lib.reference_statistics(
@@ -51,11 +53,12 @@ class FidDuringTraining:
     scalars = {k: v for k, v in metrics.items() if "[" in k or "/" in k}
     if scalars[self.key] < self.best:
       self.best = scalars[self.key]
-      save_fn(self.checkpointer)
-      os.makedirs(self.best_dir, exist_ok=True)
-      with open(self.best_file, "w") as f:
-        json.dump({"step": step, "metrics": scalars, "settings": {k: metrics[k] for k in (
-            "solver", "steps", "cfg_scale", "num_samples", "seed")}}, f, indent=1)
+      save_fn(self.checkpointer)  # every process takes part in the Orbax save
+      if jax.process_index() == 0:
+        os.makedirs(self.best_dir, exist_ok=True)
+        with open(self.best_file, "w") as f:
+          json.dump({"step": step, "metrics": scalars, "settings": {k: metrics[k] for k in (
+              "solver", "steps", "cfg_scale", "num_samples", "seed")}}, f, indent=1)
       self.log(f"  {self.key} {self.best:.4g} at step {step}: the best so far, saved to {self.best_dir}")
     return {**scalars, f"best_{self.key}": self.best}
 

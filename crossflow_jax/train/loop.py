@@ -5,6 +5,7 @@ optimizer state, step, RNG and the data iterator position), so an interrupted an
 logs the same losses as an uninterrupted one.
 """
 
+import contextlib
 import os
 import signal
 
@@ -12,11 +13,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from crossflow_jax.data import pipeline, text_inputs
+from crossflow_jax.data import latents, pipeline, text_inputs
 from crossflow_jax.data.sources import default_data_dir, get_builder, load_source
 from crossflow_jax.errors import TrainingDivergedError
 from crossflow_jax.eval.grids import save_grid, to_uint8
+from crossflow_jax.parallel.distributed import host_array
 from crossflow_jax.parallel.sharding import batch_sharding
+from crossflow_jax.sampling.latent_decode import decode_to_pixels
 from crossflow_jax.sampling.sampler import classify_images, generate_images
 from crossflow_jax.train import text_eval
 from crossflow_jax.train.checkpoint import Checkpointer
@@ -38,8 +41,10 @@ def open_data(config, split: str):
                              holdout_pairs=config.data.holdout_pairs)
   size = config.data.image_size or info.image_shape[0]
   text = text_inputs.spec_fields(config.text) if info.num_captions else {}
-  spec = DataSpec(info.name, (size, size, info.image_shape[2]), info.num_classes, tuple(info.class_names),
-                  num_captions=info.num_captions, **text)
+  latent = latents.spec_fields(config, info.image_shape[2]) if config.latent.vae else {}
+  shape = latent.pop("image_shape", (size, size, info.image_shape[2]))  # latent space: the model sees latents
+  spec = DataSpec(info.name, shape, info.num_classes, tuple(info.class_names),
+                  num_captions=info.num_captions, **text, **latent)
   return source, info, spec
 
 
@@ -59,6 +64,9 @@ def batch_shardings_for(exp: Experiment) -> dict:
     ndims = {"image": 4, "text_emb": 3, "text_mask": 2}
   else:
     ndims = {"image": 4, "label": 1}
+  if exp.data.latent_vae:  # posterior moments in place of images; the step draws the latent
+    del ndims["image"]
+    ndims.update({k: 4 for k in latents.LATENT_KEYS})
   return {k: batch_sharding(exp.mesh, exp.rules, n) for k, n in ndims.items()}
 
 
@@ -94,6 +102,11 @@ def _fetch(metrics: dict) -> dict:
   return {k: float(v) for k, v in jax.device_get(metrics).items()}
 
 
+def _mesh_context(exp: Experiment):
+  """The splash attention kernel runs inside shard_map over the mesh, so its programs are traced under it."""
+  return jax.set_mesh(exp.mesh) if exp.config.model.attention_impl == "splash" else contextlib.nullcontext()
+
+
 def write_samples(exp: Experiment, graphdef, params, step: int, workdir: str, eval_batch: dict | None) -> dict:
   """A grid of EMA samples (per_class per class or prompt) and, for reversible class tasks, class accuracy."""
   if exp.task.modality == "text":
@@ -104,9 +117,10 @@ def write_samples(exp: Experiment, graphdef, params, step: int, workdir: str, ev
     labels = jnp.repeat(jnp.arange(rows, dtype=jnp.int32), cfg.sample.per_class)
     images = generate_images(graphdef, params, labels, jax.random.PRNGKey(cfg.seed + 1), task=task,
                              solver=cfg.sample.solver, num_steps=cfg.sample.steps, cfg_scale=cfg.sample.cfg_scale)
+    pixels = host_array(decode_to_pixels(exp, images))  # every process takes part; process 0 writes
     if jax.process_index() == 0:
       os.makedirs(os.path.join(workdir, "samples"), exist_ok=True)
-      save_grid(to_uint8(jax.device_get(images)), os.path.join(workdir, "samples", f"step_{step:07d}.png"),
+      save_grid(to_uint8(pixels), os.path.join(workdir, "samples", f"step_{step:07d}.png"),
                 ncols=cfg.sample.per_class)
   if task.can_classify and eval_batch is not None:
     pred = classify_images(graphdef, params, eval_batch["image"], task=task, solver=cfg.sample.solver,
@@ -130,6 +144,7 @@ def train(config, workdir: str) -> dict:
 
   local_batch = config.batch_size // jax.process_count()
   features = text_features(config, info)
+  source = latents.latent_source(config, source, info, config.data.train_split, log=log)
   data_iter = pipeline.make_train_iterator(
       source, batch_size=local_batch, image_size=spec.image_shape[0] if config.data.image_size else None,
       seed=config.seed, worker_count=config.data.worker_count, text_features=features)
@@ -138,10 +153,13 @@ def train(config, workdir: str) -> dict:
   if exp.task.modality == "text" and config.sample_every:
     eval_batch = text_eval.prepare(exp)
   elif exp.task.can_classify and config.sample_every:
-    eval_source, _, _ = open_data(config, config.data.eval_split)
+    eval_source, eval_info, _ = open_data(config, config.data.eval_split)
+    eval_source = latents.latent_source(config, eval_source, eval_info, config.data.eval_split, log=log)
     it = pipeline.make_eval_iterator(eval_source, batch_size=min(256, len(eval_source)) // jax.process_count(),
                                      image_size=spec.image_shape[0] if config.data.image_size else None)
     eval_batch = global_batch(next(it), batch_shardings)
+    if spec.latent_vae:  # classify the scaled posterior means
+      eval_batch = latents.posterior_mean_images(eval_batch, spec.latent_scale_factor)
 
   os.makedirs(workdir, exist_ok=True)
   if latest is None:
@@ -156,7 +174,8 @@ def train(config, workdir: str) -> dict:
       f"data {spec.name} {spec.image_shape}, {spec.num_classes} classes; task {exp.task.name}.")
 
   step_fn = jit_train_step(graphdef, exp.task, exp.tx, config.optim.ema_decay, shardings, batch_shardings,
-                           ema_warmup=config.optim.ema_warmup)
+                           ema_warmup=config.optim.ema_warmup,
+                           latent_scale_factor=spec.latent_scale_factor if spec.latent_vae else None)
   writer = MetricsWriter(workdir, total_steps=config.total_steps, batch_size=config.batch_size,
                          wandb_cfg=config.wandb, config_dict=config.to_dict())
   writer.truncate_after(start_step)
@@ -186,7 +205,7 @@ def train(config, workdir: str) -> dict:
     log(f"Already at step {step} >= config.total_steps={config.total_steps}; nothing to train.")
   writer.start(step)
   try:
-    with _SigtermFlag() as sigterm:
+    with _SigtermFlag() as sigterm, _mesh_context(exp):
       while step < config.total_steps:
         batch = global_batch(text_inputs.embed_batch(next(data_iter), config.text), batch_shardings)
         state, metrics = step_fn(state, batch)

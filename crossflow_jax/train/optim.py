@@ -1,5 +1,6 @@
 """The optax chain: global-norm clipping, AdamW with warmup and a schedule."""
 
+import jax
 import optax
 
 from crossflow_jax.errors import ConfigError
@@ -20,14 +21,26 @@ def learning_rate_schedule(learning_rate: float, warmup_steps: int, total_steps:
   return optax.join_schedules([warmup, rest], [warmup_steps])
 
 
+def weight_decay_mask(params):
+  """True for every parameter but the time-dependent norms' tau_weight / tau_bias scalars (DiMR), which AdamW's
+  decoupled weight decay leaves alone."""
+  from crossflow_jax.models.norms import NO_WEIGHT_DECAY
+
+  def decay(path, _):
+    return not any(getattr(k, "key", getattr(k, "name", None)) in NO_WEIGHT_DECAY for k in path)
+
+  return jax.tree_util.tree_map_with_path(decay, params)
+
+
 def build_optimizer(optim_cfg, total_steps: int) -> optax.GradientTransformation:
-  """AdamW (decoupled weight decay) after optional global-norm clipping."""
+  """AdamW (decoupled weight decay, not on `weight_decay_mask`'s exclusions) after optional global-norm clipping."""
   if optim_cfg.learning_rate <= 0:
     raise ConfigError(f"optim.learning_rate must be > 0, got {optim_cfg.learning_rate}.")
   if not 0.0 <= optim_cfg.ema_decay < 1.0:
     raise ConfigError(f"optim.ema_decay must be in [0, 1), got {optim_cfg.ema_decay}.")
   lr = learning_rate_schedule(optim_cfg.learning_rate, optim_cfg.warmup_steps, total_steps, optim_cfg.schedule)
-  adamw = optax.adamw(lr, b1=optim_cfg.b1, b2=optim_cfg.b2, weight_decay=optim_cfg.weight_decay)
+  adamw = optax.adamw(lr, b1=optim_cfg.b1, b2=optim_cfg.b2, weight_decay=optim_cfg.weight_decay,
+                      mask=weight_decay_mask)
   if optim_cfg.grad_clip_norm > 0:
     return optax.chain(optax.clip_by_global_norm(optim_cfg.grad_clip_norm), adamw)
   return adamw

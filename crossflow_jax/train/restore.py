@@ -48,6 +48,9 @@ def load_trained(workdir: str, *, step: int | None = None, weights: str = "ema")
   config = config_from_meta(meta)
   with config.unlocked():
     config.mesh.data, config.mesh.fsdp, config.mesh.tensor = -1, 1, 1
+    if config.model.attention_impl in ("splash", "cudnn"):
+      # The kernel changes no parameter; 'auto' runs anywhere (splash needs TPUs and the training loop's mesh).
+      config.model.attention_impl = "auto"
   config.lock()
   exp = build_experiment(config, DataSpec.from_dict(meta["data"]), devices=jax.devices())
   graphdef, abstract, _ = abstract_train_state(exp.model_fn, exp.tx, config.seed, exp.mesh, exp.rules)

@@ -7,6 +7,7 @@ import jax.numpy as jnp
 import optax
 from flax import nnx
 
+from crossflow_jax.data import latents
 from crossflow_jax.train.state import TrainState
 
 
@@ -21,9 +22,17 @@ def ema_decay_at(step: jax.Array, ema_decay: float, warmup: bool) -> jax.Array:
 
 
 def train_step(state: TrainState, batch: dict, *, graphdef, task, tx: optax.GradientTransformation,
-               ema_decay: float, ema_warmup: bool = True) -> tuple[TrainState, dict]:
-  """One optimizer step; returns the new state and scalar metrics (loss, grad_norm, ...)."""
+               ema_decay: float, ema_warmup: bool = True,
+               latent_scale_factor: float | None = None) -> tuple[TrainState, dict]:
+  """One optimizer step; returns the new state and scalar metrics (loss, grad_norm, ...).
+
+  In latent space (`latent_scale_factor` set) the batch carries VAE posterior moments (`latent_mean`,
+  `latent_logvar`); `image` is a fresh scaled posterior sample drawn here with a key folded from the step's.
+  """
   key = jax.random.fold_in(state.rng, state.step)
+  if latent_scale_factor is not None:
+    batch = latents.sample_batch_latents(batch, jax.random.fold_in(key, latents.POSTERIOR_NOISE_FOLD),
+                                         latent_scale_factor)
 
   def loss_fn(params):
     return task.loss(nnx.merge(graphdef, params), batch, key)
@@ -48,8 +57,10 @@ def train_step(state: TrainState, batch: dict, *, graphdef, task, tx: optax.Grad
   return new_state, metrics
 
 
-def jit_train_step(graphdef, task, tx, ema_decay: float, state_shardings, batch_shardings, ema_warmup: bool = True):
+def jit_train_step(graphdef, task, tx, ema_decay: float, state_shardings, batch_shardings, ema_warmup: bool = True,
+                   latent_scale_factor: float | None = None):
   """jax.jit of `train_step` with explicit in/out shardings and the state donated."""
-  fn = functools.partial(train_step, graphdef=graphdef, task=task, tx=tx, ema_decay=ema_decay, ema_warmup=ema_warmup)
+  fn = functools.partial(train_step, graphdef=graphdef, task=task, tx=tx, ema_decay=ema_decay, ema_warmup=ema_warmup,
+                         latent_scale_factor=latent_scale_factor)
   return jax.jit(fn, in_shardings=(state_shardings, batch_shardings), out_shardings=(state_shardings, None),
                  donate_argnums=(0,))

@@ -14,6 +14,8 @@ import numpy as np
 
 from crossflow_jax.data import shapes, text_inputs
 from crossflow_jax.eval.grids import save_grid, to_uint8
+from crossflow_jax.parallel.distributed import host_array
+from crossflow_jax.sampling.latent_decode import decode_to_pixels
 from crossflow_jax.sampling.text_sampler import generate_from_text
 
 
@@ -77,9 +79,10 @@ def prepare(exp) -> dict:
 
 def _generate(exp, graphdef, params, emb, mask, seed: int):
   cfg = exp.config
-  return generate_from_text(graphdef, params, jnp.asarray(emb), jnp.asarray(mask), jax.random.PRNGKey(seed),
-                            task=exp.task, solver=cfg.sample.solver, num_steps=cfg.sample.steps,
-                            cfg_scale=cfg.sample.cfg_scale)
+  images = generate_from_text(graphdef, params, jnp.asarray(emb), jnp.asarray(mask), jax.random.PRNGKey(seed),
+                              task=exp.task, solver=cfg.sample.solver, num_steps=cfg.sample.steps,
+                              cfg_scale=cfg.sample.cfg_scale)
+  return decode_to_pixels(exp, images)
 
 
 def judge_metrics(images_uint8: np.ndarray, prompts: list[str], prefix: str) -> dict:
@@ -95,15 +98,15 @@ def write_text_samples(exp, graphdef, params, step: int, workdir: str, prepared:
     return metrics
   prompts, emb, mask = prepared["grid"]
   per = cfg.sample.per_class
-  images = _generate(exp, graphdef, params, np.repeat(emb, per, 0), np.repeat(mask, per, 0), cfg.seed + 1)
-  if jax.process_index() == 0:
+  images = host_array(_generate(exp, graphdef, params, np.repeat(emb, per, 0), np.repeat(mask, per, 0), cfg.seed + 1))
+  if jax.process_index() == 0:  # every process generated (a collective); process 0 writes
     os.makedirs(os.path.join(workdir, "samples"), exist_ok=True)
-    save_grid(to_uint8(jax.device_get(images)), os.path.join(workdir, "samples", f"step_{step:07d}.png"), ncols=per)
+    save_grid(to_uint8(images), os.path.join(workdir, "samples", f"step_{step:07d}.png"), ncols=per)
     with open(os.path.join(workdir, "samples", "prompts.txt"), "w") as f:
       f.write("\n".join(prompts) + "\n")
   for key, value in prepared.items():
     if key.startswith("judge_"):
       judge_prompts, jemb, jmask = value
-      images = to_uint8(jax.device_get(_generate(exp, graphdef, params, jemb, jmask, cfg.seed + 2)))
+      images = to_uint8(host_array(_generate(exp, graphdef, params, jemb, jmask, cfg.seed + 2)))
       metrics.update(judge_metrics(images, judge_prompts, key))
   return metrics

@@ -4,7 +4,7 @@ Manual directory: `captions.jsonl`, one JSON object per line `{"img_path": ..., 
 (img_path absolute or relative to the manual directory), and the images. Every line becomes one
 record (K = 1 caption; an image listed on several lines gives several records). Images are
 resized so the shorter side is S (PIL bicubic, antialiased) and centre-cropped to S x S; configs
-`s32`, `s64` (the default) and `s128`. Split: every 20th line (1-based line 20, 40, ...) goes to
+`s32`, `s64` (the default), `s128`, `s256` and `s512`. Split: every 20th line (1-based line 20, 40, ...) goes to
 `test`, the rest to `train`; a file with fewer than 20 lines gives a `train` split only.
 
     python -m tfds_builders image_text_folder/s64 --manual_dir DIR_WITH_captions.jsonl
@@ -77,7 +77,7 @@ class ImageTextFolder(ManualFileMixin, tfds.core.GeneratorBasedBuilder, skip_reg
   VERSION = tfds.core.Version('1.0.0')
   RELEASE_NOTES: ClassVar[dict[str, str]] = {'1.0.0': 'Initial release.'}
   BUILDER_CONFIGS: ClassVar[list[FolderConfig]] = [
-      FolderConfig(name=f's{s}', image_size=s, description=f'{s}x{s} centre crops') for s in (32, 64, 128)
+      FolderConfig(name=f's{s}', image_size=s, description=f'{s}x{s} centre crops') for s in (32, 64, 128, 256, 512)
   ]
   DEFAULT_BUILDER_CONFIG_NAME = 's64'
   MANUAL_FILES: ClassVar[tuple[str, ...]] = (JSONL,)

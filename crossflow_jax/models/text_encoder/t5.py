@@ -16,7 +16,7 @@ from flax import nnx
 
 from crossflow_jax.errors import ConfigError
 from crossflow_jax.models import layers
-from crossflow_jax.models.attention import resolve_implementation
+from crossflow_jax.models.attention import dot_product_attention
 
 ACTIVATIONS = {
     "gelu_new": lambda x: jax.nn.gelu(x, approximate=True),
@@ -110,10 +110,8 @@ class T5Layer(nnx.Module):
     h = self.attn_norm(x)
     heads = lambda y: y.reshape(b, length, self.num_heads, -1)
     q, k, v = heads(self.q(h)), heads(self.k(h)), heads(self.v(h))
-    # The shared `dot_product_attention` takes no additive bias and always scales by 1/sqrt(K); T5 needs both
-    # the relative position bias and no scaling (it is folded into the weights), so call JAX directly.
-    a = jax.nn.dot_product_attention(q, k, v, bias=bias.astype(q.dtype), mask=mask, scale=1.0,
-                                     implementation=resolve_implementation(self.attention_impl, q.dtype))
+    # T5 adds the relative position bias and does not scale the logits (the scale is folded into the weights).
+    a = dot_product_attention(q, k, v, bias=bias, mask=mask, scale=1.0, implementation=self.attention_impl)
     x = x + self.o(a.reshape(b, length, -1)).astype(jnp.float32)
     h = self.ffn_norm(x)
     h = self.wo(ACTIVATIONS[self.activation](self.wi_0(h)) * self.wi_1(h))

@@ -1,0 +1,45 @@
+"""The analytic FLOPs of benchmarks/flops.py (the MFU numerator) against XLA's cost analysis of a forward pass."""
+
+import jax
+import jax.numpy as jnp
+import pytest
+from flax import nnx
+
+from benchmarks import flops, reference_settings
+from configs import base
+from crossflow_jax.models.factory import backbone_config, build_backbone
+
+
+def _xla_forward_flops(model_cfg, shape, cond) -> float:
+  graphdef, params = nnx.split(nnx.eval_shape(lambda: build_backbone(model_cfg, image_shape=shape, rngs=nnx.Rngs(0),
+                                                                      **cond)))
+  b = 2
+  fwd = jax.jit(lambda p, x, t, labels: nnx.merge(graphdef, p)(x, t, labels=labels))
+  compiled = fwd.lower(params, jax.ShapeDtypeStruct((b, *shape), jnp.float32), jax.ShapeDtypeStruct((b,), jnp.float32),
+                       jax.ShapeDtypeStruct((b,), jnp.int32)).compile()
+  cost = compiled.cost_analysis()
+  cost = cost[0] if isinstance(cost, list | tuple) else cost
+  return float(cost["flops"]) / b
+
+
+@pytest.mark.parametrize("name,preset", [("dit", "DiT-Ti"), ("dimr", "DiMR-tiny")])
+def test_analytic_forward_flops_match_xla(name, preset):
+  """Matmuls, attention and convolutions are within 10% of everything XLA counts on 32x32x4 latents."""
+  model_cfg = base.get_config().model
+  model_cfg.name, model_cfg.preset, model_cfg.patch_size = name, preset, 2
+  shape, cond = (32, 32, 4), {"num_classes": 10}
+  analytic = flops.forward_flops_per_image(backbone_config(model_cfg, image_shape=shape, **cond))
+  xla = _xla_forward_flops(model_cfg, shape, cond)
+  assert 0.9 < analytic / xla <= 1.0, (analytic, xla)
+  assert flops.train_flops_per_image(backbone_config(model_cfg, image_shape=shape, **cond)) == 3 * analytic
+
+
+def test_dit_b2_preset_is_the_papers_model():
+  """DiT-B/2 on 32x32x4 is about 23 GMACs per forward (the DiT paper's 23.01 "Gflops")."""
+  cfg = base.get_config()
+  shape = reference_settings.apply(cfg, "DiT-B/2")
+  assert shape == (32, 32, 4) and cfg.model.preset == "DiT-B" and cfg.model.patch_size == 2
+  macs = flops.forward_flops_per_image(backbone_config(cfg.model, image_shape=shape, num_classes=1000)) / 2
+  assert 22.5e9 < macs < 23.5e9, macs
+  with pytest.raises(ValueError, match="DiMR-256"):
+    reference_settings.apply(cfg, "DiT-XXL")
