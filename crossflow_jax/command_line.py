@@ -51,7 +51,9 @@ def normalize_argv(argv: list[str], entry_flags: set[str]) -> list[str]:
       continue
     name, eq, value = arg[2:].partition("=")
     base = name.split(".")[0]
-    is_config_key = name.startswith("config.") or (base not in entry_flags and name not in entry_flags)
+    negated = name.startswith("no") and name[2:] in entry_flags  # absl's --noFLAG for a boolean entry flag
+    is_config_key = name.startswith("config.") or (base not in entry_flags and name not in entry_flags
+                                                    and not negated)
     if not is_config_key:
       if not eq and i < len(argv) and not argv[i].startswith("--") and name not in ("helpfull", "help"):
         # `--workdir DIR`: absl accepts it too, but normalise for one code path.

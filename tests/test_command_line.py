@@ -24,6 +24,9 @@ def test_normalize_keeps_prefixed_booleans_and_negative_numbers():
                         "--model.lr=3e-4", "--max_steps", "7"], {"config"})
   assert out == ["x", "--config.wandb.enabled", "--config.mesh.data=-1", "--config=c.py:smoke",
                  "--config.optim.learning_rate=3e-4", "--config.total_steps=7"]
+  # absl's negated boolean of an entry point's own flag stays the entry point's; other names become config keys.
+  assert normalize_argv(["x", "--nodry_run", "--nocompile", "--notes", "a"], {"dry_run"}) == [
+      "x", "--nodry_run", "--config.nocompile", "--config.notes=a"]
 
 
 def test_reference_config_values_mean_what_they_say():
