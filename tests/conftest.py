@@ -21,6 +21,12 @@ if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
 
 
 def pytest_collection_modifyitems(config, items):
-  """Runs the long tests (marked `slow`) first, so that with `-n 2` the longest ones start at once
-  and the short ones fill in around them; otherwise collection order."""
-  items.sort(key=lambda item: item.get_closest_marker("slow") is None)
+  """Runs the long tests (marked `slow`, longest `seconds=` first) before the rest, so that with `-n 2
+  --dist loadfile --no-loadscope-reorder` the longest runs start at once on separate workers and the
+  short tests fill in around them."""
+
+  def order(item):
+    slow = item.get_closest_marker("slow")
+    return (slow is None, -(slow.kwargs.get("seconds", 30) if slow else 0))
+
+  items.sort(key=order)

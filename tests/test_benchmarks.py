@@ -45,19 +45,9 @@ def test_dit_b2_preset_is_the_papers_model():
     reference_settings.apply(cfg, "DiT-XXL")
 
 
-# configs/t2i_256px_clip_dimr.py shrunk: 32 px images (4x4x4 latents), MiniLM-sized text, a small TVE, DiMR 64/32.
-SMALL = ["--config.latent.image_size", "32", "--config.model.compute_dtype", "float32", "--config.text.encoder",
-         "minilm", "--config.text.max_length", "16", "--config.tve.width", "32", "--config.tve.depth", "1",
-         "--config.tve.num_heads", "2", "--config.tve.bottleneck", "4", "--config.tve.compute_dtype", "float32",
-         "--config.image_encoder.width", "32", "--config.image_encoder.depth", "1", "--config.image_encoder.num_heads",
-         "2", "--config.model.dimr.stage_dims", "(64, 32)", "--config.model.dimr.stage_mlp_dims", "(128, 64)",
-         "--config.model.dimr.stage_blocks", "(5, 3)", "--config.model.dimr.stage_heads", "(2, 0)",
-         "--config.model.dimr.stage_patch_sizes", "(2, 1)"]
-
-
 def test_compiled_memory_reports_state_and_remat_savings(tmp_path):
-  """benchmarks/compiled_memory.py on a small text -> image DiMR: the arguments hold params, EMA and both Adam
-  moments; full remat keeps far fewer residuals for the backward pass than none."""
+  """benchmarks/compiled_memory.py on the digits recipe: the arguments hold params, EMA and both Adam moments;
+  full remat keeps far fewer residuals for the backward pass than none."""
   import json
 
   from tests.helpers import run_cli
@@ -65,13 +55,12 @@ def test_compiled_memory_reports_state_and_remat_savings(tmp_path):
   out = {}
   for remat in ("none", "full"):
     path = tmp_path / f"{remat}.json"
-    r = run_cli(["benchmarks/compiled_memory.py", "--config", "configs/t2i_256px_clip_dimr.py", *SMALL,
-                 "--batch_size", "4", "--remat", remat, "--json_out", str(path)] + ([] if remat == "none" else
-                                                                                   ["--nocompile"]))
+    r = run_cli(["benchmarks/compiled_memory.py", "--config", "configs/digits_c2i.py", "--batch_size", "16",
+                 "--remat", remat, "--json_out", str(path)] + ([] if remat == "none" else ["--nocompile"]))
     assert r.returncode == 0, r.stderr[-3000:]
     out[remat] = json.loads(path.read_text())
   none, full = out["none"], out["full"]
-  assert none["params"] == full["params"] > 0 and none["batch_size"] == 4
+  assert none["params"] == full["params"] > 0 and none["batch_size"] == 16
   state = 4 * none["params"] * 4  # params, EMA, Adam mu and nu in float32 (+ the step, RNG and the batch)
   assert state <= none["argument_bytes"] < 1.05 * state, (none, state)
   assert none["temp_bytes"] > 0 and "temp_bytes" not in full  # --nocompile: residuals only

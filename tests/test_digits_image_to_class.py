@@ -7,7 +7,7 @@ import pytest
 from tests.helpers import OPTIMIZED, run_cli
 
 
-@pytest.mark.slow
+@pytest.mark.slow(seconds=120)
 def test_digits_image_to_class_model_classifies_held_out_digits(tmp_path):
   workdir, data = tmp_path / "i2c", tmp_path / "data"
   env = {"CROSSFLOW_DATA_DIR": str(data)}

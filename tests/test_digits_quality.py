@@ -29,7 +29,7 @@ def judge():
   return clf
 
 
-@pytest.mark.slow
+@pytest.mark.slow(seconds=240)
 def test_digits_c2i_run_draws_every_class(tmp_path, judge):
   workdir = tmp_path / "digits"
   data = tmp_path / "data"

@@ -76,6 +76,10 @@ def test_logical_to_spec_without_mesh_uses_rules():
   assert logical_to_spec((axes.CLASSES, axes.LENGTH, axes.PATCH), RULES) == P(None, None, None)
   assert logical_to_spec(("unknown", None), RULES) == P(None, None)
   assert logical_to_spec((), RULES) == P()
+  # The TVE head [L * bottleneck, 2 H W C] (the largest kernel of a 1B text model) is split over fsdp on
+  # its output; an image encoder head [embed, latent] keeps fsdp on embed (an axis is used once).
+  assert logical_to_spec((None, axes.LATENT), RULES) == P(None, "fsdp")
+  assert logical_to_spec((axes.EMBED, axes.LATENT), RULES) == P("fsdp", None)
 
 
 def test_logical_to_spec_drops_size_one_axes():

@@ -25,5 +25,5 @@ DEFAULT_RULES = (
     (CLASSES, None),
     (PATCH, None),
     (TEXT_EMBED, None),
-    (LATENT, None),
+    (LATENT, "fsdp"),  # the TVE head [L * bottleneck, 2 H W C] is the largest kernel of a 1B text model
 )
