@@ -9,32 +9,19 @@ cores (~3 steps/s; the DiT recipe is ~4x faster); the EMA model's samples (Heun 
 are read as the requested class by digits_c2i's independent SVM judge 96% of the time (per class 93-100%).
 """
 
-from configs import base
+from configs import base, digits_c2i
 
 
 def get_config(arg: str | None = None):
-  c = base.get_config()
-  c.batch_size = 64
-  c.total_steps = 2_000
-  c.log_every = 100
-  c.save_every = 1_000
-  c.sample_every = 500
-  c.data.name = "digits"
-  c.task.name = "class_to_image"
-  c.task.source = "smoothrand"
-  c.task.std_scale = 0.1
-  c.model.name = "unet"
-  c.model.unet.channels = 32
-  c.model.unet.channel_mult = (1, 2, 2)   # 8x8, 4x4, 2x2 feature maps
-  c.model.unet.num_res_blocks = 2
-  c.model.unet.attention_resolutions = (4,)
-  c.model.unet.num_heads = 4
-  c.model.unet.groups = 8
-  c.optim.learning_rate = 1e-3
-  c.optim.warmup_steps = 200
-  c.optim.schedule = "cosine"
-  c.optim.ema_decay = 0.999
-  c.sample.steps = 20
-  if arg == "smoke":
-    base.smoke(c)
-  return c.lock()
+  c = digits_c2i.get_config()  # the same task, source, data, schedule and sampler
+  with c.unlocked():
+    c.model.name = "unet"
+    c.model.unet.channels = 32
+    c.model.unet.channel_mult = (1, 2, 2)   # 8x8, 4x4, 2x2 feature maps
+    c.model.unet.num_res_blocks = 2
+    c.model.unet.attention_resolutions = (4,)
+    c.model.unet.num_heads = 4
+    c.model.unet.groups = 8
+    if arg == "smoke":
+      base.smoke(c)
+  return c
