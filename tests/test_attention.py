@@ -123,3 +123,37 @@ def test_splash_refuses_general_masks_and_biases(monkeypatch):
     dot_product_attention(q, k, v, implementation="splash", mask=jnp.ones((1, 1, L, S), bool))
   with pytest.raises(ConfigError, match="key-padding masks"):
     dot_product_attention(q, k, v, implementation="splash", bias=jnp.zeros((1, 1, L, S)))
+
+
+@pytest.mark.parametrize("chunk_bytes", [None, 1])
+def test_chunked_cpu_path_forward_and_gradients_match_naive_softmax(monkeypatch, chunk_bytes):
+  """The CPU path (`chunked_attention`: a loop over chunks of the batch, softmax recomputed in the backward
+  from saved statistics): outputs and q/k/v gradients equal autodiff through a naive softmax, with key padding
+  and a sample whose keys are all masked; `chunk_bytes=1` forces one image per chunk (6 loop steps)."""
+  if chunk_bytes is not None:
+    monkeypatch.setattr(attention, "CPU_CHUNK_BYTES", chunk_bytes)
+  rng = np.random.default_rng(4)
+  q, k, v = (jnp.asarray(rng.standard_normal(s), jnp.float32) for s in ((6, 5, 2, 8), (6, 7, 2, 8), (6, 7, 2, 8)))
+  key_mask = jnp.asarray(rng.uniform(size=(6, 7)) > 0.4, jnp.int32).at[2].set(0).at[3].set(1)
+  weights = jnp.asarray(rng.standard_normal((6, 5, 2, 8)), jnp.float32)
+  assert attention._images_per_chunk(6, 2 * 5 * 7 * 4) == (6 if chunk_bytes is None else 1)
+  for km in (None, key_mask):
+    keep = None if km is None else _keys_as_mask(km)
+    out = dot_product_attention(q, k, v, implementation="xla", key_mask=km)
+    np.testing.assert_allclose(out, naive(q, k, v, keep), atol=1e-5, rtol=1e-5)
+    grads = jax.grad(lambda *a: (dot_product_attention(*a, implementation="xla", key_mask=km) * weights).sum(),
+                     argnums=(0, 1, 2))(q, k, v)
+    want = jax.grad(lambda *a: (naive(*a, keep) * weights).sum(), argnums=(0, 1, 2))(q, k, v)
+    for got, ref in zip(grads, want):
+      np.testing.assert_allclose(got, ref, atol=2e-5, rtol=1e-4)
+  # the fully masked sample attends uniformly, and none of its key gradients is NaN
+  np.testing.assert_allclose(out[2], jnp.broadcast_to(v[2].mean(0), (5, 2, 8)), atol=1e-5)
+  assert np.isfinite(np.asarray(grads[1])).all()
+
+
+def test_images_per_chunk_divides_the_batch_and_fits_the_budget():
+  per_image = 4 * 196 * 196 * 4  # preset M: 4 heads, 196 tokens, f32 logits
+  assert attention._images_per_chunk(64, per_image) == 4
+  assert attention._images_per_chunk(7, per_image) == 1  # a prime batch: one image at a time
+  assert attention._images_per_chunk(3, 10) == 3
+  assert attention._images_per_chunk(64, 10 * attention.CPU_CHUNK_BYTES) == 1
