@@ -1,7 +1,7 @@
 """The class -> image CPU recipe: digits of every class that an independent classifier can read.
 
-Trains `configs/digits_c2i.py` as the README's class -> image command does (about 4 minutes on
-2 CPU cores), evaluates it with eval_fid.py (a guidance x steps sweep, FID and companions,
+Trains `configs/digits_c2i.py` as the README's class -> image command does, for 1,500 of its 2,000 steps
+(about 3 minutes on 2 CPU cores), evaluates it with eval_fid.py (a guidance sweep, FID and companions,
 conditional accuracy) and has scikit-learn's SVM, trained on real digits only, read the samples.
 Also checks image -> class by integrating the same field backwards (the image -> class recipe
 itself is in test_digits_image_to_class.py, a separate file so the two long runs can go to different
@@ -29,27 +29,30 @@ def judge():
   return clf
 
 
-@pytest.mark.slow(seconds=240)
+@pytest.mark.slow(seconds=200)
 def test_digits_c2i_run_draws_every_class(tmp_path, judge):
   workdir = tmp_path / "digits"
   data = tmp_path / "data"
-  r = run_cli(["train_flow.py", "--config", "configs/digits_c2i.py", "--workdir", str(workdir)], timeout=1800,
+  # 1,500 of the recipe's 2,000 steps (the cosine schedule over 1,500), to keep CI short: the full recipe's
+  # figures are in BENCHMARKS.md (97.8% judged, 93.3% image -> class).
+  r = run_cli(["train_flow.py", "--config", "configs/digits_c2i.py", "--workdir", str(workdir),
+               "--config.total_steps", "1500", "--config.sample_every", "750"], timeout=1800,
               env_extra={"CROSSFLOW_DATA_DIR": str(data), **OPTIMIZED})
   assert r.returncode == 0, r.stderr[-3000:]
-  assert (workdir / "loss.png").exists() and (workdir / "samples" / "step_0002000.png").exists()
+  assert (workdir / "loss.png").exists() and (workdir / "samples" / "step_0001500.png").exists()
 
-  # eval_fid.py sweeps guidance and steps on the trained model; its last setting (cfg 1, Heun 20 steps, 30
+  # eval_fid.py sweeps guidance on the trained model; its last setting (cfg 1, Heun 20 steps, 30
   # images per class) is saved, read by the independent SVM, and repeated exactly by a second run (same seed).
   env = {"CROSSFLOW_DATA_DIR": str(data)}
   space = "classifier:digits"
   sweep = tmp_path / "eval" / "sweep.json"
-  r = run_cli(["eval_fid.py", "--workdir", str(workdir), "--num_samples", "300", "--steps", "10,20", "--cfg_scale",
+  r = run_cli(["eval_fid.py", "--workdir", str(workdir), "--num_samples", "300", "--steps", "20", "--cfg_scale",
                "2,1", "--seed", "3", "--save_samples", "--num_classify", "300", "--out", str(sweep)],
               env_extra={**env, **OPTIMIZED}, timeout=900)
   assert r.returncode == 0, r.stderr[-3000:]
   metrics = json.loads(sweep.read_text())
   rows = metrics["results"]
-  assert [(x["cfg_scale"], x["steps"]) for x in rows] == [(2.0, 10), (2.0, 20), (1.0, 10), (1.0, 20)]
+  assert [(x["cfg_scale"], x["steps"]) for x in rows] == [(2.0, 20), (1.0, 20)]
   assert (tmp_path / "eval" / "sweep_sweep.png").stat().st_size > 1000
   assert f"fid[{space}]" in (tmp_path / "eval" / "sweep_sweep.md").read_text()
   row = rows[-1]
