@@ -130,12 +130,13 @@ def dot_product_attention(q: jax.Array, k: jax.Array, v: jax.Array, *, implement
       raise ConfigError("model.attention_impl='splash' supports key-padding masks (key_mask) only, not a general "
                         "attention mask or bias; use attention_impl='xla' for this model.")
     return splash_attention(q, k, v, key_mask=key_mask, scale=scale)
-  if key_mask is not None and not (impl == "xla" and _backend() == "cpu" and mask is None and bias is None):
+  cpu_xla = impl == "xla" and _backend() == "cpu"
+  if cpu_xla and mask is None and bias is None:
+    return chunked_attention(q, k, v, key_mask, scale)
+  if key_mask is not None:
     keys = jnp.broadcast_to(key_mask.astype(bool)[:, None, None, :], (b, 1, length, s))
     mask = keys if mask is None else jnp.logical_and(mask, keys)
-  if impl == "xla" and _backend() == "cpu":
-    if mask is None and bias is None:
-      return chunked_attention(q, k, v, key_mask, scale)
+  if cpu_xla:
     return _heads_major_attention(q, k, v, mask=mask, bias=bias, scale=scale)
   if bias is not None:
     bias = bias.astype(q.dtype)
@@ -174,7 +175,7 @@ def chunked_attention(q: jax.Array, k: jax.Array, v: jax.Array, key_mask: jax.Ar
   The XLA path on CPU. Materialised [B, N, L, S] logits do not fit any cache, so every elementwise
   pass over them (scale, max, exp, sum, divide; and the backward's) runs at memory speed. Here a
   `fori_loop` takes a few images at a time (their logits about one L2, `CPU_CHUNK_BYTES`), and the
-  backward recomputes the softmax from the saved log-sum-exp, as flash attention does, instead of
+  backward recomputes the softmax from its saved row maxima and log-normalisers, as flash attention does, instead of
   keeping the [B, N, L, S] probabilities. At preset M's shapes attention forward + backward alone runs 1.5x
   faster (142 -> 95 ms) and the train step's compiled temp memory drops from 2.58 to 1.76 GB; the whole
   step's time did not change measurably (BENCHMARKS.md).
