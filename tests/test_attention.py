@@ -141,9 +141,10 @@ def test_chunked_cpu_path_forward_and_gradients_match_naive_softmax(monkeypatch,
     keep = None if km is None else _keys_as_mask(km)
     out = dot_product_attention(q, k, v, implementation="xla", key_mask=km)
     np.testing.assert_allclose(out, naive(q, k, v, keep), atol=1e-5, rtol=1e-5)
-    grads = jax.grad(lambda *a: (dot_product_attention(*a, implementation="xla", key_mask=km) * weights).sum(),
-                     argnums=(0, 1, 2))(q, k, v)
-    want = jax.grad(lambda *a: (naive(*a, keep) * weights).sum(), argnums=(0, 1, 2))(q, k, v)
+    grads = jax.grad(
+        lambda *a, km=km: (dot_product_attention(*a, implementation="xla", key_mask=km) * weights).sum(),
+        argnums=(0, 1, 2))(q, k, v)
+    want = jax.grad(lambda *a, keep=keep: (naive(*a, keep) * weights).sum(), argnums=(0, 1, 2))(q, k, v)
     for got, ref in zip(grads, want):
       np.testing.assert_allclose(got, ref, atol=2e-5, rtol=1e-4)
   # the fully masked sample attends uniformly, and none of its key gradients is NaN
