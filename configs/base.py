@@ -72,6 +72,8 @@ def get_config() -> ml_collections.ConfigDict:
 
   c.flow = ml_collections.ConfigDict()
   c.flow.sigma_min = 0.0          # x_t = (1 - (1 - sigma_min) t) x0 + t x1
+  c.flow.prediction = "velocity"   # what the network outputs: velocity | target (x1, "x-prediction")
+  c.flow.target_t_max = 0.95      # 'target': t clipped here in v = (x1_hat - x_t) / (1 - t)
   c.flow.time_sampler = "uniform"  # uniform | logit_normal ('log-normal' accepted)
   c.flow.logit_normal_loc = 0.0
   c.flow.logit_normal_scale = 1.0
@@ -128,6 +130,7 @@ def get_config() -> ml_collections.ConfigDict:
   c.sample.solver = "heun"        # euler | heun
   c.sample.steps = 50
   c.sample.cfg_scale = 1.0        # v = v_u + s (v_c - v_u); 1 = no guidance
+  c.sample.temperature = 1.0      # text tasks: source z = mu + T sigma eps (T < 1: truer to the text, less varied)
   c.sample.per_class = 8          # samples per class (or per prompt) in training grids
   c.sample.num_prompts = 8        # text tasks: prompts (rows) in training grids, from the eval split's captions
   c.sample.judge_num = 0          # shapes: images judged per sample step, on seen and held-out prompts (0 = off)

@@ -36,6 +36,8 @@ _NUM = flags.DEFINE_integer("num_samples", 8, "Samples per label.")
 _STEPS = flags.DEFINE_integer("steps", 50, "Solver steps.")
 _SOLVER = flags.DEFINE_enum("solver", "heun", ["euler", "heun"], "ODE solver.")
 _CFG = flags.DEFINE_float("cfg_scale", 1.0, "Guidance scale s in v = v_u + s (v_c - v_u).")
+_TEMPERATURE = flags.DEFINE_float("temperature", None, "Text models: source temperature T in z = mu + T sigma eps "
+                                  "(default: the training config's sample.temperature).")
 _SEED = flags.DEFINE_integer("seed", 0, "Sampling seed.")
 _OUT = flags.DEFINE_string("out", "samples.png", "Output .png (grid) or .npz (images, labels).")
 _STEP = flags.DEFINE_integer("step", None, "Checkpoint step (default: latest).")
@@ -126,6 +128,10 @@ def main(argv):
     raise ConfigError(f"Unexpected arguments {argv[1:]}.")
   if not _WORKDIR.value:
     raise ConfigError("--workdir is required (the training workdir with checkpoints/).")
+  if _TEMPERATURE.value is not None and not (_PROMPT.value or _PROMPTS_FILE.value or _INTERPOLATE.value
+                                              or _ARITHMETIC.value or _JUDGE.value):
+    raise ConfigError("--temperature is for drawing from text models (--prompt, --prompts_file, --interpolate, "
+                      "--arithmetic, --judge_shapes).")
   common = dict(steps=_STEPS.value, solver=_SOLVER.value, step=_STEP.value, weights=_WEIGHTS.value,
                 batch_size=_BATCH.value)
   text_modes = [bool(_PROMPT.value or _PROMPTS_FILE.value), bool(_INTERPOLATE.value), bool(_ARITHMETIC.value),
@@ -135,24 +141,23 @@ def main(argv):
                       "--judge_shapes and --classify_split at a time.")
   from crossflow_jax import sample_text
 
+  draw = dict(cfg_scale=_CFG.value, temperature=_TEMPERATURE.value, seed=_SEED.value)  # text models' drawing flags
   if _PROMPT.value or _PROMPTS_FILE.value:
     prompts = list(_PROMPT.value) + (sample_text.read_prompts_file(_PROMPTS_FILE.value) if _PROMPTS_FILE.value
                                      else [])
-    result = sample_text.prompts_to_file(_WORKDIR.value, _OUT.value, prompts, num_samples=_NUM.value,
-                                         cfg_scale=_CFG.value, seed=_SEED.value, **common)
+    result = sample_text.prompts_to_file(_WORKDIR.value, _OUT.value, prompts, num_samples=_NUM.value, **draw,
+                                         **common)
   elif _INTERPOLATE.value:
     result = sample_text.interpolation_to_file(_WORKDIR.value, _OUT.value, _INTERPOLATE.value,
-                                               num_samples=_NUM.value, cfg_scale=_CFG.value, seed=_SEED.value,
-                                               **common)
+                                               num_samples=_NUM.value, **draw, **common)
   elif _ARITHMETIC.value:
     result = sample_text.arithmetic_to_file(_WORKDIR.value, _OUT.value, _ARITHMETIC.value, num_samples=_NUM.value,
-                                            cfg_scale=_CFG.value, seed=_SEED.value, **common)
+                                            **draw, **common)
   elif _RETRIEVE.value:
     result = sample_text.retrieve_split(_WORKDIR.value, _RETRIEVE.value, num_eval=_NUM_EVAL.value,
                                         method=_METHOD.value, **common)
   elif _JUDGE.value:
-    result = sample_text.judge_shapes(_WORKDIR.value, num_prompts=_JUDGE.value, cfg_scale=_CFG.value,
-                                      seed=_SEED.value, **common)
+    result = sample_text.judge_shapes(_WORKDIR.value, num_prompts=_JUDGE.value, **draw, **common)
   elif _CLASSIFY.value:
     result = classify_split(_WORKDIR.value, _CLASSIFY.value, steps=_STEPS.value, solver=_SOLVER.value,
                             method=_METHOD.value, num_eval=_NUM_EVAL.value, step=_STEP.value, weights=_WEIGHTS.value,
@@ -167,4 +172,5 @@ def main(argv):
 if __name__ == "__main__":
   run_main(main, entry_flags={"workdir", "class_label", "num_samples", "steps", "solver", "cfg_scale", "seed", "out",
                               "step", "weights", "batch_size", "classify_split", "num_eval", "method", "prompt",
-                              "prompts_file", "interpolate", "arithmetic", "retrieve_split", "judge_shapes"})
+                              "prompts_file", "interpolate", "arithmetic", "retrieve_split", "judge_shapes",
+                              "temperature"})

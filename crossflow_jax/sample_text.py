@@ -46,8 +46,16 @@ def _encode(trained, prompts: list[str]) -> tuple[jax.Array, jax.Array]:
   return jnp.asarray(emb), jnp.asarray(mask)
 
 
+def _temperature(trained, temperature: float | None) -> float:
+  """The source temperature: as given, else the model's config.sample.temperature (1 for older checkpoints)."""
+  value = float(trained.experiment.config.sample.temperature if temperature is None else temperature)
+  if value < 0:
+    raise ConfigError(f"--temperature must be >= 0 (1: the TVE's own spread, 0: its mean), got {value}.")
+  return value
+
+
 def _generate_batched(trained, emb, mask, *, seed: int, steps: int, solver: str, cfg_scale: float,
-                      batch_size: int) -> np.ndarray:
+                      batch_size: int, temperature: float) -> np.ndarray:
   from crossflow_jax.sampling.text_sampler import generate_from_text
 
   out = []
@@ -61,7 +69,7 @@ def _generate_batched(trained, emb, mask, *, seed: int, steps: int, solver: str,
     key = jax.random.fold_in(jax.random.PRNGKey(seed), lo)
     images = np.asarray(decode_to_pixels(trained.experiment, generate_from_text(
         trained.graphdef, trained.params, e, m, key, task=trained.experiment.task, solver=solver, num_steps=steps,
-        cfg_scale=cfg_scale)))
+        cfg_scale=cfg_scale, temperature=temperature)))
     out.append(images[:images.shape[0] - pad] if pad else images)
   return np.concatenate(out)
 
@@ -75,8 +83,8 @@ def _check_out(out: str, allowed=(".png", ".npz")) -> str:
 
 
 def prompts_to_file(workdir: str, out: str, prompts: list[str], *, num_samples: int = 8, steps: int = 50,
-                    solver: str = "heun", cfg_scale: float = 1.0, seed: int = 0, step: int | None = None,
-                    weights: str = "ema", batch_size: int = 256) -> dict:
+                    solver: str = "heun", cfg_scale: float = 1.0, temperature: float | None = None,
+                    seed: int = 0, step: int | None = None, weights: str = "ema", batch_size: int = 256) -> dict:
   """`num_samples` images per prompt (in order) -> a grid PNG (a row per prompt) or an npz (images, prompts)."""
   from crossflow_jax.eval.grids import save_grid, to_uint8
 
@@ -89,7 +97,8 @@ def prompts_to_file(workdir: str, out: str, prompts: list[str], *, num_samples: 
   emb, mask = _encode(trained, prompts)
   emb, mask = jnp.repeat(emb, num_samples, 0), jnp.repeat(mask, num_samples, 0)
   images = to_uint8(_generate_batched(trained, emb, mask, seed=seed, steps=steps, solver=solver, cfg_scale=cfg_scale,
-                                      batch_size=min(batch_size, emb.shape[0])))
+                                      batch_size=min(batch_size, emb.shape[0]),
+                                      temperature=_temperature(trained, temperature)))
   repeated = [p for p in prompts for _ in range(num_samples)]
   if ext == ".png":
     save_grid(images, out, ncols=num_samples)
@@ -107,8 +116,8 @@ def _latent_strip(trained, z: jax.Array, emb=None, mask=None, *, steps, solver, 
       cfg_scale=cfg_scale))))
 
 
-def _text_latents(trained, prompts: list[str], seed: int) -> jax.Array:
-  """z = mu + sigma eps [N, H, W, C] of each prompt (one draw per prompt, the same eps for all)."""
+def _text_latents(trained, prompts: list[str], seed: int, temperature: float | None = None) -> jax.Array:
+  """z = mu + T sigma eps [N, H, W, C] of each prompt (one draw per prompt, the same eps for all)."""
   from crossflow_jax.sampling.text_sampler import text_source
 
   task = trained.experiment.task
@@ -116,14 +125,14 @@ def _text_latents(trained, prompts: list[str], seed: int) -> jax.Array:
     raise ConfigError("Latent interpolation and arithmetic need a CrossFlow text latent; this is the "
                       "noise -> image baseline.")
   emb, mask = _encode(trained, prompts)
-  key = jax.random.PRNGKey(seed)
-  return jnp.concatenate([text_source(trained.graphdef, trained.params, emb[i:i + 1], mask[i:i + 1], key, task=task)
-                          for i in range(len(prompts))])
+  key, temperature = jax.random.PRNGKey(seed), _temperature(trained, temperature)
+  return jnp.concatenate([text_source(trained.graphdef, trained.params, emb[i:i + 1], mask[i:i + 1], key, task=task,
+                                      temperature=temperature) for i in range(len(prompts))])
 
 
 def interpolation_to_file(workdir: str, out: str, prompts: list[str], *, num_samples: int = 8, steps: int = 50,
-                          solver: str = "heun", cfg_scale: float = 1.0, seed: int = 0, step: int | None = None,
-                          weights: str = "ema", batch_size: int = 256) -> dict:
+                          solver: str = "heun", cfg_scale: float = 1.0, temperature: float | None = None,
+                          seed: int = 0, step: int | None = None, weights: str = "ema", batch_size: int = 256) -> dict:
   """A strip of `num_samples` images whose text latents run straight from prompt A's to prompt B's."""
   from crossflow_jax.eval.grids import save_grid
   from crossflow_jax.sampling.text_sampler import interpolate_latents
@@ -135,7 +144,7 @@ def interpolation_to_file(workdir: str, out: str, prompts: list[str], *, num_sam
   if num_samples < 2:
     raise ConfigError(f"--num_samples must be >= 2 for an interpolation, got {num_samples}.")
   trained = load_text_model(workdir, step=step, weights=weights)
-  z = _text_latents(trained, prompts, seed)
+  z = _text_latents(trained, prompts, seed, temperature)
   images = _latent_strip(trained, interpolate_latents(z[0], z[1], num_samples), steps=steps, solver=solver,
                          cfg_scale=cfg_scale)
   if ext == ".png":
@@ -146,8 +155,8 @@ def interpolation_to_file(workdir: str, out: str, prompts: list[str], *, num_sam
 
 
 def arithmetic_to_file(workdir: str, out: str, prompts: list[str], *, num_samples: int = 4, steps: int = 50,
-                       solver: str = "heun", cfg_scale: float = 1.0, seed: int = 0, step: int | None = None,
-                       weights: str = "ema", batch_size: int = 256) -> dict:
+                       solver: str = "heun", cfg_scale: float = 1.0, temperature: float | None = None,
+                       seed: int = 0, step: int | None = None, weights: str = "ema", batch_size: int = 256) -> dict:
   """Rows [a, b, c, z(a) + z(b) - z(c)] (re-standardised), one row per seed seed..seed+num_samples-1."""
   from crossflow_jax.eval.grids import save_grid
   from crossflow_jax.sampling.text_sampler import latent_arithmetic
@@ -159,7 +168,7 @@ def arithmetic_to_file(workdir: str, out: str, prompts: list[str], *, num_sample
   trained = load_text_model(workdir, step=step, weights=weights)
   rows = []
   for r in range(num_samples):
-    z = _text_latents(trained, prompts, seed + r)
+    z = _text_latents(trained, prompts, seed + r, temperature)
     rows.append(jnp.concatenate([z, latent_arithmetic(z[0], z[1], z[2])[None]]))
   images = _latent_strip(trained, jnp.concatenate(rows), steps=steps, solver=solver, cfg_scale=cfg_scale)
   if ext == ".png":
@@ -238,7 +247,8 @@ def retrieve_split(workdir: str, split: str, *, num_eval: int = 0, steps: int = 
 
 
 def judge_shapes(workdir: str, *, num_prompts: int = 200, steps: int = 50, solver: str = "heun", cfg_scale: float = 1.0,
-                 seed: int = 0, step: int | None = None, weights: str = "ema", batch_size: int = 256) -> dict:
+                 temperature: float | None = None, seed: int = 0, step: int | None = None, weights: str = "ema",
+                 batch_size: int = 256) -> dict:
   """Draws one image for each of `num_prompts` random prompts of seen and of held-out colour-shape pairs and
   has the analytic shapes judge read colour, shape, size and position back. Returns accuracies per set."""
   from crossflow_jax.eval import shapes_judge
@@ -249,11 +259,13 @@ def judge_shapes(workdir: str, *, num_prompts: int = 200, steps: int = 50, solve
   exp = trained.experiment
   if not is_shapes(exp.data.name):
     raise ConfigError(f"--judge_shapes needs a model trained on shapes; this one was trained on {exp.data.name!r}.")
+  temperature = _temperature(trained, temperature)
   result = {"num_prompts": num_prompts, "solver": solver, "steps": steps, "cfg_scale": cfg_scale,
-            "holdout_pairs": exp.config.data.holdout_pairs, "checkpoint_step": trained.step}
+            "temperature": temperature, "holdout_pairs": exp.config.data.holdout_pairs, "checkpoint_step": trained.step}
   for name, prompts in shapes_prompt_sets(exp.config.data.holdout_pairs, num_prompts, seed + 1000).items():
     emb, mask = _encode(trained, prompts)
     images = to_uint8(_generate_batched(trained, emb, mask, seed=seed, steps=steps, solver=solver,
-                                        cfg_scale=cfg_scale, batch_size=min(batch_size, len(prompts))))
+                                        cfg_scale=cfg_scale, batch_size=min(batch_size, len(prompts)),
+                                        temperature=temperature))
     result[name] = {k: round(float(v), 4) for k, v in shapes_judge.score(images, prompts).items()}
   return result

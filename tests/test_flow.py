@@ -58,6 +58,40 @@ def test_x0_from_xt_inverts(sigma_min):
   np.testing.assert_allclose(path.x0_from_xt(x_t, x1, t), x0, atol=1e-4)
 
 
+@pytest.mark.parametrize("sigma_min", [0.0, 0.1])
+def test_target_prediction_gives_the_path_velocity(sigma_min):
+  """x-prediction: the true x1 at x_t turns into the exact velocity target for t below the clip."""
+  path = CondOTPath(sigma_min, prediction="target", target_t_max=0.95)
+  x0, x1 = _pair()
+  t = jnp.array([0.0, 0.3, 0.7, 0.9])
+  x_t = path.sample_xt(x0, x1, t)
+  np.testing.assert_allclose(path.velocity_from_output(x1, x_t, t), path.velocity_target(x0, x1), atol=1e-4)
+  # Above the clip the 1 / (1 - t) stays at 1 / (1 - (1 - sigma_min) 0.95): finite at t = 1.
+  a = 1.0 - sigma_min
+  v_end = path.velocity_from_output(x1, x_t, jnp.ones(4))
+  np.testing.assert_allclose(v_end, (x1 - a * x_t) / (1.0 - a * 0.95), rtol=1e-5, atol=1e-5)
+  # The default passes the output through.
+  assert CondOTPath(sigma_min).velocity_from_output(x1, x_t, t) is x1
+
+
+def test_target_prediction_euler_lands_on_the_prediction():
+  """An exact x-predictor integrated by Euler reaches x1 whatever the step count (straight paths)."""
+  path = CondOTPath(prediction="target")
+  x0, x1 = _pair()
+  x, n = x0, 7
+  for i in range(n):
+    t = jnp.full((x.shape[0],), i / n)
+    x = x + path.velocity_from_output(x1, x, t) / n
+  np.testing.assert_allclose(x, x1, atol=1e-4)
+
+
+def test_path_rejects_bad_prediction():
+  with pytest.raises(ConfigError, match="flow.prediction 'x0'.*velocity"):
+    CondOTPath(prediction="x0")
+  with pytest.raises(ConfigError, match="target_t_max must be in \\(0, 1\\), got 1.0"):
+    CondOTPath(prediction="target", target_t_max=1.0)
+
+
 def test_per_sample_mse_shape_and_value():
   v, v_target = _pair(b=3)
   out = per_sample_mse(v, v_target)

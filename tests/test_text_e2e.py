@@ -57,6 +57,12 @@ def test_prompt_cli_png_and_npz(trained, tmp_path):
   out = sample_text.prompts_to_file(str(trained), str(tmp_path / "one.png"), ["a small red circle in the top left"],
                                     num_samples=3, steps=4)
   assert out["num_images"] == 3 and (tmp_path / "one.png").exists()
+  # The source temperature: T = 0 draws the TVE mean (the same image every time), T = 1 varies.
+  for temperature in (0.0, 1.0):
+    sample_text.prompts_to_file(str(trained), str(tmp_path / f"t{temperature}.npz"), ["a big blue box at the center"],
+                                num_samples=3, steps=4, temperature=temperature)
+  same, varied = (np.load(tmp_path / f"t{t}.npz")["images"] for t in (0.0, 1.0))
+  assert (same == same[0]).all() and not (varied == varied[0]).all()
   long = " ".join(["a small red circle in the top left"] * 10)
   prompts = tmp_path / "prompts.txt"
   prompts.write_text(f"a big blue box at the center\n\n{long}\n")
@@ -91,11 +97,18 @@ def test_bad_prompts(trained, tmp_path):
 
   with pytest.raises(PromptError, match="empty"):
     sample_text.prompts_to_file(str(trained), str(tmp_path / "x.png"), ["  "], num_samples=1, steps=2)
+  with pytest.raises(ConfigError, match="--temperature must be >= 0.*got -1.0"):
+    sample_text.prompts_to_file(str(trained), str(tmp_path / "x.png"), ["a red box"], num_samples=1, steps=2,
+                                temperature=-1.0)
   with pytest.raises(ConfigError, match="exactly two"):
     sample_text.interpolation_to_file(str(trained), str(tmp_path / "x.png"), ["a"], steps=2)
   r = run_cli(["-m", "crossflow_jax.sample", "--workdir", str(trained), "--prompt", "", "--out",
                str(tmp_path / "e.png")])
   assert r.returncode != 0 and "Traceback" not in r.stderr and "empty" in r.stderr.lower(), r.stderr[-2000:]
+  r = run_cli(["-m", "crossflow_jax.sample", "--workdir", str(trained), "--retrieve_split", "test", "--temperature",
+               "0.5"])
+  assert r.returncode != 0 and "Traceback" not in r.stderr and "--temperature is for drawing" in r.stderr, \
+      r.stderr[-2000:]
 
 
 def test_encoder_mismatch_is_refused(trained, monkeypatch):

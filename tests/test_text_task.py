@@ -13,6 +13,7 @@ from flax import nnx
 
 from crossflow_jax.errors import ConfigError
 from crossflow_jax.flow.losses import contrastive_loss, kl_divergence
+from crossflow_jax.flow.paths import CondOTPath
 from crossflow_jax.flow.time_samplers import build_time_sampler
 from crossflow_jax.models.dit import DiT, DiTConfig
 from crossflow_jax.models.image_encoder import ImageEncoderConfig
@@ -91,9 +92,11 @@ def test_contrastive_loss_matches_numpy_and_rewards_alignment():
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", ["text_to_image", "image_to_text", "bidirectional_text", "noise_to_image_text"])
-def test_loss_is_finite_and_trains_every_part(name):
-  task = _task(name)
+@pytest.mark.parametrize("name,prediction", [("text_to_image", "velocity"), ("image_to_text", "velocity"),
+                                             ("bidirectional_text", "velocity"), ("noise_to_image_text", "velocity"),
+                                             ("text_to_image", "target")])
+def test_loss_is_finite_and_trains_every_part(name, prediction):
+  task = _task(name, path=CondOTPath(prediction=prediction))
   model = _model(task)
   graphdef, params = nnx.split(model, nnx.Param)
   batch = _batch()
@@ -140,6 +143,11 @@ def test_source_is_the_tve_sample_and_padding_is_ignored():
   garbage = jnp.where(batch["text_mask"][..., None] > 0, batch["text_emb"], 1e3)
   z2 = task.sample_source(model, garbage, batch["text_mask"], key)
   np.testing.assert_allclose(z2, z, rtol=1e-5, atol=1e-5)
+  # Sampling temperature T: mu + T sigma eps with the same eps; T = 0 is the mean.
+  np.testing.assert_allclose(task.sample_source(model, batch["text_emb"], batch["text_mask"], key, 0.0), mu,
+                             rtol=1e-6, atol=1e-6)
+  np.testing.assert_allclose(task.sample_source(model, batch["text_emb"], batch["text_mask"], key, 0.5),
+                             mu + 0.5 * (z - mu), rtol=1e-5, atol=1e-5)
 
 
 class FakeBackbone:
@@ -179,6 +187,18 @@ def test_guided_velocity_is_one_2b_pass(name, direction):
     if name == "bidirectional_text":
       np.testing.assert_array_equal(call["direction"], direction)
   np.testing.assert_allclose(out[:, 0, 0, 0], want, rtol=1e-6)
+
+
+def test_target_prediction_turns_the_guided_output_into_a_velocity():
+  """flow.prediction='target': v = (x1_hat_guided - x_t) / (1 - t), x1_hat guided like a velocity."""
+  task = _task(path=CondOTPath(prediction="target"))
+  backbone = FakeBackbone()
+  b, s = 3, 2.0
+  v = task.velocity_fn(types.SimpleNamespace(backbone=backbone), {}, direction=TO_IMAGE, cfg_scale=s)
+  x = jnp.ones((b, *SHAPE))
+  out = np.asarray(v(x, jnp.full((b,), 0.75)))
+  x1_hat = 2.0 + s * (1.0 - 2.0)  # as in the velocity test above
+  np.testing.assert_allclose(out, (x1_hat - 1.0) / 0.25, rtol=1e-6)
 
 
 def test_config_errors():

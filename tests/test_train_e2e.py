@@ -20,8 +20,10 @@ def data_dir(tmp_path_factory):
   return str(tmp_path_factory.mktemp("data"))
 
 
-def test_loss_goes_down_on_digits(tmp_path, data_dir):
-  c = tiny_config(data_dir, total_steps=150, log_every=10, save_every=150, **{"optim.learning_rate": 2e-3})
+@pytest.mark.parametrize("prediction", ["velocity", "target"])
+def test_loss_goes_down_on_digits(tmp_path, data_dir, prediction):
+  c = tiny_config(data_dir, total_steps=150, log_every=10, save_every=150,
+                  **{"optim.learning_rate": 2e-3, "flow.prediction": prediction})
   train(c, str(tmp_path))
   losses = [r["loss"] for r in read_metrics(tmp_path / "metrics.jsonl")]
   assert len(losses) == 15

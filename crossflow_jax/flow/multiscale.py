@@ -13,6 +13,7 @@ single-resolution backbone (DiT, UNet) is the one-stage case: plain per-sample M
 import jax
 import jax.numpy as jnp
 
+from crossflow_jax.errors import ConfigError
 from crossflow_jax.flow.paths import per_sample_mse
 
 
@@ -25,15 +26,21 @@ def pooled_target(v_target: jax.Array, ratio: int) -> jax.Array:
   return ratio * jnp.mean(cells, axis=(2, 4))
 
 
-def per_sample_velocity_loss(backbone, x_t: jax.Array, t: jax.Array, cond: dict, v_target: jax.Array
-                             ) -> tuple[jax.Array, dict]:
+def per_sample_velocity_loss(backbone, x_t: jax.Array, t: jax.Array, cond: dict, v_target: jax.Array,
+                             path=None) -> tuple[jax.Array, dict]:
   """Per-sample flow-matching loss [B] of `backbone` at (x_t, t), and per-stage mean losses for logging.
 
   Backbones with `stage_velocities` (DiMR) are trained at every resolution with `stage_weights`; the
-  others on their single output.
+  others on their single output, turned into a velocity by `path.velocity_from_output` when a path
+  is given (a backbone that predicts the target x1).
   """
   if not hasattr(backbone, "stage_velocities"):
-    return per_sample_mse(backbone(x_t, t, **cond), v_target), {}
+    out = backbone(x_t, t, **cond)
+    v = out if path is None else path.velocity_from_output(out, x_t, t)
+    return per_sample_mse(v, v_target), {}
+  if path is not None and path.prediction != "velocity":
+    raise ConfigError(f"flow.prediction={path.prediction!r} is for single-output backbones; the multi-scale "
+                      "DiMR trains every stage on the velocity (flow.prediction='velocity').")
   outputs = backbone.stage_velocities(x_t, t, **cond)
   weights = backbone.stage_weights
   total, metrics = 0.0, {}

@@ -16,13 +16,13 @@ from crossflow_jax.tasks.text_image import TO_IMAGE, TO_SOURCE
 
 
 @functools.partial(jax.jit, static_argnames=("graphdef", "task", "use_mean"))
-def text_source(graphdef, params, emb: jax.Array, mask: jax.Array, key: jax.Array, *, task, use_mean: bool = False
-                ) -> jax.Array:
-  """x0 [B, H, W, C] for text: z = mu + sigma eps from the TVE (mu if use_mean), or noise for the baseline."""
+def text_source(graphdef, params, emb: jax.Array, mask: jax.Array, key: jax.Array, *, task, use_mean: bool = False,
+                temperature: float = 1.0) -> jax.Array:
+  """x0 [B, H, W, C] for text: z = mu + T sigma eps from the TVE (mu if use_mean), or T N(0, I) for the baseline."""
   model = nnx.merge(graphdef, params)
   if use_mean and not task.is_baseline:
     return task.text_latent(model, emb, mask, None)[0]
-  return task.sample_source(model, emb, mask, key)
+  return task.sample_source(model, emb, mask, key, temperature)
 
 
 def _cond(task, emb, mask) -> dict:
@@ -30,9 +30,11 @@ def _cond(task, emb, mask) -> dict:
 
 
 def generate_from_text(graphdef, params, emb: jax.Array, mask: jax.Array, key: jax.Array, *, task,
-                       solver: str = "heun", num_steps: int = 50, cfg_scale: float = 1.0) -> jax.Array:
-  """Token embeddings [B, L, D] -> images [B, H, W, C] in [-1, 1] (clipped)."""
-  x0 = text_source(graphdef, params, emb, mask, key, task=task)
+                       solver: str = "heun", num_steps: int = 50, cfg_scale: float = 1.0,
+                       temperature: float = 1.0) -> jax.Array:
+  """Token embeddings [B, L, D] -> images [B, H, W, C] in [-1, 1] (clipped); `temperature` scales the source's
+  spread (see `TextImageTask.sample_source`)."""
+  x0 = text_source(graphdef, params, emb, mask, key, task=task, temperature=float(temperature))
   return images_from_latents(graphdef, params, x0, emb, mask, task=task, solver=solver, num_steps=num_steps,
                              cfg_scale=cfg_scale)
 

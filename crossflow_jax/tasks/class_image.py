@@ -146,7 +146,8 @@ class ClassImageTask:
       cond["direction"] = direction
     t = self.time_sampler(k_t, b)
     x_t = self.path.sample_xt(x0, x1, t)
-    per_sample, metrics = per_sample_velocity_loss(model.backbone, x_t, t, cond, self.path.velocity_target(x0, x1))
+    per_sample, metrics = per_sample_velocity_loss(model.backbone, x_t, t, cond, self.path.velocity_target(x0, x1),
+                                                   self.path)
     metrics["loss"] = jnp.mean(per_sample)
     if self.name == "bidirectional":
       to_img = (direction == TO_IMAGE).astype(jnp.float32)
@@ -175,13 +176,14 @@ class ClassImageTask:
 
     def v(x, t):
       if not guided:
-        return model.backbone(x, t, **base)
+        return self.path.velocity_from_output(model.backbone(x, t, **base), x, t)
       uncond = dict(base)
       if self.guidance == "indicator":
         uncond["indicator"] = jnp.ones((b,), jnp.int32)
       else:
         uncond["labels"] = jnp.full((b,), self.num_classes, jnp.int32)
-      return guidance.guided_call(model.backbone, x, t, base, uncond, cfg_scale)
+      return self.path.velocity_from_output(
+          guidance.guided_call(model.backbone, x, t, base, uncond, cfg_scale), x, t)
 
     return v
 

@@ -14,7 +14,7 @@ def build_task(config, data) -> ClassImageTask | TextImageTask:
   task_cfg, flow_cfg = config.task, config.flow
   if not 0.0 <= flow_cfg.sigma_min < 1.0:
     raise ConfigError(f"flow.sigma_min must be in [0, 1), got {flow_cfg.sigma_min}.")
-  path = CondOTPath(flow_cfg.sigma_min)
+  path = CondOTPath(flow_cfg.sigma_min, prediction=flow_cfg.prediction, target_t_max=flow_cfg.target_t_max)
   time_sampler = build_time_sampler(flow_cfg.time_sampler, loc=flow_cfg.logit_normal_loc,
                                     scale=flow_cfg.logit_normal_scale)
   image_shape = tuple(data.image_shape)

@@ -135,11 +135,17 @@ class TextImageTask:
       return mu, mu, logvar
     return mu + jnp.exp(0.5 * logvar) * jax.random.normal(key, mu.shape, mu.dtype), mu, logvar
 
-  def sample_source(self, model: TextFlowModel, emb: jax.Array, mask: jax.Array, key: jax.Array) -> jax.Array:
-    """x0 for text [B, L, D] / mask [B, L]: z ~ TVE, or N(0, I) for the baseline."""
+  def sample_source(self, model: TextFlowModel, emb: jax.Array, mask: jax.Array, key: jax.Array,
+                    temperature: float | jax.Array = 1.0) -> jax.Array:
+    """x0 for text [B, L, D] / mask [B, L]: z = mu + T sigma eps from the TVE, or T N(0, I) for the baseline.
+
+    The temperature T (1 in training) trades variety for fidelity when sampling: T < 1 draws nearer the
+    TVE's mean, T = 0 is the mean itself (one image per caption).
+    """
     if self.is_baseline:
-      return jax.random.normal(key, (emb.shape[0],) + tuple(self.image_shape), jnp.float32)
-    return self.text_latent(model, emb, mask, key)[0]
+      return temperature * jax.random.normal(key, (emb.shape[0],) + tuple(self.image_shape), jnp.float32)
+    mu, logvar = model.tve(emb, mask)
+    return mu + temperature * jnp.exp(0.5 * logvar) * jax.random.normal(key, mu.shape, mu.dtype)
 
   # ---- training ----------------------------------------------------------------------------
 
@@ -189,7 +195,7 @@ class TextImageTask:
     t = self.time_sampler(k_t, b)
     x_t = self.path.sample_xt(x0, x1, t)
     per_sample, stage_metrics = per_sample_velocity_loss(model.backbone, x_t, t, cond,
-                                                         self.path.velocity_target(x0, x1))
+                                                         self.path.velocity_target(x0, x1), self.path)
     flow = jnp.mean(per_sample)
     metrics.update(stage_metrics)
     loss = flow + aux
@@ -219,14 +225,15 @@ class TextImageTask:
       b = x.shape[0]
       base = base_cond(b)
       if not guided:
-        return model.backbone(x, t, **base)
+        return self.path.velocity_from_output(model.backbone(x, t, **base), x, t)
       uncond = dict(base)
       if self.guidance == "indicator":
         uncond["indicator"] = jnp.ones((b,), jnp.int32)
       else:
         uncond["context"] = jnp.zeros_like(base["context"])
         uncond["context_mask"] = jnp.zeros_like(base["context_mask"])
-      return guidance.guided_call(model.backbone, x, t, base, uncond, cfg_scale)
+      return self.path.velocity_from_output(
+          guidance.guided_call(model.backbone, x, t, base, uncond, cfg_scale), x, t)
 
     return v
 

@@ -81,7 +81,7 @@ def _generate(exp, graphdef, params, emb, mask, seed: int):
   cfg = exp.config
   images = generate_from_text(graphdef, params, jnp.asarray(emb), jnp.asarray(mask), jax.random.PRNGKey(seed),
                               task=exp.task, solver=cfg.sample.solver, num_steps=cfg.sample.steps,
-                              cfg_scale=cfg.sample.cfg_scale)
+                              cfg_scale=cfg.sample.cfg_scale, temperature=cfg.sample.temperature)
   return decode_to_pixels(exp, images)
 
 
