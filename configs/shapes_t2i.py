@@ -53,7 +53,7 @@ def get_config(arg: str | None = None):
   c.optim.ema_decay = 0.999
   c.sample.steps = 20
   c.sample.cfg_scale = 2.0       # indicator guidance; the judge finds cfg 2 better than 1 (BENCHMARKS.md)
-  c.sample.temperature = 0.5     # z = mu + 0.5 sigma eps: shape 73% -> 84% at 3,000 steps (BENCHMARKS.md)
+  c.sample.temperature = 0.5     # z = mu + 0.5 sigma eps: shape 71.5% -> 82% at 3,000 steps (BENCHMARKS.md)
   c.sample.per_class = 8
   c.sample.num_prompts = 8
   c.sample.judge_num = 64
