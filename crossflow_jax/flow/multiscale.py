@@ -14,7 +14,9 @@ import jax
 import jax.numpy as jnp
 
 from crossflow_jax.errors import ConfigError
-from crossflow_jax.flow.paths import per_sample_mse
+from crossflow_jax.flow.paths import CondOTPath, per_sample_mse
+
+VELOCITY_PATH = CondOTPath()  # the backbone outputs the velocity itself
 
 
 def pooled_target(v_target: jax.Array, ratio: int) -> jax.Array:
@@ -27,18 +29,16 @@ def pooled_target(v_target: jax.Array, ratio: int) -> jax.Array:
 
 
 def per_sample_velocity_loss(backbone, x_t: jax.Array, t: jax.Array, cond: dict, v_target: jax.Array,
-                             path=None) -> tuple[jax.Array, dict]:
+                             path: CondOTPath = VELOCITY_PATH) -> tuple[jax.Array, dict]:
   """Per-sample flow-matching loss [B] of `backbone` at (x_t, t), and per-stage mean losses for logging.
 
   Backbones with `stage_velocities` (DiMR) are trained at every resolution with `stage_weights`; the
-  others on their single output, turned into a velocity by `path.velocity_from_output` when a path
-  is given (a backbone that predicts the target x1).
+  others on their single output, turned into a velocity by `path.velocity_from_output` (the identity
+  unless the backbone predicts the target x1).
   """
   if not hasattr(backbone, "stage_velocities"):
-    out = backbone(x_t, t, **cond)
-    v = out if path is None else path.velocity_from_output(out, x_t, t)
-    return per_sample_mse(v, v_target), {}
-  if path is not None and path.prediction != "velocity":
+    return per_sample_mse(path.velocity_from_output(backbone(x_t, t, **cond), x_t, t), v_target), {}
+  if path.prediction != "velocity":
     raise ConfigError(f"flow.prediction={path.prediction!r} is for single-output backbones; the multi-scale "
                       "DiMR trains every stage on the velocity (flow.prediction='velocity').")
   outputs = backbone.stage_velocities(x_t, t, **cond)

@@ -15,14 +15,13 @@ from crossflow_jax.sampling.sampler import solve
 from crossflow_jax.tasks.text_image import TO_IMAGE, TO_SOURCE
 
 
-@functools.partial(jax.jit, static_argnames=("graphdef", "task", "use_mean"))
-def text_source(graphdef, params, emb: jax.Array, mask: jax.Array, key: jax.Array, *, task, use_mean: bool = False,
+@functools.partial(jax.jit, static_argnames=("graphdef", "task"))
+def text_source(graphdef, params, emb: jax.Array, mask: jax.Array, key: jax.Array, *, task,
                 temperature: float = 1.0) -> jax.Array:
-  """x0 [B, H, W, C] for text: z = mu + T sigma eps from the TVE (mu if use_mean), or T N(0, I) for the baseline."""
-  model = nnx.merge(graphdef, params)
-  if use_mean and not task.is_baseline:
-    return task.text_latent(model, emb, mask, None)[0]
-  return task.sample_source(model, emb, mask, key, temperature)
+  """x0 [B, H, W, C] for text: z = mu + T sigma eps from the TVE (T = 0: mu), or T N(0, I) for the baseline.
+
+  T is traced, so every temperature runs the same compiled program."""
+  return task.sample_source(nnx.merge(graphdef, params), emb, mask, key, temperature)
 
 
 def _cond(task, emb, mask) -> dict:

@@ -127,13 +127,13 @@ class TextImageTask:
     image_encoder = ImageEncoder(self.image_encoder, rngs=rngs) if self.uses_contrastive else None
     return TextFlowModel(backbone, tve, image_encoder, self.init_temperature)
 
-  def text_latent(self, model: TextFlowModel, emb: jax.Array, mask: jax.Array, key: jax.Array | None
-                  ) -> tuple[jax.Array, jax.Array, jax.Array]:
-    """(z, mu, logvar), each [B, H, W, C]; z = mu when key is None."""
+  def text_latent(self, model: TextFlowModel, emb: jax.Array, mask: jax.Array, key: jax.Array | None,
+                  temperature: float | jax.Array = 1.0) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """(z, mu, logvar), each [B, H, W, C]; z = mu + T sigma eps (T = 1 in training), z = mu when key is None."""
     mu, logvar = model.tve(emb, mask)
     if key is None:
       return mu, mu, logvar
-    return mu + jnp.exp(0.5 * logvar) * jax.random.normal(key, mu.shape, mu.dtype), mu, logvar
+    return mu + temperature * jnp.exp(0.5 * logvar) * jax.random.normal(key, mu.shape, mu.dtype), mu, logvar
 
   def sample_source(self, model: TextFlowModel, emb: jax.Array, mask: jax.Array, key: jax.Array,
                     temperature: float | jax.Array = 1.0) -> jax.Array:
@@ -144,8 +144,7 @@ class TextImageTask:
     """
     if self.is_baseline:
       return temperature * jax.random.normal(key, (emb.shape[0],) + tuple(self.image_shape), jnp.float32)
-    mu, logvar = model.tve(emb, mask)
-    return mu + temperature * jnp.exp(0.5 * logvar) * jax.random.normal(key, mu.shape, mu.dtype)
+    return self.text_latent(model, emb, mask, key, temperature)[0]
 
   # ---- training ----------------------------------------------------------------------------
 
