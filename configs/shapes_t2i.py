@@ -7,12 +7,12 @@ Captions go through the frozen all-MiniLM-L6-v2 (cached once per dataset), a Tex
 Encoder turns them into a 32x32x3 source latent, and a DiT (width 128, depth 4, patch 4) flows it
 straight to the image. The red:triangle and blue:circle pairs are held out of training to
 measure compositional generalisation. Sized for about 30 minutes on 2 CPU cores (batch 32, 6,000
-steps, ~140 img/s); run time, judge accuracies and what was tried: BENCHMARKS.md.
+steps, 120-200 img/s by host: 20-27 min); run time, judge accuracies and what was tried: BENCHMARKS.md.
 
 The KL term uses CrossFlow's (0.3 mu)^6 form at weight 0.1: with the standard form at 1e-3 the
 TVE's sigma collapses (z std ~0.09), the source becomes a point per caption and samples are
 averages; this keeps sigma near the means' scale so one caption gives varied images. That spread also
-makes small objects ragged, so samples are drawn at temperature 0.5 (`sample.temperature`,
+makes small objects ragged, so samples are drawn at temperature 0.25 (`sample.temperature`,
 `--temperature` of crossflow_jax.sample): nearer the caption's mean, still varied.
 """
 
@@ -53,7 +53,7 @@ def get_config(arg: str | None = None):
   c.optim.ema_decay = 0.999
   c.sample.steps = 20
   c.sample.cfg_scale = 2.0       # indicator guidance; the judge finds cfg 2 better than 1 (BENCHMARKS.md)
-  c.sample.temperature = 0.5     # z = mu + 0.5 sigma eps: shape 71.5% -> 82% at 3,000 steps (BENCHMARKS.md)
+  c.sample.temperature = 0.25    # z = mu + 0.25 sigma eps: seen-pair shape 82% (T 1) -> 94% (BENCHMARKS.md)
   c.sample.per_class = 8
   c.sample.num_prompts = 8
   c.sample.judge_num = 64

@@ -35,7 +35,8 @@ _LABELS = flags.DEFINE_string("class_label", "", "Comma-separated class labels (
 _NUM = flags.DEFINE_integer("num_samples", 8, "Samples per label.")
 _STEPS = flags.DEFINE_integer("steps", 50, "Solver steps.")
 _SOLVER = flags.DEFINE_enum("solver", "heun", ["euler", "heun"], "ODE solver.")
-_CFG = flags.DEFINE_float("cfg_scale", 1.0, "Guidance scale s in v = v_u + s (v_c - v_u).")
+_CFG = flags.DEFINE_float("cfg_scale", None, "Guidance scale s in v = v_u + s (v_c - v_u) (default: the training "
+                          "config's sample.cfg_scale).")
 _TEMPERATURE = flags.DEFINE_float("temperature", None, "Text models: source temperature T in z = mu + T sigma eps "
                                   "(default: the training config's sample.temperature).")
 _SEED = flags.DEFINE_integer("seed", 0, "Sampling seed.")
@@ -82,13 +83,15 @@ def _batched(fn, items: np.ndarray, batch: int) -> np.ndarray:
 
 
 def sample_to_file(workdir: str, out: str, *, labels: str = "", num_samples: int = 8, steps: int = 50,
-                   solver: str = "heun", cfg_scale: float = 1.0, seed: int = 0, step: int | None = None,
+                   solver: str = "heun", cfg_scale: float | None = None, seed: int = 0, step: int | None = None,
                    weights: str = "ema", batch_size: int = 256) -> dict:
-  """Samples `num_samples` images per label and writes FILE.png or FILE.npz. Returns a summary."""
+  """Samples `num_samples` images per label and writes FILE.png or FILE.npz (guidance: `cfg_scale`, else the
+  model's config.sample.cfg_scale). Returns a summary."""
   import jax
   import jax.numpy as jnp
 
   from crossflow_jax.eval.grids import save_grid, to_uint8
+  from crossflow_jax.sample_text import guidance_scale
   from crossflow_jax.sampling.latent_decode import decode_to_pixels
   from crossflow_jax.sampling.sampler import generate_images
   from crossflow_jax.train.restore import load_trained
@@ -104,6 +107,7 @@ def sample_to_file(workdir: str, out: str, *, labels: str = "", num_samples: int
     raise ConfigError("This is a text model: pass --prompt \"...\" (or --prompts_file), not --class_label.")
   if task.name == "image_to_class":
     raise ConfigError("This model was trained image -> class only; it cannot draw images. Use --classify_split.")
+  cfg_scale = guidance_scale(trained, cfg_scale)
   wanted = np.repeat(np.asarray(parse_labels(labels, task.num_classes), np.int32), num_samples)
   batch = min(batch_size, len(wanted))
   batch -= batch % jax.device_count() if batch >= jax.device_count() else 0
@@ -120,7 +124,8 @@ def sample_to_file(workdir: str, out: str, *, labels: str = "", num_samples: int
     save_grid(images, out, ncols=num_samples)
   else:
     np.savez(out, images=images, labels=wanted)
-  return {"out": out, "num_images": int(len(images)), "checkpoint_step": trained.step, "weights": weights}
+  return {"out": out, "num_images": int(len(images)), "checkpoint_step": trained.step, "weights": weights,
+          "cfg_scale": cfg_scale}
 
 
 def main(argv):

@@ -54,7 +54,15 @@ def _temperature(trained, temperature: float | None) -> float:
   return value
 
 
-def _generate_batched(trained, emb, mask, *, seed: int, steps: int, solver: str, cfg_scale: float,
+def guidance_scale(trained, cfg_scale: float | None) -> float:
+  """The guidance scale: as given, else the model's config.sample.cfg_scale."""
+  value = float(trained.experiment.config.sample.cfg_scale if cfg_scale is None else cfg_scale)
+  if value < 0:
+    raise ConfigError(f"--cfg_scale must be >= 0 (1: no guidance, 0: the unconditional field), got {value}.")
+  return value
+
+
+def _generate_batched(trained, emb, mask, *, seed: int, steps: int, solver: str, cfg_scale: float | None,
                       batch_size: int, temperature: float) -> np.ndarray:
   from crossflow_jax.sampling.text_sampler import generate_from_text
 
@@ -69,7 +77,7 @@ def _generate_batched(trained, emb, mask, *, seed: int, steps: int, solver: str,
     key = jax.random.fold_in(jax.random.PRNGKey(seed), lo)
     images = np.asarray(decode_to_pixels(trained.experiment, generate_from_text(
         trained.graphdef, trained.params, e, m, key, task=trained.experiment.task, solver=solver, num_steps=steps,
-        cfg_scale=cfg_scale, temperature=temperature)))
+        cfg_scale=guidance_scale(trained, cfg_scale), temperature=temperature)))
     out.append(images[:images.shape[0] - pad] if pad else images)
   return np.concatenate(out)
 
@@ -83,7 +91,7 @@ def _check_out(out: str, allowed=(".png", ".npz")) -> str:
 
 
 def prompts_to_file(workdir: str, out: str, prompts: list[str], *, num_samples: int = 8, steps: int = 50,
-                    solver: str = "heun", cfg_scale: float = 1.0, temperature: float | None = None,
+                    solver: str = "heun", cfg_scale: float | None = None, temperature: float | None = None,
                     seed: int = 0, step: int | None = None, weights: str = "ema", batch_size: int = 256) -> dict:
   """`num_samples` images per prompt (in order) -> a grid PNG (a row per prompt) or an npz (images, prompts)."""
   from crossflow_jax.eval.grids import save_grid, to_uint8
@@ -113,7 +121,7 @@ def _latent_strip(trained, z: jax.Array, emb=None, mask=None, *, steps, solver, 
 
   return to_uint8(np.asarray(decode_to_pixels(trained.experiment, images_from_latents(
       trained.graphdef, trained.params, z, emb, mask, task=trained.experiment.task, solver=solver, num_steps=steps,
-      cfg_scale=cfg_scale))))
+      cfg_scale=guidance_scale(trained, cfg_scale)))))
 
 
 def _text_latents(trained, prompts: list[str], seed: int, temperature: float | None = None) -> jax.Array:
@@ -131,7 +139,7 @@ def _text_latents(trained, prompts: list[str], seed: int, temperature: float | N
 
 
 def interpolation_to_file(workdir: str, out: str, prompts: list[str], *, num_samples: int = 8, steps: int = 50,
-                          solver: str = "heun", cfg_scale: float = 1.0, temperature: float | None = None,
+                          solver: str = "heun", cfg_scale: float | None = None, temperature: float | None = None,
                           seed: int = 0, step: int | None = None, weights: str = "ema", batch_size: int = 256) -> dict:
   """A strip of `num_samples` images whose text latents run straight from prompt A's to prompt B's."""
   from crossflow_jax.eval.grids import save_grid
@@ -155,7 +163,7 @@ def interpolation_to_file(workdir: str, out: str, prompts: list[str], *, num_sam
 
 
 def arithmetic_to_file(workdir: str, out: str, prompts: list[str], *, num_samples: int = 4, steps: int = 50,
-                       solver: str = "heun", cfg_scale: float = 1.0, temperature: float | None = None,
+                       solver: str = "heun", cfg_scale: float | None = None, temperature: float | None = None,
                        seed: int = 0, step: int | None = None, weights: str = "ema", batch_size: int = 256) -> dict:
   """Rows [a, b, c, z(a) + z(b) - z(c)] (re-standardised), one row per seed seed..seed+num_samples-1."""
   from crossflow_jax.eval.grids import save_grid
@@ -246,9 +254,9 @@ def retrieve_split(workdir: str, split: str, *, num_eval: int = 0, steps: int = 
           "chance_top1": chance, "method": method, "solver": solver, "steps": steps, "checkpoint_step": trained.step}
 
 
-def judge_shapes(workdir: str, *, num_prompts: int = 200, steps: int = 50, solver: str = "heun", cfg_scale: float = 1.0,
-                 temperature: float | None = None, seed: int = 0, step: int | None = None, weights: str = "ema",
-                 batch_size: int = 256) -> dict:
+def judge_shapes(workdir: str, *, num_prompts: int = 200, steps: int = 50, solver: str = "heun",
+                 cfg_scale: float | None = None, temperature: float | None = None, seed: int = 0,
+                 step: int | None = None, weights: str = "ema", batch_size: int = 256) -> dict:
   """Draws one image for each of `num_prompts` random prompts of seen and of held-out colour-shape pairs and
   has the analytic shapes judge read colour, shape, size and position back. Returns accuracies per set."""
   from crossflow_jax.eval import shapes_judge
@@ -259,7 +267,7 @@ def judge_shapes(workdir: str, *, num_prompts: int = 200, steps: int = 50, solve
   exp = trained.experiment
   if not is_shapes(exp.data.name):
     raise ConfigError(f"--judge_shapes needs a model trained on shapes; this one was trained on {exp.data.name!r}.")
-  temperature = _temperature(trained, temperature)
+  temperature, cfg_scale = _temperature(trained, temperature), guidance_scale(trained, cfg_scale)
   result = {"num_prompts": num_prompts, "solver": solver, "steps": steps, "cfg_scale": cfg_scale,
             "temperature": temperature, "holdout_pairs": exp.config.data.holdout_pairs, "checkpoint_step": trained.step}
   for name, prompts in shapes_prompt_sets(exp.config.data.holdout_pairs, num_prompts, seed + 1000).items():

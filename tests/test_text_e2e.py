@@ -63,6 +63,12 @@ def test_prompt_cli_png_and_npz(trained, tmp_path):
                                 num_samples=3, steps=4, temperature=temperature)
   same, varied = (np.load(tmp_path / f"t{t}.npz")["images"] for t in (0.0, 1.0))
   assert (same == same[0]).all() and not (varied == varied[0]).all()
+  # Guidance defaults to the recipe's sample.cfg_scale (2 for shapes_t2i), not to 1.
+  for name, cfg_scale in (("default", None), ("two", 2.0), ("one", 1.0)):
+    sample_text.prompts_to_file(str(trained), str(tmp_path / f"cfg_{name}.npz"), ["a big blue box at the center"],
+                                num_samples=2, steps=4, cfg_scale=cfg_scale)
+  default, two, one = (np.load(tmp_path / f"cfg_{n}.npz")["images"] for n in ("default", "two", "one"))
+  assert np.array_equal(default, two) and not np.array_equal(default, one)
   long = " ".join(["a small red circle in the top left"] * 10)
   prompts = tmp_path / "prompts.txt"
   prompts.write_text(f"a big blue box at the center\n\n{long}\n")
@@ -100,6 +106,9 @@ def test_bad_prompts(trained, tmp_path):
   with pytest.raises(ConfigError, match="--temperature must be >= 0.*got -1.0"):
     sample_text.prompts_to_file(str(trained), str(tmp_path / "x.png"), ["a red box"], num_samples=1, steps=2,
                                 temperature=-1.0)
+  with pytest.raises(ConfigError, match="--cfg_scale must be >= 0.*got -2.0"):
+    sample_text.prompts_to_file(str(trained), str(tmp_path / "x.png"), ["a red box"], num_samples=1, steps=2,
+                                cfg_scale=-2.0)
   with pytest.raises(ConfigError, match="exactly two"):
     sample_text.interpolation_to_file(str(trained), str(tmp_path / "x.png"), ["a"], steps=2)
   r = run_cli(["-m", "crossflow_jax.sample", "--workdir", str(trained), "--prompt", "", "--out",
