@@ -152,3 +152,26 @@ def score(
   result['all'] = float(np.mean(right['colour'] & right['shape'] & right['size'] & right['position']))
   result['colour_shape_position'] = float(np.mean(right['colour'] & right['shape'] & right['position']))
   return result
+
+
+def spread(images: np.ndarray) -> dict[str, float]:
+  """How much K images of one caption vary: the object's placement and size across them.
+
+  Args:
+    images: [K, S, S, 3] (uint8 in [0, 255] or float in [-1, 1]), one caption's samples (or renders).
+
+  Returns:
+    `centre_std_px`: the standard deviation of the foreground centroid over the K images (pixels,
+    the mean of x and y); `area_cv`: the coefficient of variation of the foreground area. The
+    foreground is every pixel whose brightness (max over RGB) is above half of full scale.
+  """
+  x = _to_unit(images)
+  if x.ndim != 4 or len(x) < 2:
+    raise ValueError(f'spread needs [K >= 2, S, S, 3] images of one caption, got shape {x.shape}.')
+  fg = x.max(-1) > 0.5
+  ys, xs = np.mgrid[:x.shape[1], :x.shape[2]]
+  area = fg.sum((1, 2)).astype(np.float64)
+  safe = np.maximum(area, 1.0)
+  cx, cy = (fg * xs).sum((1, 2)) / safe, (fg * ys).sum((1, 2)) / safe
+  return {'centre_std_px': float(0.5 * (np.std(cx) + np.std(cy))),
+          'area_cv': float(np.std(area) / max(np.mean(area), 1.0))}
