@@ -12,6 +12,7 @@ the price.
 import json
 import os
 import sys
+import tempfile
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -55,15 +56,17 @@ def main(argv):
 
   if not _WORKDIR.value:
     raise ConfigError("--workdir is required (a shapes text -> image training workdir).")
-  out = {"rendered": None, "samples": {}}
-  for t in (float(x) for x in _TEMPS.value.split(",")):
-    path = os.path.join(_WORKDIR.value, f"variety_T{t}.npz")
-    sample_text.prompts_to_file(_WORKDIR.value, path, list(CAPTIONS), num_samples=_NUM.value, steps=_STEPS.value,
-                                cfg_scale=_CFG.value, temperature=t)
-    images = np.load(path)["images"]
-    out["samples"][str(t)] = mean_spread(images.reshape(len(CAPTIONS), _NUM.value, *images.shape[1:]))
-    print(f"T {t}: {out['samples'][str(t)]}", file=sys.stderr, flush=True)
-    out["rendered"] = out["rendered"] or rendered_spread(CAPTIONS, _NUM.value, images.shape[1])
+  samples, image_size = {}, None
+  with tempfile.TemporaryDirectory() as tmp:
+    for t in (float(x) for x in _TEMPS.value.split(",")):
+      path = os.path.join(tmp, f"T{t}.npz")
+      sample_text.prompts_to_file(_WORKDIR.value, path, list(CAPTIONS), num_samples=_NUM.value, steps=_STEPS.value,
+                                  cfg_scale=_CFG.value, temperature=t)
+      images = np.load(path)["images"]
+      image_size = images.shape[1]
+      samples[str(t)] = mean_spread(images.reshape(len(CAPTIONS), _NUM.value, *images.shape[1:]))
+      print(f"T {t}: {samples[str(t)]}", file=sys.stderr, flush=True)
+  out = {"rendered": rendered_spread(CAPTIONS, _NUM.value, image_size), "samples": samples}
   print(json.dumps(out))
 
 

@@ -62,7 +62,7 @@ def guidance_scale(trained, cfg_scale: float | None) -> float:
   return value
 
 
-def _generate_batched(trained, emb, mask, *, seed: int, steps: int, solver: str, cfg_scale: float | None,
+def _generate_batched(trained, emb, mask, *, seed: int, steps: int, solver: str, cfg_scale: float,
                       batch_size: int, temperature: float) -> np.ndarray:
   from crossflow_jax.sampling.text_sampler import generate_from_text
 
@@ -77,7 +77,7 @@ def _generate_batched(trained, emb, mask, *, seed: int, steps: int, solver: str,
     key = jax.random.fold_in(jax.random.PRNGKey(seed), lo)
     images = np.asarray(decode_to_pixels(trained.experiment, generate_from_text(
         trained.graphdef, trained.params, e, m, key, task=trained.experiment.task, solver=solver, num_steps=steps,
-        cfg_scale=guidance_scale(trained, cfg_scale), temperature=temperature)))
+        cfg_scale=cfg_scale, temperature=temperature)))
     out.append(images[:images.shape[0] - pad] if pad else images)
   return np.concatenate(out)
 
@@ -102,10 +102,11 @@ def prompts_to_file(workdir: str, out: str, prompts: list[str], *, num_samples: 
   if num_samples < 1:
     raise ConfigError(f"--num_samples must be >= 1, got {num_samples}.")
   trained = load_text_model(workdir, step=step, weights=weights)
+  cfg_scale = guidance_scale(trained, cfg_scale)
   emb, mask = _encode(trained, prompts)
   emb, mask = jnp.repeat(emb, num_samples, 0), jnp.repeat(mask, num_samples, 0)
-  images = to_uint8(_generate_batched(trained, emb, mask, seed=seed, steps=steps, solver=solver, cfg_scale=cfg_scale,
-                                      batch_size=min(batch_size, emb.shape[0]),
+  images = to_uint8(_generate_batched(trained, emb, mask, seed=seed, steps=steps, solver=solver,
+                                      cfg_scale=cfg_scale, batch_size=min(batch_size, emb.shape[0]),
                                       temperature=_temperature(trained, temperature)))
   repeated = [p for p in prompts for _ in range(num_samples)]
   if ext == ".png":
@@ -121,7 +122,7 @@ def _latent_strip(trained, z: jax.Array, emb=None, mask=None, *, steps, solver, 
 
   return to_uint8(np.asarray(decode_to_pixels(trained.experiment, images_from_latents(
       trained.graphdef, trained.params, z, emb, mask, task=trained.experiment.task, solver=solver, num_steps=steps,
-      cfg_scale=guidance_scale(trained, cfg_scale)))))
+      cfg_scale=cfg_scale))))
 
 
 def _text_latents(trained, prompts: list[str], seed: int, temperature: float | None = None) -> jax.Array:
@@ -152,6 +153,7 @@ def interpolation_to_file(workdir: str, out: str, prompts: list[str], *, num_sam
   if num_samples < 2:
     raise ConfigError(f"--num_samples must be >= 2 for an interpolation, got {num_samples}.")
   trained = load_text_model(workdir, step=step, weights=weights)
+  cfg_scale = guidance_scale(trained, cfg_scale)
   z = _text_latents(trained, prompts, seed, temperature)
   images = _latent_strip(trained, interpolate_latents(z[0], z[1], num_samples), steps=steps, solver=solver,
                          cfg_scale=cfg_scale)
@@ -174,6 +176,7 @@ def arithmetic_to_file(workdir: str, out: str, prompts: list[str], *, num_sample
   if len(prompts) != 3:
     raise ConfigError(f"--arithmetic takes exactly three prompts a, b, c (repeat the flag), got {len(prompts)}.")
   trained = load_text_model(workdir, step=step, weights=weights)
+  cfg_scale = guidance_scale(trained, cfg_scale)
   rows = []
   for r in range(num_samples):
     z = _text_latents(trained, prompts, seed + r, temperature)
