@@ -20,7 +20,6 @@ import numpy as np  # noqa: E402
 from absl import flags  # noqa: E402
 
 from crossflow_jax.command_line import run_main  # noqa: E402
-from crossflow_jax.data import shapes  # noqa: E402
 from crossflow_jax.eval import shapes_judge  # noqa: E402
 
 CAPTIONS = ("a small red circle in the top left", "a big blue box at the center",
@@ -31,22 +30,6 @@ _TEMPS = flags.DEFINE_string("temperatures", "0.25,0.5,1", "Comma-separated sour
 _NUM = flags.DEFINE_integer("num_samples", 32, "Images per caption and temperature.")
 _STEPS = flags.DEFINE_integer("steps", 20, "Solver steps (Heun).")
 _CFG = flags.DEFINE_float("cfg_scale", None, "Guidance scale (default: the training config's).")
-
-
-def mean_spread(images_per_caption) -> dict[str, float]:
-  """Averages `shapes_judge.spread` over captions: images_per_caption is [C, K, S, S, 3]."""
-  rows = [shapes_judge.spread(images) for images in images_per_caption]
-  return {key: round(float(np.mean([r[key] for r in rows])), 4) for key in rows[0]}
-
-
-def rendered_spread(captions, num: int, image_size: int, seed: int = 0) -> dict[str, float]:
-  """The renderer's own per-caption variety: `num` renders of each caption (size and position jitter)."""
-  rng = np.random.default_rng(seed)
-  renders = []
-  for caption in captions:
-    a = shapes.parse_caption(caption)
-    renders.append(shapes.render_batch(*([a[key]] * num for key in shapes.ATTRIBUTES), image_size, rng))
-  return mean_spread(renders)
 
 
 def main(argv):
@@ -64,9 +47,9 @@ def main(argv):
                                   cfg_scale=_CFG.value, temperature=t)
       images = np.load(path)["images"]
       image_size = images.shape[1]
-      samples[str(t)] = mean_spread(images.reshape(len(CAPTIONS), _NUM.value, *images.shape[1:]))
+      samples[str(t)] = shapes_judge.mean_spread(images.reshape(len(CAPTIONS), _NUM.value, *images.shape[1:]))
       print(f"T {t}: {samples[str(t)]}", file=sys.stderr, flush=True)
-  out = {"rendered": rendered_spread(CAPTIONS, _NUM.value, image_size), "samples": samples}
+  out = {"rendered": shapes_judge.rendered_spread(CAPTIONS, _NUM.value, image_size), "samples": samples}
   print(json.dumps(out))
 
 

@@ -103,12 +103,10 @@ def test_captions_use_synonyms_and_the_right_article():
 
 def test_spread_is_zero_for_copies_and_matches_the_renderers_jitter():
   """Identical images do not vary; renders of one caption vary by the renderer's jitter (0.04 S, 10%)."""
-  from benchmarks.shapes_variety import rendered_spread
-
   rng = np.random.default_rng(0)
   one = shapes.render_batch([0], [1], [1], [4], 32, rng)
   assert shapes_judge.spread(np.repeat(one, 8, 0)) == {'centre_std_px': 0.0, 'area_cv': 0.0}
-  r = rendered_spread(['a big blue box at the center', 'a small red circle in the top left'], 64, 32)
+  r = shapes_judge.rendered_spread(['a big blue box at the center', 'a small red circle in the top left'], 64, 32)
   # Position jitter is uniform in +-0.04 S = +-1.28 px (std 0.74 px) and the extent's in +-10% (area cv ~0.12),
   # blurred a little by the pixel grid and the foreground threshold.
   assert 0.4 < r['centre_std_px'] < 1.0 and 0.06 < r['area_cv'] < 0.2, r

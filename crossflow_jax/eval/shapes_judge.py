@@ -175,3 +175,19 @@ def spread(images: np.ndarray) -> dict[str, float]:
   cx, cy = (fg * xs).sum((1, 2)) / safe, (fg * ys).sum((1, 2)) / safe
   return {'centre_std_px': float(0.5 * (np.std(cx) + np.std(cy))),
           'area_cv': float(np.std(area) / max(np.mean(area), 1.0))}
+
+
+def mean_spread(images_per_caption) -> dict[str, float]:
+  """Averages `spread` over captions: images_per_caption is [C, K, S, S, 3]."""
+  rows = [spread(images) for images in images_per_caption]
+  return {key: round(float(np.mean([r[key] for r in rows])), 4) for key in rows[0]}
+
+
+def rendered_spread(captions: Sequence[str], num: int, image_size: int, seed: int = 0) -> dict[str, float]:
+  """The renderer's own per-caption variety: `num` renders of each caption (size and position jitter)."""
+  rng = np.random.default_rng(seed)
+  renders = []
+  for caption in captions:
+    a = shapes.parse_caption(caption)
+    renders.append(shapes.render_batch(*([a[key]] * num for key in shapes.ATTRIBUTES), image_size, rng))
+  return mean_spread(renders)
