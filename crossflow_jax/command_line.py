@@ -30,8 +30,8 @@ REFERENCE_ALIASES = {
     "model.t_sampler": "flow.time_sampler",
 }
 
-# absl.app.run defines these only when it starts, after argv is normalised.
-ABSL_HELP_FLAGS = ("help", "helpshort", "helpfull", "helpxml", "only_check_args")
+# absl's help flags (`app.define_help_flags`): booleans, so they never take the next argument as a value.
+_HELP_FLAGS = ("help", "helpshort", "helpfull", "helpxml")
 
 _NUMBER = re.compile(r"^-?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?$")
 
@@ -58,7 +58,7 @@ def normalize_argv(argv: list[str], entry_flags: set[str]) -> list[str]:
     is_config_key = name.startswith("config.") or (base not in entry_flags and name not in entry_flags
                                                     and not negated)
     if not is_config_key:
-      if not eq and i < len(argv) and not argv[i].startswith("--") and name not in ABSL_HELP_FLAGS:
+      if not eq and i < len(argv) and not argv[i].startswith("--") and name not in _HELP_FLAGS:
         # `--workdir DIR`: absl accepts it too, but normalise for one code path.
         out.append(f"--{name}={argv[i]}")
         i += 1
@@ -108,7 +108,8 @@ def run_main(main, argv=None, entry_flags=(), default_config: str | None = None)
   from absl import app, flags
 
   argv = list(sys.argv if argv is None else argv)
-  known = set(flags.FLAGS) | set(entry_flags) | set(ABSL_HELP_FLAGS)
+  app.define_help_flags()  # app.run would define them only after argv is normalised
+  known = set(flags.FLAGS) | set(entry_flags)
   argv = normalize_argv(argv, known)
   if default_config and not any(a == "--config" or a.startswith("--config=") for a in argv[1:]):
     argv.insert(1, f"--config={default_config}")
