@@ -1,7 +1,11 @@
 """Every config key, its default and what it means. Recipes start from `base.get_config()`."""
 
+import os
+from collections.abc import Sequence
+
 import ml_collections
 
+from crossflow_jax.errors import ConfigError
 from crossflow_jax.parallel.axes import DEFAULT_RULES
 
 
@@ -51,9 +55,11 @@ def get_config() -> ml_collections.ConfigDict:
   # Text tasks (text_to_image | image_to_text | bidirectional_text | noise_to_image_text):
   c.task.kl_weight = 1e-3         # weight of the TVE's KL term
   c.task.kl_form = "standard"     # standard | crossflow ((0.3 mu)^6 in place of mu^2)
+  c.task.kl_reduction = "mean"    # mean (over every latent element) | sum (over a sample's latent dims; CrossFlow)
   c.task.contrastive_weight = 0.1  # weight of the z0 <-> image-encoder InfoNCE loss (0 = off)
   c.task.init_temperature = 0.07  # contrastive temperature at init (learned; logit scale clamped)
   c.task.max_logit_scale = 100.0
+  c.task.logit_scale_form = "exp"  # exp: scale min(exp(s), max_logit_scale) (CLIP) | raw: s itself (CrossFlow)
 
   c.tve = ml_collections.ConfigDict()  # Text Variational Encoder: text tokens -> (mu, logvar) of the image's shape
   c.tve.width = 256
@@ -121,7 +127,7 @@ def get_config() -> ml_collections.ConfigDict:
   c.optim.schedule = "constant"   # constant | cosine (after warmup, to 0 at total_steps)
   c.optim.b1 = 0.9
   c.optim.b2 = 0.999
-  c.optim.weight_decay = 0.0
+  c.optim.weight_decay = 0.0       # AdamW's decoupled decay, on dense / conv / attention kernels only (train.optim)
   c.optim.grad_clip_norm = 1.0    # global-norm clipping (0 = off)
   c.optim.ema_decay = 0.9999      # EMA of the weights, used for sampling and evaluation
   c.optim.ema_warmup = True       # decay min(ema_decay, (1 + step) / (10 + step)) early in training
@@ -158,6 +164,23 @@ def get_config() -> ml_collections.ConfigDict:
   c.wandb.entity = ""
   c.wandb.mode = "online"         # online | offline
   return c
+
+
+def variant(arg: str | None, valid: Sequence[str], recipe_file: str) -> str:
+  """The variant `arg` a recipe was loaded with (`--config configs/x.py:arg`; "" = the full recipe).
+
+  Every recipe's `get_config(arg)` calls this first with the variants it knows, so a misspelt one
+  (`:smok`) is a `ConfigError` listing them rather than a silent full-size run.
+  """
+  name = arg or ""
+  if name and name not in valid:
+    recipe = f"configs/{os.path.basename(recipe_file)}"
+    if valid:
+      listed, fix = f"{', '.join(valid)} (or none)", f"--config {recipe}:{valid[0]} or --config {recipe}"
+    else:
+      listed, fix = "none", f"--config {recipe} (shrink it with --config.KEY overrides)"
+    raise ConfigError(f"{recipe} has no variant '{name}'; valid: {listed}. Fix: {fix}.")
+  return name
 
 
 def smoke(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:

@@ -16,12 +16,18 @@ makes small objects ragged, so samples are drawn at temperature 0.25 (`sample.te
 `--temperature` of crossflow_jax.sample): truer shapes (seen-pair shape 82% -> 94%) at the cost of
 variety (the object's position varies across samples by a fifth of the data's jitter); `--temperature 1`
 draws the TVE's full spread.
+
+Where it departs from CrossFlow's loss (the t2i_* recipes: KL summed over the latent dims at 1e-2, InfoNCE at 1
+with the raw logit scale, logit-normal t, sigma_min 1e-5): the KL is a mean over the latent elements at 0.1, the
+InfoNCE weight 0.1 with a CLIP exp(logit scale), t uniform and sigma_min 0, tuned on the CPU recipe; see
+BENCHMARKS.md.
 """
 
 from configs import base
 
 
 def get_config(arg: str | None = None):
+  variant = base.variant(arg, ("smoke",), __file__)
   c = base.get_config()
   c.batch_size = 32
   c.total_steps = 6_000
@@ -59,7 +65,7 @@ def get_config(arg: str | None = None):
   c.sample.per_class = 8
   c.sample.num_prompts = 8
   c.sample.judge_num = 64
-  if arg == "smoke":
+  if variant == "smoke":
     base.smoke(c)
     c.sample.judge_num = 0
   return c.lock()

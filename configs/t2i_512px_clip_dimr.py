@@ -17,10 +17,12 @@ from configs.t2i_256px_clip_dimr import text_to_image_256
 
 
 def get_config(arg: str | None = None):
+  base.variant(arg, (), __file__)
   c = text_to_image_256(base.get_config())
   c.data.name = "image_text_folder/s512"
   c.latent.image_size = 512
   c.batch_size = 512
+  c.task.guidance_p = 0.15   # CrossFlow's cfg_indicator for this model (0.1 for the others)
   c.text.encoder = "openai/clip-vit-large-patch14"
   c.model.name = "dimr"
   c.model.dimr.stage_types = ("transformer", "convnext", "convnext")

@@ -13,11 +13,13 @@ from configs.t2i_256px_clip_dimr import text_to_image_256
 
 
 def get_config(arg: str | None = None):
+  base.variant(arg, (), __file__)
   c = text_to_image_256(base.get_config())
   c.data.name = "image_text_folder/s512"
   c.latent.image_size = 512
   c.batch_size = 512
   c.text.encoder = "google/t5-v1_1-xxl"
+  c.optim.learning_rate = 2e-5   # CrossFlow's for this model
   c.model.name = "dit"
   c.model.preset = ""
   c.model.depth = 36

@@ -207,6 +207,58 @@ def test_indicator_pairing_fraction():
   assert abs(frac - p) < 0.015
 
 
+def _reference_pairing(raw, groups):
+  """NumPy: within each group, fewer than two raw-flagged samples flag none; the rest roll cyclically."""
+  flagged, perm = raw.copy(), np.arange(len(raw))
+  for g in np.unique(groups):
+    members = np.flatnonzero(raw & (groups == g))
+    if len(members) < 2:
+      flagged[members] = False
+    else:
+      perm[members] = np.roll(members, -1)
+  return flagged.astype(np.int32), perm
+
+
+@pytest.mark.parametrize("num_groups", [2, 3])
+def test_indicator_pairing_rolls_within_each_group(num_groups):
+  """Bidirectional batches: a flagged sample's rolled target comes from its own group (direction)."""
+  b, draws = 12, 200
+  keys = jax.random.split(jax.random.PRNGKey(num_groups), draws)
+  groups = jax.random.randint(jax.random.PRNGKey(100 + num_groups), (draws, b), 0, num_groups)
+  ps = jnp.tile(jnp.asarray([0.2, 0.5, 0.9], jnp.float32), draws)[:draws]
+  pairing = jax.jit(jax.vmap(lambda k, p, g: guidance.indicator_pairing(k, b, p, groups=g)))
+  indicators, perms = jax.device_get(pairing(keys, ps, groups))
+  raws = np.asarray(jax.vmap(lambda k, p: jax.random.uniform(k, (b,)) < p)(keys, ps))
+  groups = np.asarray(groups)
+  mixed = 0
+  for indicator, perm, raw, g in zip(indicators, perms, raws, groups):
+    assert sorted(perm.tolist()) == list(range(b))
+    np.testing.assert_array_equal(g[perm], g)  # every (rolled) target has its source's group
+    want_indicator, want_perm = _reference_pairing(raw, g)
+    np.testing.assert_array_equal(indicator, want_indicator)
+    np.testing.assert_array_equal(perm, want_perm)
+    flagged = np.flatnonzero(indicator)
+    assert np.all(perm[flagged] != flagged)
+    # A whole-batch roll would have crossed groups here.
+    mixed += len(np.unique(g[flagged])) > 1
+  assert mixed > draws // 4
+
+
+def test_indicator_pairing_without_groups_is_one_group():
+  """groups=None (the one-direction tasks) keeps the old draws bit for bit: one roll over the whole batch."""
+  b, p = 16, 0.3
+  keys = jax.random.split(jax.random.PRNGKey(7), 100)
+  plain = jax.device_get(jax.vmap(lambda k: guidance.indicator_pairing(k, b, p))(keys))
+  zeros = jax.device_get(jax.vmap(lambda k: guidance.indicator_pairing(k, b, p, groups=jnp.zeros(b, jnp.int32)))(keys))
+  ones = jax.device_get(jax.vmap(lambda k: guidance.indicator_pairing(k, b, p, groups=jnp.ones(b, jnp.int32)))(keys))
+  raws = np.asarray(jax.vmap(lambda k: jax.random.uniform(k, (b,)) < p)(keys))
+  for i, raw in enumerate(raws):
+    want_indicator, want_perm = _reference_pairing(raw, np.zeros(b, np.int32))
+    for got in (plain, zeros, ones):
+      np.testing.assert_array_equal(got[0][i], want_indicator)
+      np.testing.assert_array_equal(got[1][i], want_perm)
+
+
 def test_drop_labels():
   labels = jnp.arange(20_000, dtype=jnp.int32) % 10
   out = guidance.drop_labels(jax.random.PRNGKey(0), labels, 0.2, null_id=10)

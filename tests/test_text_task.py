@@ -67,6 +67,13 @@ def test_kl_forms_match_closed_form():
   want_cf = 0.5 * np.mean((0.3 * np.asarray(mu)) ** 6 + var_term)
   np.testing.assert_allclose(kl_divergence(mu, logvar, "crossflow"), want_cf, rtol=1e-6)
   assert float(kl_divergence(jnp.zeros(3), jnp.zeros(3))) == 0.0
+  # 'sum': over each sample's latent dims (here 2), mean over the batch (2): twice the element mean.
+  np.testing.assert_allclose(kl_divergence(mu, logvar, "crossflow", "sum"), 2 * want_cf, rtol=1e-6)
+  mu4, logvar4 = jnp.reshape(jnp.arange(24.0) / 10, (2, 2, 3, 2)), jnp.full((2, 2, 3, 2), -1.0)
+  per_sample = 0.5 * np.sum(np.asarray(mu4).reshape(2, -1) ** 2 + np.exp(-1.0) - 1 + 1.0, axis=1)
+  np.testing.assert_allclose(kl_divergence(mu4, logvar4, "standard", "sum"), np.mean(per_sample), rtol=1e-6)
+  with pytest.raises(ValueError, match="reduction"):
+    kl_divergence(mu, logvar, "standard", "max")
 
 
 def test_contrastive_loss_matches_numpy_and_rewards_alignment():
@@ -89,6 +96,10 @@ def test_contrastive_loss_matches_numpy_and_rewards_alignment():
   # The logit scale is clamped at max_logit_scale.
   big, _ = contrastive_loss(jnp.asarray(a), jnp.asarray(b), jnp.asarray(20.0), max_logit_scale=10.0)
   np.testing.assert_allclose(float(big), float(loss), rtol=1e-5)
+  # 'raw' (CrossFlow): the parameter itself is the scale, unclamped.
+  raw, _ = contrastive_loss(jnp.asarray(a), jnp.asarray(b), jnp.asarray(10.0), max_logit_scale=5.0,
+                            logit_scale_form="raw")
+  np.testing.assert_allclose(float(raw), float(loss), rtol=1e-5)
 
 
 @pytest.mark.slow
@@ -201,6 +212,146 @@ def test_target_prediction_turns_the_guided_output_into_a_velocity():
   np.testing.assert_allclose(out, (x1_hat - 1.0) / 0.25, rtol=1e-6)
 
 
+class EndTimeSampler:
+  """t = 1 for every sample: with sigma_min 0, x_t is exactly the (rolled) target x1."""
+
+  def __call__(self, key, batch_size):
+    return jnp.ones((batch_size,), jnp.float32)
+
+
+class RecordingBackbone:
+
+  def __init__(self):
+    self.calls = []
+
+  def __call__(self, x, t, **cond):
+    self.calls.append(dict(x=np.asarray(x), **{k: np.asarray(v) for k, v in cond.items()}))
+    return jnp.zeros_like(x)
+
+
+def test_bidirectional_indicator_rolls_targets_within_each_direction():
+  """Each flagged sample's target is another flagged sample's target of the SAME direction (image or text z)."""
+  task = _task("bidirectional_text", guidance_p=0.6, time_sampler=EndTimeSampler())
+  backbone = RecordingBackbone()
+  model = task.build_model(backbone, rngs=nnx.Rngs(1))
+  b = 16
+  batch = _batch(b)
+  images = np.asarray(batch["image"])
+  both = 0
+  for seed in range(6):
+    key = jax.random.PRNGKey(seed)
+    backbone.calls.clear()
+    task.loss(model, batch, key)
+    z = np.asarray(task.text_latent(model, batch["text_emb"], batch["text_mask"], jax.random.split(key, 4)[0])[0])
+    (call,) = backbone.calls
+    x1, flagged, direction = call["x"], call["indicator"] == 1, call["direction"]
+    for i in np.flatnonzero(flagged):
+      peers = np.flatnonzero(flagged & (direction == direction[i]) & (np.arange(b) != i))
+      targets = images if direction[i] == TO_IMAGE else z
+      assert any(np.allclose(x1[i], targets[j], rtol=0, atol=1e-6) for j in peers), (seed, i, direction[i])
+    both += all(np.sum(flagged & (direction == d)) >= 2 for d in (TO_IMAGE, TO_SOURCE))
+  assert both >= 2  # both directions had flagged samples to roll, so a cross-direction roll was possible
+
+
+# CrossFlow's t2i recipes and its cfg_indicator in each of its configs (configs/t2i_*.py of qihao067/CrossFlow).
+CROSSFLOW_RECIPES = {"t2i_256px_clip_dimr": 0.1, "t2i_256px_t5_dimr": 0.1, "t2i_512px_clip_dimr": 0.15,
+                     "t2i_512px_t5_dit": 0.1}
+
+
+def _recipe_task(recipe):
+  """configs/<recipe>.py (tiny TVE / image encoder / backbone sizes) and its task."""
+  import importlib
+
+  from crossflow_jax.tasks.factory import build_task
+  from crossflow_jax.train.experiment import DataSpec
+
+  c = importlib.import_module(f"configs.{recipe}").get_config()
+  with c.unlocked():
+    c.tve.update(dict(width=16, depth=1, num_heads=2, bottleneck=4, compute_dtype="float32"))
+    c.image_encoder.update(dict(width=16, depth=1, num_heads=2, patch_size=4))
+    c.model.update(dict(depth=1, hidden_size=32, num_heads=2, patch_size=2, compute_dtype="float32", remat="none"))
+  return c, build_task(c, DataSpec("tiny", SHAPE, 0, num_captions=1, text_dim=D, num_tokens=L))
+
+
+@pytest.mark.parametrize("recipe", sorted(CROSSFLOW_RECIPES))
+def test_crossflow_recipes_use_crossflows_loss_settings(recipe):
+  from crossflow_jax.flow.time_samplers import LogitNormalTimeSampler
+
+  _, task = _recipe_task(recipe)
+  assert (task.kl_form, task.kl_reduction, task.kl_weight) == ("crossflow", "sum", 1e-2)
+  assert (task.contrastive_weight, task.logit_scale_form) == (1.0, "raw")
+  np.testing.assert_allclose(-np.log(task.init_temperature), np.log(1 / 0.07))  # open_clip's logit_scale init
+  assert task.time_sampler == LogitNormalTimeSampler(0.0, 1.0)
+  assert task.path.sigma_min == 1e-5 and task.path.prediction == "velocity"
+  assert task.guidance == "indicator" and task.guidance_p == CROSSFLOW_RECIPES[recipe]
+
+
+def _crossflow_reference_loss(model, batch, key, cfg_indicator):
+  """NumPy transcription of CrossFlow's FlowMatching.p_losses_textVAE_dit (diffusion/flow_matching.py).
+
+  The network outputs (TVE mu / log_var, the image encoder's features, the backbone's velocity) come from
+  `model`; the random draws are the task's: eps from key 0 of split(key, 4), the indicator's uniforms from key
+  2, t's standard normal from key 3. Everything else is CrossFlow's arithmetic, in float64.
+  """
+  k_z, _, k_guide, k_t = jax.random.split(key, 4)
+  images = np.asarray(batch["image"], np.float64)
+  b = images.shape[0]
+  mu, log_var = (np.asarray(v, np.float64).reshape(b, -1) for v in model.tve(batch["text_emb"], batch["text_mask"]))
+  eps = np.asarray(jax.random.normal(k_z, images.shape, jnp.float32), np.float64).reshape(b, -1)
+  x0 = eps * np.exp(0.5 * log_var) + mu                       # _reparameterize
+  # Text VE losses: ClipLoss(image_features, text_features, logit_scale) with the raw open_clip logit_scale.
+  recon_gt_clip = np.asarray(model.image_encoder(batch["image"]), np.float64)
+  logit_scale = float(model.logit_scale[...])
+  image_features = recon_gt_clip / np.linalg.norm(recon_gt_clip, axis=-1, keepdims=True)
+  text_features = x0 / np.linalg.norm(x0, axis=-1, keepdims=True)
+  logits_per_image = logit_scale * image_features @ text_features.T
+  logits_per_text = logit_scale * text_features @ image_features.T
+
+  def cross_entropy(logits):  # F.cross_entropy(logits, arange(b)), mean over rows
+    logits = logits - logits.max(axis=1, keepdims=True)
+    return np.mean(np.log(np.exp(logits).sum(axis=1)) - np.diag(logits))
+
+  recons_loss = (cross_entropy(logits_per_image) + cross_entropy(logits_per_text)) / 2
+  kld_loss = -0.5 * np.sum(1 + log_var - (0.3 * mu) ** 6 - np.exp(log_var), axis=1)
+  kld_loss_weight = 1e-2
+  loss_mlp = recons_loss + kld_loss * kld_loss_weight         # [B]
+  # Flow matching: indicator roll, psi / Dt_psi with sigma_min 1e-5, t logit-normal(0, 1).
+  noise = x0.reshape(images.shape)
+  x_start = images.copy()
+  null_indicator = np.asarray(jax.random.uniform(k_guide, (b,))) < cfg_indicator
+  if null_indicator.sum() <= 1:
+    null_indicator[:] = False
+  else:
+    target_null = x_start[null_indicator]
+    x_start[null_indicator] = np.concatenate([target_null[1:], target_null[:1]])
+  t = 1 / (1 + np.exp(-np.asarray(jax.random.normal(k_t, (b,), jnp.float32), np.float64)))
+  sigma_min, sigma_max = 1e-5, 1.0
+  te = t[:, None, None, None]
+  x_noisy = (te * (sigma_min / sigma_max - 1) + 1) * noise + te * x_start
+  target_velocity = (sigma_min / sigma_max - 1) * noise + x_start
+  prediction = np.asarray(model.backbone(jnp.asarray(x_noisy, jnp.float32), jnp.asarray(t, jnp.float32),
+                                         indicator=jnp.asarray(null_indicator, jnp.int32)), np.float64)
+  loss_diff = np.mean((prediction - target_velocity).reshape(b, -1) ** 2, axis=-1)
+  return np.mean(loss_diff + loss_mlp), int(null_indicator.sum())  # accelerator.backward(loss.mean())
+
+
+def test_crossflow_dit_recipe_loss_matches_crossflows_code():
+  """configs/t2i_512px_t5_dit.py (tiny sizes) computes CrossFlow's DiT training loss to 1e-6 relative."""
+  from crossflow_jax.models.factory import build_backbone
+
+  c, task = _recipe_task("t2i_512px_t5_dit")
+  backbone = build_backbone(c.model, image_shape=SHAPE, rngs=nnx.Rngs(0), **task.backbone_conditioning)
+  graphdef, params = nnx.split(task.build_model(backbone, rngs=nnx.Rngs(1)), nnx.Param)
+  # Non-trivial weights everywhere (adaLN-Zero starts at a zero output).
+  params = jax.tree.map(lambda x: x + 0.05 * jax.random.normal(jax.random.PRNGKey(1), x.shape), params)
+  model = nnx.merge(graphdef, params)
+  batch, key = _batch(16, seed=2), jax.random.PRNGKey(2)
+  want, flagged = _crossflow_reference_loss(model, batch, key, cfg_indicator=0.1)
+  assert flagged >= 2  # the indicator roll is exercised
+  loss, metrics = task.loss(model, batch, key)
+  np.testing.assert_allclose(float(loss), want, rtol=1e-6)
+
+
 def test_config_errors():
   with pytest.raises(ConfigError, match="task.name"):
     _task("class_to_image")
@@ -211,6 +362,10 @@ def test_config_errors():
   bad_tve = TextVEConfig(text_dim=D, num_tokens=L, target_shape=(16, 16, 3), width=16, depth=1, num_heads=2)
   with pytest.raises(ConfigError, match="target shape"):
     _task(tve=bad_tve)
+  with pytest.raises(ConfigError, match="kl_reduction.*mean"):
+    _task(kl_reduction="median")
+  with pytest.raises(ConfigError, match="logit_scale_form.*raw"):
+    _task(logit_scale_form="log")
 
 
 def test_retrieval_and_latent_helpers():

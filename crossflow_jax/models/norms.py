@@ -6,9 +6,9 @@ the flow time,
   p(t) = p1 + sigmoid((1 + w) tau + b) (p0 - p1),    tau = 1 - 2 t,
 
 so tau = 1 at the source (t=0) and -1 at the target (t=1). p0, p1 are [D]; w and b are scalars
-named `tau_weight` / `tau_bias` and are excluded from weight decay (`train.optim`). Both vectors
-start at the same value (ones for scales, zeros for biases) and w = b = 0, so every norm starts
-as its time-independent counterpart.
+named `tau_weight` / `tau_bias`; like p0 and p1 they are not weight-decayed (`train.optim`).
+Both vectors start at the same value (ones for scales, zeros for biases) and w = b = 0, so every
+norm starts as its time-independent counterpart.
 
 `TDLayerNorm` has a time-dependent scale and bias, `TDRMSNorm` a time-dependent scale; both
 normalise the last axis in float32 and take t: [B] for inputs [B, ..., D].
@@ -20,8 +20,6 @@ from flax import nnx
 
 from crossflow_jax.models import layers
 from crossflow_jax.parallel import axes
-
-NO_WEIGHT_DECAY = ("tau_weight", "tau_bias")  # parameter names the optimizer leaves undecayed
 
 
 class TimeDependentParameter(nnx.Module):

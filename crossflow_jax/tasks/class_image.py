@@ -133,10 +133,13 @@ class ClassImageTask:
     direction = self._directions(k_dir, b)
     to_source = (direction == TO_SOURCE)[:, None, None, None]
     x0 = jnp.where(to_source, images, src)
-    x1 = jnp.where(to_source, src, images)
+    # Image -> class samples regress onto the label latent; as in the text task, that target does
+    # not train the `learned` table (it could otherwise move the means to make its own targets easy).
+    x1 = jnp.where(to_source, jax.lax.stop_gradient(src), images)
     cond = {}
     if self.guidance == "indicator":
-      indicator, perm = guidance.indicator_pairing(k_guide, b, self.guidance_p)
+      # Rolled within each direction: a flagged sample keeps a target of its own modality.
+      indicator, perm = guidance.indicator_pairing(k_guide, b, self.guidance_p, groups=direction)
       x1 = x1[perm]
       cond["indicator"] = indicator
     if self.name == "noise_to_image":

@@ -55,5 +55,6 @@ def _text_task(config, data, path, time_sampler) -> TextImageTask:
   return TextImageTask(
       name=t.name, image_shape=image_shape, text_dim=data.text_dim, num_tokens=data.num_tokens, tve=tve,
       image_encoder=image_encoder, lambda_b=t.lambda_b, guidance=t.guidance, guidance_p=t.guidance_p,
-      kl_weight=t.kl_weight, kl_form=t.kl_form, contrastive_weight=t.contrastive_weight,
-      init_temperature=t.init_temperature, max_logit_scale=t.max_logit_scale, path=path, time_sampler=time_sampler)
+      kl_weight=t.kl_weight, kl_form=t.kl_form, kl_reduction=t.kl_reduction, contrastive_weight=t.contrastive_weight,
+      init_temperature=t.init_temperature, max_logit_scale=t.max_logit_scale, logit_scale_form=t.logit_scale_form,
+      path=path, time_sampler=time_sampler)

@@ -14,7 +14,8 @@ image's shape and z = mu + exp(logvar / 2) eps. The loss is
 
   flow + kl_weight * KL(mu, logvar) + contrastive_weight * InfoNCE(z, image_encoder(image)),
 
-where the flow loss reaches the TVE through z (t=0 source, t=1 target).
+where the flow loss reaches the TVE through z (t=0 source, t=1 target), the KL is `kl_form`
+reduced by `kl_reduction` and the InfoNCE's logit scale is `logit_scale_form` of a learned scalar.
 """
 
 import dataclasses
@@ -25,7 +26,7 @@ from flax import nnx
 
 from crossflow_jax.errors import ConfigError
 from crossflow_jax.flow import guidance
-from crossflow_jax.flow.losses import KL_FORMS, contrastive_loss, kl_divergence
+from crossflow_jax.flow.losses import KL_FORMS, KL_REDUCTIONS, LOGIT_SCALE_FORMS, contrastive_loss, kl_divergence
 from crossflow_jax.flow.multiscale import per_sample_velocity_loss
 from crossflow_jax.flow.paths import CondOTPath
 from crossflow_jax.flow.time_samplers import TimeSampler
@@ -67,9 +68,11 @@ class TextImageTask:
   guidance_p: float = 0.1
   kl_weight: float = 1e-3
   kl_form: str = "standard"
+  kl_reduction: str = "mean"
   contrastive_weight: float = 0.1
   init_temperature: float = 0.07
   max_logit_scale: float = 100.0
+  logit_scale_form: str = "exp"
   path: CondOTPath = CondOTPath()
   time_sampler: TimeSampler | None = None
 
@@ -96,6 +99,11 @@ class TextImageTask:
                           f"{tuple(self.image_shape)}.")
     if self.kl_form not in KL_FORMS:
       raise ConfigError(f"Unknown task.kl_form {self.kl_form!r}; choose one of {KL_FORMS}.")
+    if self.kl_reduction not in KL_REDUCTIONS:
+      raise ConfigError(f"Unknown task.kl_reduction {self.kl_reduction!r}; choose one of {KL_REDUCTIONS}.")
+    if self.logit_scale_form not in LOGIT_SCALE_FORMS:
+      raise ConfigError(f"Unknown task.logit_scale_form {self.logit_scale_form!r}; choose one of "
+                        f"{LOGIT_SCALE_FORMS}.")
     for key in ("kl_weight", "contrastive_weight"):
       if getattr(self, key) < 0:
         raise ConfigError(f"task.{key} must be >= 0, got {getattr(self, key)}.")
@@ -177,18 +185,19 @@ class TextImageTask:
       x0 = jnp.where(to_source, images, z)
       x1 = jnp.where(to_source, jax.lax.stop_gradient(z), images)
       if self.guidance == "indicator":
-        indicator, perm = guidance.indicator_pairing(k_guide, b, self.guidance_p)
+        # Rolled within each direction: a flagged sample keeps a target of its own modality.
+        indicator, perm = guidance.indicator_pairing(k_guide, b, self.guidance_p, groups=direction)
         x1 = x1[perm]
         cond["indicator"] = indicator
       if self.name == "bidirectional_text":
         cond["direction"] = direction
-      kl = kl_divergence(mu, logvar, self.kl_form)
+      kl = kl_divergence(mu, logvar, self.kl_form, self.kl_reduction)
       metrics.update(kl=kl, z_std=jnp.std(z), mu_rms=jnp.sqrt(jnp.mean(jnp.square(mu))))
       aux = self.kl_weight * kl
       if self.uses_contrastive:
         image_features = model.image_encoder(images)
         clip, clip_acc = contrastive_loss(z.reshape(b, -1), image_features, model.logit_scale[...],
-                                          self.max_logit_scale)
+                                          self.max_logit_scale, self.logit_scale_form)
         metrics.update(contrastive=clip, contrastive_acc=clip_acc, logit_scale=model.logit_scale[...])
         aux = aux + self.contrastive_weight * clip
     t = self.time_sampler(k_t, b)

@@ -22,18 +22,26 @@ def learning_rate_schedule(learning_rate: float, warmup_steps: int, total_steps:
 
 
 def weight_decay_mask(params):
-  """True for every parameter but the time-dependent norms' tau_weight / tau_bias scalars (DiMR), which AdamW's
-  decoupled weight decay leaves alone."""
-  from crossflow_jax.models.norms import NO_WEIGHT_DECAY
+  """True for the leaves AdamW's decoupled weight decay reaches: the `kernel` (ndim >= 2) of every dense, conv
+  and attention projection, as big_vision (`wd_mults` '.*/kernel$') does.
 
-  def decay(path, _):
-    return not any(getattr(k, "key", getattr(k, "name", None)) in NO_WEIGHT_DECAY for k in path)
+  Everything else is left alone: biases, norm scales and the DiMR norms' time parameters, embedding tables
+  (`embedding`: indicator, direction, class), positional embeddings, DiT tokens, the `learned` class table and
+  the contrastive `logit_scale`. The TVE's head is one dense layer emitting [mu | logvar]: its kernel (logvar
+  columns included) is decayed like any kernel, its bias (which holds `init_logvar`) is not.
+  """
+
+  def decay(path, leaf):
+    names = [str(getattr(k, "key", getattr(k, "name", k))) for k in path]
+    while names and names[-1] in ("value", "raw_value"):  # an nnx.Variable's own field, not a parameter name
+      names.pop()
+    return bool(names) and names[-1] == "kernel" and len(leaf.shape) >= 2
 
   return jax.tree_util.tree_map_with_path(decay, params)
 
 
 def build_optimizer(optim_cfg, total_steps: int) -> optax.GradientTransformation:
-  """AdamW (decoupled weight decay, not on `weight_decay_mask`'s exclusions) after optional global-norm clipping."""
+  """AdamW (decoupled weight decay on `weight_decay_mask`'s kernels only) after optional global-norm clipping."""
   if optim_cfg.learning_rate <= 0:
     raise ConfigError(f"optim.learning_rate must be > 0, got {optim_cfg.learning_rate}.")
   if not 0.0 <= optim_cfg.ema_decay < 1.0:
