@@ -4,6 +4,7 @@
 the model once.)
 """
 
+import dataclasses
 import json
 import os
 import shutil
@@ -88,6 +89,79 @@ def test_reference_statistics_cached_once_and_checked(mnist_classifier, monkeypa
   other.save(str(path) + ".other.npz")
   with pytest.raises(DataError, match=r"32 px.*28 px|28 px.*32 px"):
     features_lib.load_reference_stats_file(str(path) + ".other.npz", clf)
+
+
+def _untrained_digits_classifier(path: str, seed: int):
+  """A randomly initialised digits classifier saved to `path` and loaded back (feature space classifier:digits)."""
+  from flax import nnx
+
+  from crossflow_jax.eval.feature_classifier import save_classifier
+  from crossflow_jax.models.classifier import ClassifierConfig, ImageClassifier
+
+  config = ClassifierConfig(image_shape=(8, 8, 1), heads=(("label", 10),), widths=(8, 16), feature_dim=16)
+  model = ImageClassifier(config, rngs=nnx.Rngs(seed))
+  save_classifier(path, nnx.state(model), {"dataset": "digits", "config": config.to_dict(),
+                                           "test_accuracy": {"label": 0.1}})
+  return load_classifier(path)
+
+
+def _count_reads(monkeypatch) -> list:
+  calls = []
+  real_read = features_lib.read_split_images
+  monkeypatch.setattr(features_lib, "read_split_images", lambda *a, **k: calls.append(1) or real_read(*a, **k))
+  return calls
+
+
+def test_reference_cache_is_rebuilt_for_a_replaced_classifier(tmp_path, monkeypatch):
+  """A classifier retrained under the same name (same feature space) does not reuse the other's statistics."""
+  import tfds_builders
+
+  data_dir = str(tmp_path / "data")
+  tfds_builders.build("digits", data_dir=data_dir)
+  path = classifier_dir(data_dir, "digits")
+  first = _untrained_digits_classifier(path, seed=0)
+  calls = _count_reads(monkeypatch)
+  ref = dict(dataset="digits", split="test", data_dir=data_dir, log=lambda msg: None)
+  stats_a, feats_a = features_lib.reference_statistics(first, **ref)
+  again, _ = features_lib.reference_statistics(load_classifier(path), **ref)  # same weights, reloaded: cached
+  assert len(calls) == 1
+  np.testing.assert_array_equal(again.mu, stats_a.mu)
+  second = _untrained_digits_classifier(path, seed=1)  # replaces the first in the same folder
+  assert second.feature_space == first.feature_space == "classifier:digits"
+  stats_b, feats_b = features_lib.reference_statistics(second, **ref)
+  assert len(calls) == 2  # recomputed
+  images = features_lib.read_split_images("digits", "test", data_dir=data_dir, resolution=8)
+  np.testing.assert_allclose(feats_b, second.features(images), rtol=1e-6)
+  np.testing.assert_allclose(stats_b.mu, second.features(images).mean(0), rtol=1e-5, atol=1e-6)
+  assert np.abs(stats_b.mu - stats_a.mu).max() > 1e-3
+  assert stats_a.extractor_id != stats_b.extractor_id == features_lib.extractor_identity(second)
+  # Statistics of one classifier are not compared with samples embedded by the other.
+  samples = _stats(feats_b, "classifier:digits", 8)
+  samples = dataclasses.replace(samples, extractor_id=stats_b.extractor_id)
+  with pytest.raises(DataError, match="other weights"):
+    frechet_distance_from_stats(stats_a, samples)
+  assert abs(frechet_distance_from_stats(stats_b, samples)) < 1e-6
+
+
+def test_reference_cache_is_rebuilt_for_another_build_of_the_split(tmp_path, monkeypatch):
+  """The same dataset name and split, built again with other records, gets new statistics."""
+  import tfds_builders
+
+  data_dir = str(tmp_path / "data")
+  tfds_builders.build("digits", data_dir=data_dir, max_examples_per_split=150)
+  clf = _untrained_digits_classifier(str(tmp_path / "clf"), seed=0)
+  calls = _count_reads(monkeypatch)
+  ref = dict(dataset="digits", split="test", data_dir=data_dir, log=lambda msg: None)
+  small, _ = features_lib.reference_statistics(clf, **ref)
+  features_lib.reference_statistics(clf, **ref)
+  assert len(calls) == 1 and small.num_samples == 150
+  shutil.rmtree(os.path.join(data_dir, "digits"))
+  tfds_builders.build("digits", data_dir=data_dir)  # the full build: 300 test records
+  full, feats = features_lib.reference_statistics(clf, **ref)
+  assert len(calls) == 2 and full.num_samples == 300 and feats.shape == (300, 16)
+  assert np.abs(full.mu - small.mu).max() > 1e-4 and full.data_id != small.data_id
+  cached, _ = features_lib.reference_statistics(clf, **ref)
+  assert len(calls) == 2 and cached.num_samples == 300
 
 
 def test_bad_input_messages():

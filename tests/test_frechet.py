@@ -138,6 +138,24 @@ def test_save_load_roundtrip_without_pickles(tmp_path):
     frechet.FeatureStats.load(tmp_path / "other.npz")
 
 
+def test_extractor_and_data_ids_roundtrip_and_older_files_load(tmp_path):
+  stats = _stats(dataset="mnist", split="test", extractor_id="a1b2", data_id="c3d4")
+  stats.save(tmp_path / "ids.npz")
+  loaded = frechet.FeatureStats.load(tmp_path / "ids.npz")
+  assert (loaded.extractor_id, loaded.data_id) == ("a1b2", "c3d4")
+  # A file written before the ids existed loads with them unknown ("").
+  with np.load(tmp_path / "ids.npz", allow_pickle=False) as npz:
+    old = {k: npz[k] for k in npz.files if k not in ("extractor_id", "data_id")}
+  np.savez(tmp_path / "old.npz", **old)
+  loaded = frechet.FeatureStats.load(tmp_path / "old.npz")
+  assert (loaded.extractor_id, loaded.data_id) == ("", "")
+  np.testing.assert_array_equal(loaded.sigma, stats.sigma)
+  # Other weights of one feature space are refused where both sides know theirs; unknown ids are not checked.
+  with pytest.raises(DataError, match=r"other weights of 'classifier:mnist' \(extractor a1b2\).*\(extractor ffff\)"):
+    frechet.frechet_distance_from_stats(stats, _stats(extractor_id="ffff"))
+  assert frechet.frechet_distance_from_stats(stats, _stats()) == pytest.approx(0.0, abs=1e-10)
+
+
 def test_incompatible_stats_are_refused():
   reference = _stats(feature_space="inception:pool3", resolution=32)
   samples = _stats(feature_space="classifier:mnist", resolution=28)

@@ -120,6 +120,44 @@ def test_bad_prompts(trained, tmp_path):
       r.stderr[-2000:]
 
 
+class _PooledPixels:
+  """A stand-in feature space for 16x16 RGB images: 2x2 average-pooled pixels (12-d), no training needed."""
+
+  feature_space, feature_dim, resolution, identity, path, test_accuracy = "pixels:2x2", 12, 16, "pooled", "", None
+
+  def features(self, images):
+    images = np.asarray(images, np.float32)
+    return images.reshape(len(images), 2, 8, 2, 8, 3).mean((2, 4)).reshape(len(images), 12)
+
+
+def test_eval_fid_scores_text_models_at_both_temperatures(trained, tmp_path, monkeypatch):
+  """eval_fid's function scores a text model at T = 1 and at the recipe's sample.temperature (0.25 in shapes_t2i),
+  and writes the temperature and guidance scale of every result into the metrics file."""
+  from crossflow_jax.eval import evaluate
+  from crossflow_jax.eval import features as features_lib
+
+  monkeypatch.setattr(features_lib, "build_feature_extractor", lambda *a, **k: _PooledPixels())
+  monkeypatch.setattr(evaluate, "conditional_classifier", lambda *a, **k: None)  # no shapes classifier to train
+  common = dict(num_samples=32, steps="3", cfg_scale="1.5", batch_size=32, num_classify=0, log=lambda msg: None)
+  out = tmp_path / "m.json"
+  evaluate.evaluate_workdir(str(trained), out=str(out), **common)
+  written = json.loads(out.read_text())
+  rows = written["results"]
+  assert [(r["temperature"], r["cfg_scale"]) for r in rows] == [(1.0, 1.5), (0.25, 1.5)]
+  assert written["recipe_sample"] == {"cfg_scale": 2.0, "temperature": 0.25}
+  assert written["settings"]["temperature"] == [1.0, 0.25] and written["settings"]["cfg_scale"] == [1.5]
+  fids = [r["fid[pixels:2x2]"] for r in rows]
+  assert np.all(np.isfinite(fids)) and abs(fids[0] - fids[1]) > 1e-3 * max(fids), fids
+  table = (tmp_path / "m_sweep.md").read_text()
+  assert "temperature 1\n" in table and "temperature 0.25\n" in table
+  # An explicit temperature: the same seed gives the same images, so the same numbers as the T = 0.25 row.
+  one = evaluate.evaluate_workdir(str(trained), out=str(tmp_path / "one.json"), temperature="0.25", **common)
+  assert [r["temperature"] for r in one["results"]] == [0.25]
+  assert one["results"][0]["fid[pixels:2x2]"] == pytest.approx(fids[1], rel=1e-6)
+  with pytest.raises(ConfigError, match="--temperature must be >= 0"):
+    evaluate.evaluate_workdir(str(trained), out=str(tmp_path / "bad.json"), temperature="-1", **common)
+
+
 def test_encoder_mismatch_is_refused(trained, monkeypatch):
   import types
 

@@ -11,6 +11,10 @@ it. Conditional metrics:
   eval split;
 * text models on shapes: the analytic judge's colour/shape/size/position accuracy of the images
   against their prompts (`shapes_judge/...`) and image -> caption retrieval (`retrieval/...`).
+
+Text models draw their source at a temperature T (z = mu + T sigma eps): `evaluate_workdir` scores
+T = 1 (the TVE's own spread) and the recipe's `sample.temperature` where that differs, and every
+result records its temperature and guidance scale.
 """
 
 import itertools
@@ -52,7 +56,8 @@ def feature_metrics(extractor, reference, real_features: np.ndarray, fake_featur
   space = extractor.feature_space
   acc = StatsAccumulator(fake_features.shape[1])
   acc.update(fake_features)
-  stats = acc.finalize(feature_space=space, dataset="samples", resolution=extractor.resolution)
+  stats = acc.finalize(feature_space=space, dataset="samples", resolution=extractor.resolution,
+                       extractor_id=features_lib.extractor_identity(extractor))
   out = {f"fid[{space}]": frechet_distance_from_stats(reference, stats)}
   n = min(len(real_features), len(fake_features))  # equal-sized sets, as the k-NN estimates assume
   prdc = precision_recall_density_coverage(real_features[:n], fake_features[:n], k=k)
@@ -84,20 +89,24 @@ def text_metrics(exp, images: np.ndarray, prompts: list[str], classifier=None) -
 
 def evaluate_model(exp, graphdef, params, *, extractor, reference, real_features: np.ndarray, num_samples: int,
                    solver: str, steps: int, cfg_scale: float, seed: int = 0, batch_size: int = 256, data_dir: str,
-                   split: str = "test", cond_classifier=None, k: int = 3, log=print) -> tuple[dict, np.ndarray, dict]:
+                   split: str = "test", cond_classifier=None, k: int = 3, temperature: float = 1.0,
+                   log=print) -> tuple[dict, np.ndarray, dict]:
   """(metrics, images float32 [N, H, W, C] in [-1, 1], conditions) for one (solver, steps, cfg_scale) setting.
 
   conditions: {'labels': int32 [N]} or {'prompts': [N] str}, what each image was asked to show.
+  temperature: text models' source temperature (recorded in the metrics as `temperature`); class models ignore it.
   """
   check_num_samples(num_samples, extractor.feature_dim, extractor.feature_space)
   cond = eval_conditions(exp, num_samples, data_dir=data_dir, split=split)
   images, gen_rate = generate(exp, graphdef, params, cond, solver=solver, steps=steps, cfg_scale=cfg_scale,
-                              seed=seed, batch_size=batch_size, log=log)
+                              seed=seed, batch_size=batch_size, temperature=temperature, log=log)
   start = time.time()
   fake = extractor.features(images)
   feat_rate = len(images) / max(time.time() - start, 1e-9)
-  metrics = {"solver": solver, "steps": steps, "cfg_scale": cfg_scale, "num_samples": num_samples, "seed": seed,
-             "generation_img_per_s": round(gen_rate, 2), "feature_img_per_s": round(feat_rate, 2)}
+  metrics = {"solver": solver, "steps": steps, "cfg_scale": cfg_scale, "num_samples": num_samples, "seed": seed}
+  if "prompts" in cond:
+    metrics["temperature"] = float(temperature)
+  metrics.update({"generation_img_per_s": round(gen_rate, 2), "feature_img_per_s": round(feat_rate, 2)})
   metrics.update(feature_metrics(extractor, reference, real_features, fake, k=k))
   if "labels" in cond and cond_classifier is not None:
     metrics[f"class_accuracy[{cond_classifier.feature_space}]"] = class_accuracy(cond_classifier, images,
@@ -116,8 +125,7 @@ def conditional_classifier(exp, extractor, *, data_dir: str, manual_dir: str, lo
   return None
 
 
-def sweep_table(rows: list[dict], metric: str) -> str:
-  """A Markdown table: one row per cfg scale, one column per step count, cells = `metric`."""
+def _grid_table(rows: list[dict], metric: str) -> str:
   cfgs = sorted({r["cfg_scale"] for r in rows})
   steps = sorted({r["steps"] for r in rows})
   cell = {(r["cfg_scale"], r["steps"]): r.get(metric) for r in rows}
@@ -128,17 +136,35 @@ def sweep_table(rows: list[dict], metric: str) -> str:
   return "\n".join(lines)
 
 
+def _temperatures(rows: list[dict]) -> list:
+  """The source temperatures of the rows in order of appearance ([None] for class models)."""
+  return list(dict.fromkeys(r.get("temperature") for r in rows))
+
+
+def sweep_table(rows: list[dict], metric: str) -> str:
+  """A Markdown table: one row per cfg scale, one column per step count, cells = `metric`; one table per
+  source temperature when the rows have several (text models)."""
+  temps = _temperatures(rows)
+  if len(temps) == 1:
+    return _grid_table(rows, metric)
+  return "\n\n".join(f"temperature {t:g}\n\n" + _grid_table([r for r in rows if r.get("temperature") == t], metric)
+                      for t in temps)
+
+
 def plot_sweep(rows: list[dict], metric: str, path: str) -> None:
-  """`metric` against sampling steps, one line per cfg scale, as a PNG."""
+  """`metric` against sampling steps, one line per cfg scale (and source temperature), as a PNG."""
   import matplotlib
 
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
 
   fig, ax = plt.subplots(figsize=(5, 3.5), dpi=120)
-  for c in sorted({r["cfg_scale"] for r in rows}):
-    pts = sorted((r["steps"], r[metric]) for r in rows if r["cfg_scale"] == c)
-    ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=f"cfg {c:g}")
+  temps = _temperatures(rows)
+  for t in temps:
+    for c in sorted({r["cfg_scale"] for r in rows if r.get("temperature") == t}):
+      pts = sorted((r["steps"], r[metric]) for r in rows if r["cfg_scale"] == c and r.get("temperature") == t)
+      label = f"cfg {c:g}" + (f", T {t:g}" if len(temps) > 1 else "")
+      ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=label)
   ax.set_xlabel("sampling steps")
   ax.set_ylabel(metric)
   ax.set_xscale("log")
@@ -149,8 +175,25 @@ def plot_sweep(rows: list[dict], metric: str, path: str) -> None:
   plt.close(fig)
 
 
-def settings_grid(cfg_scales: list[float], steps: list[int]) -> list[tuple[float, int]]:
-  return list(itertools.product(cfg_scales, steps))
+def settings_grid(cfg_scales: list[float], steps: list[int], temperatures: list | None = None) -> list[tuple]:
+  """Every (cfg_scale, steps, temperature) to evaluate; temperature None for class models."""
+  return list(itertools.product(cfg_scales, steps, temperatures or [None]))
+
+
+def source_temperatures(exp, temperature: str | float | None = None) -> list:
+  """The source temperatures to score a model at: [None] for class models; for text models the given list, else
+  1 (the TVE's own spread) and the recipe's `sample.temperature` when that differs."""
+  given = temperature is not None and str(temperature).strip() != ""
+  if exp.task.modality != "text":
+    if given:
+      raise ConfigError(f"--temperature is for text models; this {exp.task.name} model draws from labels. Drop "
+                        "--temperature.")
+    return [None]
+  values = (parse_list(temperature, float, "temperature") if given
+            else list(dict.fromkeys([1.0, float(exp.config.sample.temperature)])))
+  if any(v < 0 for v in values):
+    raise ConfigError(f"--temperature must be >= 0 (1: the TVE's own spread, 0: its mean), got {values}.")
+  return values
 
 
 def output_paths(out: str) -> dict[str, str]:
@@ -162,13 +205,18 @@ def output_paths(out: str) -> dict[str, str]:
 def evaluate_workdir(workdir: str, *, out: str, num_samples: int = 10_000, solver: str = "heun",
                      steps: str | int = 50, cfg_scale: str | float = 1.0, features: str = "classifier", seed: int = 0,
                      step: int | None = None, weights: str = "ema", batch_size: int = 256, split: str = "",
-                     num_classify: int = 1000, k: int = 3, save_samples: bool = False, log=print) -> dict:
-  """Evaluates the checkpoint of `workdir` at every (cfg_scale, steps) setting and writes `out` (JSON).
+                     num_classify: int = 1000, k: int = 3, save_samples: bool = False,
+                     temperature: str | float | None = None, log=print) -> dict:
+  """Evaluates the checkpoint of `workdir` at every (cfg_scale, steps[, temperature]) setting and writes `out` (JSON).
+
+  Text models are scored at every source temperature of `temperature` (a comma-separated list), by default at
+  1 and at the recipe's `sample.temperature` where that differs; each result records its `temperature` and
+  `cfg_scale`, and `recipe_sample` what the training config samples with.
 
   With more than one setting it also writes `<out>_sweep.md` (a FID table) and `<out>_sweep.png`;
   always a grid of the last setting's first 64 images (`<out>_samples.png`), and with
   `save_samples` all its images (uint8) and their labels or prompts (`<out>_samples.npz`).
-  Returns the JSON content: {'settings': ..., 'results': [metrics per setting], ...}.
+  Returns the JSON content: {'settings': ..., 'recipe_sample': ..., 'results': [metrics per setting], ...}.
   """
   import json
 
@@ -185,12 +233,19 @@ def evaluate_workdir(workdir: str, *, out: str, num_samples: int = 10_000, solve
   trained = load_trained(workdir, step=step, weights=weights)
   exp = trained.experiment
   cfg = exp.config
+  temperatures = source_temperatures(exp, temperature)
   data_dir = cfg.data.data_dir or default_data_dir()
   split = split or cfg.data.eval_split
   resolution = int(exp.data.decoded_shape[0])  # of the images scored (decoded pixels for latent models)
   result = {"workdir": os.path.abspath(workdir), "checkpoint_step": trained.step, "weights": weights,
             "task": exp.task.name, "dataset": exp.data.name, "split": split, "resolution": resolution,
-            "devices": jax.device_count(), "backend": jax.default_backend()}
+            "devices": jax.device_count(), "backend": jax.default_backend(),
+            "settings": {"solver": solver, "steps": step_counts, "cfg_scale": cfg_scales, "seed": seed,
+                         "num_samples": num_samples}}
+  result["recipe_sample"] = {"cfg_scale": float(cfg.sample.cfg_scale)}  # what the training config samples with
+  if exp.task.modality == "text":
+    result["settings"]["temperature"] = temperatures
+    result["recipe_sample"]["temperature"] = float(cfg.sample.temperature)
   results = []
   can_generate = exp.task.name != "image_to_class"
   if can_generate and num_samples > 0:
@@ -207,13 +262,14 @@ def evaluate_workdir(workdir: str, *, out: str, num_samples: int = 10_000, solve
     if cond_clf is not None:
       result["conditional_classifier"] = {"feature_space": cond_clf.feature_space, "path": cond_clf.path,
                                           "test_accuracy": cond_clf.test_accuracy}
-    for c, s in settings_grid(cfg_scales, step_counts):
-      log(f"Evaluating {workdir} step {trained.step}: {solver} {s} steps, cfg {c:g}, {num_samples} samples, "
-          f"features {extractor.feature_space}")
+    for c, s, t in settings_grid(cfg_scales, step_counts, temperatures):
+      log(f"Evaluating {workdir} step {trained.step}: {solver} {s} steps, cfg {c:g}"
+          f"{'' if t is None else f', temperature {t:g}'}, {num_samples} samples, features {extractor.feature_space}")
       metrics, images, cond = evaluate_model(exp, trained.graphdef, trained.params, extractor=extractor,
-                                       reference=reference, real_features=real, num_samples=num_samples,
-                                       solver=solver, steps=s, cfg_scale=c, seed=seed, batch_size=batch_size,
-                                       data_dir=data_dir, split=split, cond_classifier=cond_clf, k=k, log=log)
+                                             reference=reference, real_features=real, num_samples=num_samples,
+                                             solver=solver, steps=s, cfg_scale=c, seed=seed, batch_size=batch_size,
+                                             data_dir=data_dir, split=split, cond_classifier=cond_clf, k=k,
+                                             temperature=1.0 if t is None else t, log=log)
       log("  " + ", ".join(f"{key} {v:.4g}" for key, v in metrics.items() if isinstance(v, float)))
       results.append(metrics)
     paths = output_paths(out)

@@ -10,13 +10,22 @@ in [-1, 1]) -> float32 [N, F]`. Specs on the command line:
 
 Reference statistics are computed once per (dataset, split, feature space, resolution) and
 cached as `<data_dir>/fid_stats/<dataset>_<split>_<feature space>_<S>px.npz` (FeatureStats), with
-the real features beside them (`..._features.npy`) for precision/recall and density/coverage.
+the real features beside them (`..._features.npy`) for precision/recall and density/coverage. The
+cache records the extractor's identity (a hash of its weights, `extractor_identity`) and the
+split's (its prepared version and size, `split_identity`); a cache made with other weights under
+the same feature space name (a retrained classifier, other Inception weights) or from another
+build of the split is recomputed.
 """
 
+import contextlib
+import hashlib
+import json
 import os
 import re
 import time
+import weakref
 
+import jax
 import numpy as np
 
 from crossflow_jax.errors import ConfigError, DataError
@@ -33,11 +42,15 @@ class InceptionFeatures:
   feature_dim = 2048
 
   def __init__(self, weights_path: str, resolution: int, batch_size: int = 64):
+    from flax import nnx
+
     from crossflow_jax.models.inception import load_fid_inception, make_feature_fn
 
     self.path = weights_path
     self.resolution = int(resolution)
-    self._fn = make_feature_fn(load_fid_inception(weights_path), batch_size=batch_size)
+    model = load_fid_inception(weights_path)
+    self.params = nnx.state(model)  # hashed once by `extractor_identity`
+    self._fn = make_feature_fn(model, batch_size=batch_size)
     self.test_accuracy = None
 
   def features(self, images: np.ndarray) -> np.ndarray:
@@ -61,6 +74,52 @@ def build_feature_extractor(spec: str, *, dataset: str, resolution: int, data_di
                         "fid_inception.safetensors (see tools/convert_fid_inception.py).")
     return InceptionFeatures(arg, resolution)
   raise ConfigError(f"Unknown --features {spec!r}; choose one of {FEATURE_SPECS}.")
+
+
+def weights_digest(params) -> str:
+  """sha256 (16 hex digits) of a weight pytree: every leaf's path, dtype, shape and bytes."""
+  h = hashlib.sha256()
+  for path, leaf in jax.tree_util.tree_leaves_with_path(params):
+    value = np.ascontiguousarray(jax.device_get(leaf))
+    h.update(f"{jax.tree_util.keystr(path)}:{value.dtype}:{value.shape};".encode())
+    h.update(value.tobytes())
+  return h.hexdigest()[:16]
+
+
+_IDENTITIES: "weakref.WeakKeyDictionary[object, str]" = weakref.WeakKeyDictionary()
+
+
+def extractor_identity(extractor) -> str:
+  """The identity of a feature extractor's weights: its `identity` attribute, else `weights_digest(params)`.
+
+  Computed once per extractor object. Two extractors of one feature space name (a retrained classifier,
+  other Inception weights) have different identities.
+  """
+  given = getattr(extractor, "identity", None)
+  if given:
+    return str(given)
+  if extractor not in _IDENTITIES:
+    if not hasattr(extractor, "params"):
+      raise ConfigError(f"The {extractor.feature_space} feature extractor has neither an `identity` nor `params`; "
+                        "cached reference statistics need one of them to tell its weights from others'.")
+    _IDENTITIES[extractor] = weights_digest(extractor.params)
+  return _IDENTITIES[extractor]
+
+
+def split_identity(dataset: str, split: str, *, data_dir: str, manual_dir: str = "") -> str:
+  """sha256 (16 hex digits) of what a prepared split is: dataset and split name, builder version, image shape,
+  record count, and the split sizes (records and bytes) of the build's `dataset_info.json`."""
+  from crossflow_jax.data.sources import load_source
+
+  _, info = load_source(dataset, split, data_dir=data_dir, manual_dir=manual_dir)
+  key = {"dataset": dataset, "split": split, "image_shape": list(info.image_shape), "num_examples": info.num_examples}
+  try:
+    with open(os.path.join(info.dataset_dir, "dataset_info.json")) as f:
+      built = json.load(f)
+    key.update({k: built.get(k) for k in ("name", "configName", "version", "splits")})
+  except (OSError, ValueError):
+    key["dataset_dir"] = os.path.basename(os.path.normpath(info.dataset_dir))  # the version folder
+  return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def _slug(text: str) -> str:
@@ -89,15 +148,31 @@ def read_split_images(dataset: str, split: str, *, data_dir: str, manual_dir: st
 
 def reference_statistics(extractor, *, dataset: str, split: str, data_dir: str, manual_dir: str = "",
                          log=print) -> tuple[FeatureStats, np.ndarray]:
-  """(FeatureStats, real features float32 [N, F]) of a split in the extractor's space, cached on disk."""
+  """(FeatureStats, real features float32 [N, F]) of a split in the extractor's space, cached on disk.
+
+  The cache is used only if it was made by the same weights (`extractor_identity`) from the same build of
+  the split (`split_identity`); otherwise it is recomputed and replaced.
+  """
   path = reference_path(data_dir, dataset, split, extractor.feature_space, extractor.resolution)
   feats_path = path[:-4] + "_features.npy"
-  if os.path.isfile(path) and os.path.isfile(feats_path):
+  extractor_id = extractor_identity(extractor)
+  data_id = split_identity(dataset, split, data_dir=data_dir, manual_dir=manual_dir)
+  if os.path.isfile(path):
     stats = FeatureStats.load(path)
     if (stats.feature_space, stats.resolution) != (extractor.feature_space, extractor.resolution):
       raise DataError(f"Reference statistics {path} are for {stats.feature_space} at {stats.resolution} px, not "
                       f"{extractor.feature_space} at {extractor.resolution} px; delete the file to recompute them.")
-    return stats, np.load(feats_path, allow_pickle=False)
+    stale = [f"{what} {saved or '(unrecorded)'}, now {now}" for what, saved, now in (
+        ("extractor weights", stats.extractor_id, extractor_id),
+        (f"{dataset}/{split} build", stats.data_id, data_id)) if saved != now]
+    if not stale and os.path.isfile(feats_path):
+      feats = np.load(feats_path, allow_pickle=False)
+      if feats.shape == (stats.num_samples, stats.feature_dim):
+        return stats, feats
+    log(f"Reference statistics {path} do not fit ({'; '.join(stale) or 'their features are missing'}): "
+        "recomputing them.")
+    with contextlib.suppress(FileNotFoundError):  # another process may have removed it first
+      os.remove(path)  # the statistics file certifies the features beside it: gone until both are rewritten
   start = time.time()
   images = read_split_images(dataset, split, data_dir=data_dir, manual_dir=manual_dir,
                              resolution=extractor.resolution)
@@ -107,10 +182,12 @@ def reference_statistics(extractor, *, dataset: str, split: str, data_dir: str, 
   acc = StatsAccumulator(feats.shape[1])
   acc.update(feats)
   stats = acc.finalize(feature_space=extractor.feature_space, dataset=dataset, split=split,
-                       resolution=extractor.resolution)
+                       resolution=extractor.resolution, extractor_id=extractor_id, data_id=data_id)
   os.makedirs(os.path.dirname(path), exist_ok=True)
-  stats.save(path)
-  np.save(feats_path, feats.astype(np.float32), allow_pickle=False)
+  tmp_feats = f"{feats_path}.tmp{os.getpid()}.npy"
+  np.save(tmp_feats, feats.astype(np.float32), allow_pickle=False)
+  os.replace(tmp_feats, feats_path)
+  stats.save(path)  # last: a cache with statistics has its features
   log(f"  cached in {path} ({time.time() - start:.1f} s)")
   return stats, feats
 
@@ -119,6 +196,7 @@ def load_reference_stats_file(path: str, extractor) -> FeatureStats:
   """User-supplied reference statistics (--ref_stats), checked against the extractor's space and resolution."""
   stats = FeatureStats.load(path)
   probe = FeatureStats(mu=np.zeros(extractor.feature_dim), sigma=np.eye(extractor.feature_dim), num_samples=2,
-                       feature_space=extractor.feature_space, resolution=extractor.resolution)
+                       feature_space=extractor.feature_space, resolution=extractor.resolution,
+                       extractor_id=extractor_identity(extractor))
   stats.check_compatible(probe)
   return stats

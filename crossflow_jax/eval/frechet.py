@@ -14,7 +14,8 @@ return complex values.
 
 `StatsAccumulator` streams feature chunks into float64 sums (50k x 2048 never held at once);
 `FeatureStats` carries the result with the metadata that decides whether two sets of
-statistics may be compared (feature space, resolution) and saves to / loads from `.npz`.
+statistics may be compared (feature space, resolution, the extractor's weights) and saves to /
+loads from `.npz`.
 """
 
 import dataclasses
@@ -28,6 +29,7 @@ STATS_FORMAT_VERSION = 1
 _ARRAY_KEYS = ("mu", "sigma")
 _INT_KEYS = ("num_samples", "resolution")
 _STR_KEYS = ("feature_space", "dataset", "split")
+_OPTIONAL_STR_KEYS = ("extractor_id", "data_id")  # absent from files written before they existed: ""
 
 
 def min_samples_for_covariance(feature_dim: int) -> int:
@@ -47,6 +49,10 @@ class FeatureStats:
     dataset: where the features came from, e.g. "mnist", or a generator's name for samples.
     split: the dataset split, e.g. "train", "test" ("" for samples).
     resolution: image side in pixels fed to the feature extractor (before its own resizing).
+    extractor_id: hash of the feature extractor's weights ("" = unknown); two extractors of one feature space
+      name (a retrained classifier, other Inception weights) have different ids.
+    data_id: hash of what the features were computed from, e.g. the prepared dataset's version, split and
+      size ("" = unknown or samples).
   """
 
   mu: np.ndarray
@@ -56,6 +62,8 @@ class FeatureStats:
   dataset: str = ""
   split: str = ""
   resolution: int = 0
+  extractor_id: str = ""
+  data_id: str = ""
 
   def __post_init__(self):
     mu = np.asarray(self.mu, np.float64)
@@ -83,11 +91,16 @@ class FeatureStats:
   def check_compatible(self, other: "FeatureStats") -> None:
     """Raises DataError unless `other` (the samples) lives in the same feature space as `self` (the reference).
 
-    Feature space, resolution and feature dimension must match; dataset, split and sample count
-    may differ.
+    Feature space, resolution and feature dimension must match, and so must the extractor's weights
+    where both know them (`extractor_id`); dataset, split and sample count may differ.
     """
     if (self.feature_space, self.resolution, self.feature_dim) == (
         other.feature_space, other.resolution, other.feature_dim):
+      if self.extractor_id and other.extractor_id and self.extractor_id != other.extractor_id:
+        raise DataError(
+            f"The reference statistics ({self.describe()}) were computed with other weights of "
+            f"{self.feature_space!r} (extractor {self.extractor_id}) than the samples were embedded with "
+            f"(extractor {other.extractor_id}); recompute the reference with the samples' extractor.")
       return
     raise DataError(
         f"The reference statistics are for {self.describe()} but the samples were embedded in "
@@ -105,7 +118,7 @@ class FeatureStats:
     with open(tmp_path, "wb") as f:
       np.savez(f, format_version=np.int64(STATS_FORMAT_VERSION), mu=self.mu, sigma=self.sigma,
                **{key: np.int64(getattr(self, key)) for key in _INT_KEYS},
-               **{key: np.str_(getattr(self, key)) for key in _STR_KEYS})
+               **{key: np.str_(getattr(self, key)) for key in _STR_KEYS + _OPTIONAL_STR_KEYS})
     os.replace(tmp_path, path)
 
   @classmethod
@@ -126,6 +139,7 @@ class FeatureStats:
         fields = {key: npz[key] for key in _ARRAY_KEYS}
         fields.update({key: int(npz[key]) for key in _INT_KEYS})
         fields.update({key: str(npz[key]) for key in _STR_KEYS})
+        fields.update({key: str(npz[key]) for key in _OPTIONAL_STR_KEYS if key in npz})
     except (OSError, ValueError) as e:
       raise DataError(f"Cannot read feature statistics from {path!r} ({e}); recompute it.") from e
     return cls(**fields)
@@ -177,7 +191,8 @@ class StatsAccumulator:
     self._outer_sum += x.T @ x
     self.num_samples += x.shape[0]
 
-  def finalize(self, *, feature_space: str, dataset: str = "", split: str = "", resolution: int = 0) -> FeatureStats:
+  def finalize(self, *, feature_space: str, dataset: str = "", split: str = "", resolution: int = 0,
+               extractor_id: str = "", data_id: str = "") -> FeatureStats:
     """Mean and unbiased (ddof=1) covariance of everything seen, as FeatureStats.
 
     Raises:
@@ -193,7 +208,8 @@ class StatsAccumulator:
     sigma = (self._outer_sum - n * np.outer(centred_mean, centred_mean)) / (n - 1)
     sigma = 0.5 * (sigma + sigma.T)
     return FeatureStats(mu=self._shift + centred_mean, sigma=sigma, num_samples=n, feature_space=feature_space,
-                        dataset=dataset, split=split, resolution=resolution)
+                        dataset=dataset, split=split, resolution=resolution, extractor_id=extractor_id,
+                        data_id=data_id)
 
 
 def matrix_sqrt_psd(a: np.ndarray) -> np.ndarray:

@@ -61,21 +61,37 @@ class Checkpointer:
       return None
     return {key.strip("()").split(",")[0].strip(" '\"") for key in tree}
 
-  def check_fingerprint(self, step: int, fingerprint: dict) -> dict:
-    """Raises CheckpointError if the checkpoint was written by another model."""
+  def check_fingerprint(self, step: int, fingerprint: dict, *, advice: str = "") -> dict:
+    """Raises CheckpointError if the checkpoint was written by another model than `fingerprint` describes.
+
+    The checkpoint's side is `saved_fingerprint(meta)`: its stored fingerprint, completed from its stored
+    config for keys that joined the fingerprint after it was written. The message names every differing
+    key and the flags that rebuild the checkpoint's model; `advice` replaces the closing advice.
+    """
+    from crossflow_jax.train.experiment import fingerprint_fix, saved_fingerprint
+
     meta = self.read_meta(step)
-    diff = fingerprint_diff(meta.get("fingerprint", {}), fingerprint)
+    saved = saved_fingerprint(meta)
+    diff = fingerprint_diff(saved, fingerprint)
     if diff:
+      differing = {k: saved.get(k) for k in sorted(set(saved) | set(fingerprint)) if saved.get(k) != fingerprint.get(k)}
+      trained = ", ".join(f"{k}={v!r}" for k, v in differing.items() if v is not None)
+      advice = advice or (f"This workdir was trained with {trained}; pass {fingerprint_fix(differing)} or use a new "
+                          "--workdir." if trained else
+                          "Use a new --workdir, or pass the config the checkpoint was trained with.")
       raise CheckpointError(
           f"The checkpoint at step {step} in {self.directory} was written by a different model:\n  "
-          + "\n  ".join(diff)
-          + "\nUse a new --workdir, or pass the config the checkpoint was trained with.")
+          + "\n  ".join(diff) + "\n" + advice)
     return meta
 
-  def restore(self, step: int, abstract_state, *, data_iterator=None, fingerprint: dict | None = None):
-    """Restores the state (into the shardings of `abstract_state`) and the iterator in place."""
+  def restore(self, step: int, abstract_state, *, data_iterator=None, fingerprint: dict | None = None,
+              advice: str = ""):
+    """Restores the state (into the shardings of `abstract_state`) and the iterator in place.
+
+    fingerprint: of the model being built; checked against the checkpoint's first (`check_fingerprint`).
+    """
     if fingerprint is not None:
-      self.check_fingerprint(step, fingerprint)
+      self.check_fingerprint(step, fingerprint, advice=advice)
     items = {"state": ocp.args.StandardRestore(abstract_state)}
     if data_iterator is not None:
       import grain

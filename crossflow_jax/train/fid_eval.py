@@ -1,7 +1,8 @@
 """A small FID every `config.eval.fid_every` steps during training, keeping the best checkpoint.
 
 The EMA weights draw `config.eval.fid_num_samples` images with the jitted sampler (fixed seed,
-so successive evaluations differ only by the weights); they are scored in `config.eval.features`
+so successive evaluations differ only by the weights; text models at source temperature 1, recorded
+in best.json); they are scored in `config.eval.features`
 against the cached statistics of the eval split. When the FID improves, the whole train state
 is saved to `<workdir>/best/checkpoints/<step>` (one kept; `eval_fid.py --workdir WORKDIR/best`
 and the sampler read it like any workdir) and `<workdir>/best/best.json` records the step and
@@ -58,7 +59,7 @@ class FidDuringTraining:
         os.makedirs(self.best_dir, exist_ok=True)
         with open(self.best_file, "w") as f:
           json.dump({"step": step, "metrics": scalars, "settings": {k: metrics[k] for k in (
-              "solver", "steps", "cfg_scale", "num_samples", "seed")}}, f, indent=1)
+              "solver", "steps", "cfg_scale", "temperature", "num_samples", "seed") if k in metrics}}, f, indent=1)
       self.log(f"  {self.key} {self.best:.4g} at step {step}: the best so far, saved to {self.best_dir}")
     return {**scalars, f"best_{self.key}": self.best}
 

@@ -54,7 +54,11 @@ def load_trained(workdir: str, *, step: int | None = None, weights: str = "ema")
   config.lock()
   exp = build_experiment(config, DataSpec.from_dict(meta["data"]), devices=jax.devices())
   graphdef, abstract, _ = abstract_train_state(exp.model_fn, exp.tx, config.seed, exp.mesh, exp.rules)
-  state = ckpt.restore(step, abstract, fingerprint=meta["fingerprint"])
+  # Checked against the model built here (not the checkpoint against itself): a checkpoint whose stored config
+  # now builds another model (a default or key that changed since it was written) is refused, naming the keys.
+  state = ckpt.restore(step, abstract, fingerprint=exp.fingerprint, advice=(
+      f"The model this code builds from the checkpoint's stored config differs from the one that wrote it (a "
+      f"config key or default changed since); load {workdir} with the crossflow_jax version that trained it."))
   ckpt.close()
   params = state.ema_params if weights == "ema" else state.params
   return TrainedModel(exp, graphdef, params, int(state.step))
