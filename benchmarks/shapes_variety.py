@@ -3,8 +3,9 @@
 For each caption, draws `--num_samples` images at each temperature T (z = mu + T sigma eps) and
 reports how much they vary (`shapes_judge.spread`: the object's centroid std in pixels, the area's
 coefficient of variation), averaged over the captions, beside the same figures for as many renders
-of each caption by the dataset's renderer. Low T buys judged accuracy with variety; this measures
-the price.
+of each caption by the dataset's renderer, and the judge's verdict on the samples (`judge_all`: all
+four attributes right; `judge_abstain`: images it would not read). Low T buys judged accuracy with
+variety; this measures the price.
 
   python benchmarks/shapes_variety.py --workdir runs/shapes --temperatures 0,0.25,0.5,1
 """
@@ -45,9 +46,12 @@ def main(argv):
       path = os.path.join(tmp, f"T{t}.npz")
       sample_text.prompts_to_file(_WORKDIR.value, path, list(CAPTIONS), num_samples=_NUM.value, steps=_STEPS.value,
                                   cfg_scale=_CFG.value, temperature=t)
-      images = np.load(path)["images"]
+      with np.load(path) as drawn:
+        images, prompts = drawn["images"], [str(p) for p in drawn["prompts"]]
       image_size = images.shape[1]
-      samples[str(t)] = shapes_judge.mean_spread(images.reshape(len(CAPTIONS), _NUM.value, *images.shape[1:]))
+      judged = shapes_judge.score(images, prompts)
+      samples[str(t)] = {**shapes_judge.mean_spread(images.reshape(len(CAPTIONS), _NUM.value, *images.shape[1:])),
+                         "judge_all": round(judged["all"], 4), "judge_abstain": round(judged["abstain"], 4)}
       print(f"T {t}: {samples[str(t)]}", file=sys.stderr, flush=True)
   out = {"rendered": shapes_judge.rendered_spread(CAPTIONS, _NUM.value, image_size), "samples": samples}
   print(json.dumps(out))

@@ -261,7 +261,8 @@ def judge_shapes(workdir: str, *, num_prompts: int = 200, steps: int = 50, solve
                  cfg_scale: float | None = None, temperature: float | None = None, seed: int = 0,
                  step: int | None = None, weights: str = "ema", batch_size: int = 256) -> dict:
   """Draws one image for each of `num_prompts` random prompts of seen and of held-out colour-shape pairs and
-  has the analytic shapes judge read colour, shape, size and position back. Returns accuracies per set."""
+  has the analytic shapes judge read colour, shape, size and position back. Returns accuracies per set and the
+  judge's abstention rate (`abstain`: images it would not read, counted wrong), as the training loop's judge_*."""
   from crossflow_jax.eval import shapes_judge
   from crossflow_jax.eval.grids import to_uint8
   from crossflow_jax.train.text_eval import is_shapes, shapes_prompt_sets

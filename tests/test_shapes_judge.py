@@ -8,14 +8,32 @@ from crossflow_jax.data import shapes
 from crossflow_jax.errors import ConfigError
 from crossflow_jax.eval import shapes_judge
 
-# Measured on 1000 random renders per size (seeds below): clean, every attribute 100% at 16, 32
-# and 64 px; with a Gaussian blur (sigma 0.5 px) and N(0, 0.05) noise in [-1, 1] units, 100% at
-# 32 and 64 px, and at 16 px (4 px wide small objects) shape 99.2%, size 99.9%, all four 99.1%
-# (the misses are small squares read as circles). Heavier degradations (1000 images): noise 0.1 +
-# blur 0.5 still 100% at 32 / 64 px, 98.4% shape at 16 px; blur 1.0 px: 100% at 32 / 64, 76%
-# shape at 16 px.
-FLOOR = {(16, False): 0.99, (16, True): 0.97, (32, False): 0.99, (32, True): 0.99, (64, False): 0.99,
-         (64, True): 0.99}
+# Measured with the gated judge on 1000 random renders per size (seeds below) and, for 16 px, 4000 small objects:
+# clean or degraded by a Gaussian blur (sigma 0.5 px) and N(0, 0.05) noise in [-1, 1] units, every attribute 100%
+# and no abstention at 16, 32 and 64 px (one 16 px degraded small object in 4000 abstains on the shape margin).
+# Heavier degradations (500 images): noise 0.1 + blur 0.5 px, 100% at 32 / 64 px, 99.0% read (and right) at 16 px;
+# blur 1.0 px, 100% at 32 / 64 px, while at 16 px the small objects (4 px wide) abstain as blobs (53% of images).
+FLOOR = 0.99  # Every attribute and `all`, abstentions counted wrong.
+MAX_ABSTAIN = 0.01
+
+
+def _read_rate(images, attrs):
+  """(fraction with all four attributes right, abstention rate, reasons) of the judge on images with attributes."""
+  got = shapes_judge.judge(images)
+  right = np.logical_and.reduce([got[k] == np.asarray(attrs[k]) for k in shapes.ATTRIBUTES])
+  return float(right.mean()), float(got["abstain"].mean()), sorted(set(got["reason"][got["abstain"]]))
+
+
+@pytest.mark.parametrize("size", [16, 32, 64])
+def test_judge_reads_every_rendered_combination(size):
+  """Every colour, shape, size and position (small objects in the corners included), twice with the renderer's
+  size and position jitter: read right >= 99% and abstains <= 1% (measured: 100% and 0)."""
+  grid = np.stack(np.meshgrid(*(np.arange(len(shapes.ATTRIBUTE_NAMES[k])) for k in shapes.ATTRIBUTES)), -1)
+  grid = np.repeat(grid.reshape(-1, 4), 2, axis=0)
+  attrs = dict(zip(shapes.ATTRIBUTES, grid.T))
+  images = shapes.render_batch(*grid.T, size, np.random.default_rng(size + 100))
+  right, abstain, reasons = _read_rate(images, attrs)
+  assert right >= FLOOR and abstain <= MAX_ABSTAIN, (right, abstain, reasons)
 
 
 @pytest.mark.parametrize("size", [16, 32, 64])
@@ -28,10 +46,9 @@ def test_judge_reads_rendered_attributes(size, degraded):
   if degraded:
     x = ndimage.gaussian_filter(x, sigma=(0, 0.5, 0.5, 0)) + 0.05 * rng.standard_normal(x.shape)
   scores = shapes_judge.score(np.clip(x, -1, 1), attrs)
-  for key in shapes.ATTRIBUTES:
-    assert scores[key] >= FLOOR[size, degraded], scores
-  assert scores["colour"] >= 0.99 and scores["position"] >= 0.99 and scores["size"] >= 0.99, scores
-  assert scores["all"] >= FLOOR[size, degraded] - 0.01, scores
+  for key in (*shapes.ATTRIBUTES, "all"):
+    assert scores[key] >= FLOOR, scores
+  assert scores["abstain"] <= MAX_ABSTAIN, scores
 
 
 def test_judge_outputs_and_blank_images():
@@ -39,10 +56,15 @@ def test_judge_outputs_and_blank_images():
   image = shapes.render(colour=6, shape=2, size=1, position=8, image_size=32, rng=rng)
   assert image.dtype == np.uint8 and image.shape == (32, 32, 3)
   got = shapes_judge.judge(image)  # One [S, S, 3] image, uint8.
-  assert {k: v.tolist() for k, v in got.items()} == {"colour": [6], "shape": [2], "size": [1], "position": [8]}
-  assert all(v.dtype == np.int64 for v in got.values())
+  assert {k: got[k].tolist() for k in shapes.ATTRIBUTES} == {"colour": [6], "shape": [2], "size": [1],
+                                                              "position": [8]}
+  assert all(got[k].dtype == np.int64 for k in shapes.ATTRIBUTES)
+  assert got["abstain"].tolist() == [False] and got["reason"].tolist() == [""]
   blank = shapes_judge.judge(-np.ones((2, 16, 16, 3), np.float32))
-  assert all((v == -1).all() for v in blank.values())
+  assert all((blank[k] == -1).all() for k in shapes.ATTRIBUTES)
+  assert blank["abstain"].all() and blank["reason"].tolist() == ["blank", "blank"]
+  nan = np.full((1, 16, 16, 3), np.nan, np.float32)
+  assert shapes_judge.judge(nan)["reason"].tolist() == ["not finite"]
   with pytest.raises(ValueError, match=r"\[N, S, S, 3\]"):
     shapes_judge.judge(np.zeros((2, 16, 16)))
 
@@ -52,11 +74,126 @@ def test_judge_scores_against_prompts_and_catches_wrong_images():
   attrs = shapes.sample_attributes(200, rng)
   images = shapes.render_batch(attrs["colour"], attrs["shape"], attrs["size"], attrs["position"], 32, rng)
   prompts = [shapes.make_caption({k: int(v[i]) for k, v in attrs.items()}, rng) for i in range(200)]
-  assert shapes_judge.score(images, prompts)["all"] == 1.0
+  scores = shapes_judge.score(images, prompts)
+  assert scores["all"] == 1.0 and scores["abstain"] == 0.0
   shuffled = shapes_judge.score(images[::-1], prompts)
-  assert shuffled["all"] < 0.1 and shuffled["colour"] < 0.3
+  assert shuffled["all"] < 0.1 and shuffled["colour"] < 0.3 and shuffled["abstain"] == 0.0
   blank = shapes_judge.score(np.zeros_like(images), prompts)
-  assert blank["all"] < 0.1
+  assert blank["all"] == 0.0 and blank["abstain"] == 1.0
+
+
+def _gaussian_blob(size, sigma, colour, cx, cy):
+  yy, xx = np.mgrid[:size, :size] + 0.5
+  g = np.exp(-((xx - cx) ** 2 + (yy - cy) ** 2) / (2 * sigma**2))
+  return np.rint(g[..., None] * shapes.COLOUR_RGB[colour].astype(np.float64)).astype(np.uint8)
+
+
+def _not_rendered(kind, size, n, rng):
+  """n images of one kind the renderer never draws, [n, S, S, 3] (uint8, or float in [-1, 1])."""
+  attrs = shapes.sample_attributes(n, rng)
+  renders = shapes.render_batch(attrs["colour"], attrs["shape"], attrs["size"], attrs["position"], size, rng)
+  if kind.startswith("blob"):  # A Gaussian blob of width sigma = kind's fraction of S, anywhere, any colour.
+    sigma = float(kind.split()[1]) * size
+    return np.stack([_gaussian_blob(size, sigma, int(rng.integers(8)), *rng.uniform(0.25, 0.75, 2) * size)
+                     for _ in range(n)])
+  if kind == "uniform noise":
+    return rng.integers(0, 256, (n, size, size, 3)).astype(np.uint8)
+  if kind == "gaussian noise":  # The flow's source distribution.
+    return rng.standard_normal((n, size, size, 3)).astype(np.float32)
+  if kind == "dark gaussian noise":  # Black, with N(0, 0.3) noise in [-1, 1] units.
+    return (0.3 * rng.standard_normal((n, size, size, 3)) - 1).astype(np.float32)
+  if kind == "two objects":  # Two renders in opposite corners or edges, overlaid.
+    pairs = np.array([(0, 8), (8, 0), (2, 6), (6, 2), (1, 7), (7, 1), (3, 5), (5, 3)])[rng.integers(0, 8, n)]
+    first = shapes.render_batch(attrs["colour"], attrs["shape"], attrs["size"], pairs[:, 0], size, rng)
+    other = shapes.sample_attributes(n, rng)
+    second = shapes.render_batch(other["colour"], other["shape"], other["size"], pairs[:, 1], size, rng)
+    return np.maximum(first, second)
+  if kind == "grey background":  # A render on grey (64 of 255).
+    return np.maximum(renders, 64)
+  if kind == "faint object":  # A render at 25% brightness.
+    return np.rint(renders * 0.25).astype(np.uint8)
+  raise ValueError(kind)
+
+
+# Sigma / S. Measured: none of 14,000 blobs with sigma from 0.5 px to 0.2 S (0.05-0.1 px steps) is read at 16, 32 or
+# 64 px. Known limit: a Gaussian of peak 1.5-2x the palette colour, clipped (a disk with a ~1 px soft edge), is read
+# as a circle in 1-11% of cases at 16 px, up to 1.4% at 32 px and never at 64 px.
+BLOB_WIDTHS = tuple(f"blob {w}" for w in (0.04, 0.05, 0.06, 0.07, 0.08, 0.1, 0.12, 0.16, 0.2))
+NOT_RENDERED = {  # kind -> the reasons it may abstain with (None: any).
+    **{kind: None for kind in BLOB_WIDTHS},
+    "uniform noise": {"background", "blank"},
+    "gaussian noise": {"background", "blank"},
+    "dark gaussian noise": {"objects", "blank"},
+    "two objects": None,
+    "grey background": {"background"},
+    "faint object": {"faint"},
+}
+
+
+@pytest.mark.parametrize("kind", list(NOT_RENDERED))
+@pytest.mark.parametrize("size", [16, 32, 64])
+def test_judge_abstains_on_images_the_renderer_cannot_draw(kind, size):
+  """Blobs of any width, noise, two objects, a grey background and a faint object are not read as shapes: every
+  image abstains, counts as wrong for every attribute, and the abstention rate says so."""
+  rng = np.random.default_rng(size)
+  images = _not_rendered(kind, size, 12, rng)
+  got = shapes_judge.judge(images)
+  for key in shapes.ATTRIBUTES:
+    assert (got[key] == -1).all(), (kind, key, got[key], got.get("reason"))
+  assert got["abstain"].all()
+  if NOT_RENDERED[kind] is not None:
+    assert set(got["reason"]) <= NOT_RENDERED[kind], got["reason"]
+  prompts = shapes.prompts_for({(2, 1)}, rng)[:12]
+  scores = shapes_judge.score(images, prompts)
+  assert scores["abstain"] == 1.0 and max(scores[k] for k in (*shapes.ATTRIBUTES, "all")) == 0.0, scores
+
+
+def test_gates_follow_the_renderers_specification():
+  """The extent ranges widen each size's jittered range; the colour gate is tighter than the palette's spacing."""
+  (small_lo, small_hi), (large_lo, large_hi) = shapes_judge.EXTENT_RANGES
+  assert small_lo < 0.225 and 0.275 < small_hi < shapes_judge.SIZE_THRESHOLD < large_lo < 0.405
+  assert large_hi > 0.495
+  palette = shapes.COLOUR_RGB / 255.0
+  # Distance of each palette colour from every other one scaled by its best gain (0.30: orange, dimmed yellow).
+  closest = min(np.linalg.norm(np.clip(q @ p / (q @ q), 0, 1.25) * q - p)
+                for i, p in enumerate(palette) for j, q in enumerate(palette) if i != j)
+  assert 2 * shapes_judge.MAX_COLOUR_DISTANCE < closest
+
+
+def test_judge_abstention_reaches_the_cli_and_the_training_metrics(monkeypatch):
+  """`--judge_shapes` (sample_text.judge_shapes) and the training loop's judge_* metrics report the same gated
+  figures, abstention rate included, for the same images."""
+  from types import SimpleNamespace
+
+  from crossflow_jax import sample_text
+  from crossflow_jax.eval.grids import to_uint8
+  from crossflow_jax.train import text_eval
+
+  drawn = {}
+
+  def fake_generate(trained, emb, mask, **kwargs):
+    """Renders each prompt; every other image is noise (the judge abstains)."""
+    rng = np.random.default_rng(len(drawn))
+    attrs = shapes.parse_captions(emb)
+    images = shapes.render_batch(*(attrs[k] for k in shapes.ATTRIBUTES), 16, rng) / 127.5 - 1
+    images[1::2] = rng.standard_normal(images[1::2].shape)
+    drawn[tuple(emb)] = images
+    return images
+
+  exp = SimpleNamespace(data=SimpleNamespace(name="shapes/s16"),
+                        config=SimpleNamespace(data=SimpleNamespace(holdout_pairs="red:triangle")))
+  monkeypatch.setattr(sample_text, "load_text_model", lambda *a, **k: SimpleNamespace(experiment=exp, step=7))
+  monkeypatch.setattr(sample_text, "_temperature", lambda trained, t: 0.25)
+  monkeypatch.setattr(sample_text, "guidance_scale", lambda trained, c: 2.0)
+  monkeypatch.setattr(sample_text, "_encode", lambda trained, prompts: (prompts, None))
+  monkeypatch.setattr(sample_text, "_generate_batched", fake_generate)
+  result = sample_text.judge_shapes("unused", num_prompts=10)
+  for name in ("seen", "holdout"):
+    assert result[name]["abstain"] == 0.5 and result[name]["all"] == 0.5, result
+    prompts = text_eval.shapes_prompt_sets("red:triangle", 10, 1000)[name]  # judge_shapes' seed 0 + 1000
+    loop = text_eval.judge_metrics(to_uint8(drawn[tuple(prompts)]), prompts, f"judge_{name}")
+    assert loop[f"judge_{name}_abstain"] == 0.5
+    assert {f"judge_{name}_{k}": v for k, v in result[name].items()} == {k: round(v, 4) for k, v in loop.items()}
 
 
 def test_every_template_and_synonym_parses_back():

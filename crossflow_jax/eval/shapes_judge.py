@@ -1,27 +1,35 @@
-"""An analytic judge of `shapes` images: reads colour, shape, size and position off the pixels.
+"""An analytic judge of `shapes` images: reads colour, shape, size and position off the pixels, or abstains.
 
 No model is involved, so it can score any generator (text -> image on `shapes`) without
 training a classifier. Per image (float in [0, 1], not clipped):
 
 1. brightness v = max over RGB; the background level is its median, the object's level its 99th
-   percentile (contrast below `MIN_CONTRAST`: no object, all attributes -1); the foreground is
-   the largest (by brightness mass) 8-connected component of pixels above half way between the
-   two, grown by 2 pixels to keep anti-aliased and blurred edges;
-2. colour: the median colour (minus the background's) of the component's core pixels, matched
-   to the palette colour nearest after scaling each palette colour by its best gain in
-   [0, 1.25] (dim, anti-aliased or blurred objects keep their hue: dim yellow is not orange);
-3. coverage c: each pixel's projection on that colour (unclipped, so noise stays zero-mean);
-   its area and centroid inside the grown component are kept by blurring;
-4. shape: for each shape, the renderer's anti-aliased template with that area and centroid
-   (a triangle pointing up has its centroid 1/6 of its extent below its box centre) is blurred
-   by each of `BLUR_SIGMAS` and scaled by its best gain; the shape whose template is nearest to
-   c (sum of squares) wins;
+   percentile (contrast below `MIN_CONTRAST`: blank); the foreground is the largest (by brightness
+   mass) 8-connected component of pixels above half way between the two, grown by 2 pixels to
+   keep anti-aliased and blurred edges;
+2. coverage c: each pixel's projection on the median colour (minus the background's) of the
+   component's core pixels (unclipped, so noise stays zero-mean); its area and centroid inside
+   the grown component are kept by blurring;
+3. shape: for each shape, the renderer's anti-aliased template with that centroid (a triangle
+   pointing up has its centroid 1/6 of its extent below its box centre) and the extent of that
+   area times each of `_EXTENT_FACTORS` (a dim core colour inflates the area), blurred by each of
+   `BLUR_SIGMAS` and scaled by its best gain; the template nearest to c (sum of squares) wins;
+4. colour: each channel's least-squares gain on that template (the object's RGB), matched to the
+   palette colour nearest after scaling each palette colour by its best gain in [0, 1.25];
 5. size: large iff the fitted extent exceeds `SIZE_THRESHOLD` * S, half way between the largest
    small and the smallest large extent; position: the 3x3 cell holding the fitted box centre.
 
-`score` compares the judged attributes with those of the prompts.
+The judge abstains (every attribute -1, `reason` says why) on an image the renderer could not
+have drawn (`crossflow_jax.data.shapes` is the specification): background not black
+(`MAX_BACKGROUND`), a second object (`MAX_STRAY_MASS`), a colour too faint or too bright for the
+palette (`MIN_COLOUR_GAIN`, `MAX_COLOUR_GAIN`) or between two palette colours
+(`MAX_COLOUR_DISTANCE`), soft edges (`MAX_EDGE_BLUR`, `MAX_EDGE_BLUR_FRACTION`: a blob), a poor template fit
+(`MAX_FIT_RESIDUAL`), two shapes fitting almost equally well (`MIN_SHAPE_MARGIN`), or an extent
+outside both sizes' ranges (`EXTENT_TOLERANCE`). `score` counts an abstention as wrong for every
+attribute and reports the abstention rate.
 """
 
+import functools
 from collections.abc import Mapping, Sequence
 
 import numpy as np
@@ -33,9 +41,39 @@ SIZE_THRESHOLD = 0.5 * (shapes.SIZE_EXTENTS[0] * (1 + shapes.SIZE_JITTER)
                         + shapes.SIZE_EXTENTS[1] * (1 - shapes.SIZE_JITTER))  # 0.34: extent / S.
 _IDEAL_FILL = (np.pi / 4, 1.0, 0.5)  # Area / extent**2 of circle, square, triangle.
 _CENTROID_OFFSET = (0.0, 0.0, 1 / 6)  # Centroid below the bounding-box centre / extent.
-BLUR_SIGMAS = (0.0, 0.5, 1.0, 1.5)  # Gaussian blurs (pixels) of the fitted templates.
-MIN_CONTRAST = 0.1  # Object minus background brightness below this: no object (all -1).
+# Extent / the extent of the measured area: 16 px renders' small triangles have no fully covered pixel, so their
+# core colour is dim (down to ~0.75 of the palette's) and their area reads up to ~1.3x too large.
+_EXTENT_FACTORS = (0.76, 0.8, 0.84, 0.88, 0.92, 0.96, 1.0)
+BLUR_SIGMAS = (0.0, 0.5, 1.0, 1.5, 2.0, 3.0)  # Gaussian blurs (pixels) of the fitted templates.
+MIN_CONTRAST = 0.1  # Object minus background brightness below this: blank (abstains).
 _EIGHT_CONNECTED = np.ones((3, 3), bool)
+
+# Abstention gates. Each is calibrated on renders of `crossflow_jax.data.shapes` (tests/test_shapes_judge.py: 1000
+# per image size, clean and degraded by a 0.5 px blur plus N(0, 0.05) noise in [-1, 1] units); [the renders' range].
+MAX_BACKGROUND = 0.1  # Largest median RGB channel in [0, 1]; the renderer's is 0 [<= 0.03]: grey or noise above.
+MAX_STRAY_MASS = 0.05  # Brightness mass of the second foreground component / the object's [0]: two objects, noise.
+# Fitted object RGB / its palette colour [0.91, 1.06]: below, a faint object (the renderer's are at full
+# brightness) or a Gaussian blob (full brightness at its centre only); above, a blob fitted by a too-small template.
+MIN_COLOUR_GAIN, MAX_COLOUR_GAIN = 0.85, 1.15
+# RGB distance in [0, 1] units from the gain-scaled palette colour [<= 0.04]; a third of the closest pair's
+# distance (orange to dimmed yellow, 0.30), so a hue between two palette colours abstains.
+MAX_COLOUR_DISTANCE = 0.1
+# Blur of the best template, in pixels and / its extent in pixels [<= 0.5 px, <= 0.15]: more is a blob's soft
+# falloff, not the renderer's anti-aliased edge (at 16 px a 1 px blur turns a small disk into a blob). 0.16 lets a
+# 0.5 px blur through on the smallest extent the extent gate accepts (0.2025 S, 3.24 px at 16 px).
+MAX_EDGE_BLUR, MAX_EDGE_BLUR_FRACTION = 1.0, 0.16
+# RGB residual energy of the fitted object over the whole image, less the expected pixel noise, / the object's
+# energy [<= 0.025]: a second shape, a blob, an object of several colours.
+MAX_FIT_RESIDUAL = 0.05
+# Extra residual of the best template of another shape / the object's energy [>= 0.011 clean, 0.007 degraded at
+# 16 px; >= 0.03 from 32 px]: below, the shape is a guess.
+MIN_SHAPE_MARGIN = 0.005
+# Relative slack around each size's extent range (`SIZE_EXTENTS` +- `SIZE_JITTER`) [16 px small objects read down
+# to 0.205 S, 0.91 of their extent; 0.219 S from 32 px]: an extent outside both widened ranges is no size the
+# renderer draws (a dot, a Gaussian blob of sigma <= 1 px at 16 px, a blob wider than any object).
+EXTENT_TOLERANCE = 0.1
+EXTENT_RANGES = tuple((e * (1 - shapes.SIZE_JITTER) * (1 - EXTENT_TOLERANCE),
+                       e * (1 + shapes.SIZE_JITTER) * (1 + EXTENT_TOLERANCE)) for e in shapes.SIZE_EXTENTS)
 
 
 def _to_unit(images: np.ndarray) -> np.ndarray:
@@ -52,65 +90,162 @@ def _to_unit(images: np.ndarray) -> np.ndarray:
   return (images.astype(np.float32) + 1.0) / 2.0  # Not clipped: noise stays zero-mean.
 
 
-def _judge_one(x: np.ndarray) -> tuple[int, int, int, int]:
-  """(colour, shape, size, position) of one float32 [S, S, 3] image in [0, 1]; -1s if blank."""
-  s = x.shape[0]
-  v = x.max(axis=-1)
-  background = float(np.median(v))
-  peak = float(np.percentile(v, 99))
-  if peak - background < MIN_CONTRAST:
-    return -1, -1, -1, -1
-  level = background + 0.5 * (peak - background)
-  labels, count = ndimage.label(v > level, structure=_EIGHT_CONNECTED)
-  mass = ndimage.sum_labels(v, labels, np.arange(1, count + 1))
-  component = labels == 1 + int(np.argmax(mass))
-  support = ndimage.binary_dilation(component, structure=_EIGHT_CONNECTED, iterations=2)
-
-  bg_rgb = np.median(x.reshape(-1, 3), axis=0)
-  core = component & (v >= background + 0.7 * (peak - background))
-  rgb = np.median(x[core if core.any() else component], axis=0) - bg_rgb
-  # Distance to each palette colour p scaled by the best gain in [0, 1.25]: anti-aliased or
-  # blurred small objects are dimmer but keep their hue (dim yellow is not orange).
+def _match_colour(rgb: np.ndarray) -> tuple[int, float, float]:
+  """Palette colour nearest to rgb [3] after scaling each by its best gain in [0, 1.25]: (index, gain, distance)."""
   palette = shapes.COLOUR_RGB.astype(np.float32) / 255.0
   gain = np.clip(palette @ rgb / (palette**2).sum(-1), 0.0, 1.25)
-  colour = int(np.argmin(((gain[:, None] * palette - rgb) ** 2).sum(-1)))
+  distance = np.sqrt(((gain[:, None] * palette - rgb) ** 2).sum(-1))
+  k = int(np.argmin(distance))
+  return k, float(gain[k]), float(distance[k])
 
-  # Coverage: projection on the object's colour, unclipped so that noise stays zero-mean.
-  c = (x - bg_rgb) @ rgb / max(float(rgb @ rgb), 1e-6)
-  inside = c * support
-  area = float(inside.sum())
-  if area < 0.5:  # Less than half a pixel of object: no shape to fit.
-    return colour, -1, -1, -1
-  centres = np.arange(s) + 0.5  # Pixel i spans [i, i + 1].
-  gx = float((inside.sum(axis=0) * centres).sum()) / area
-  gy = float((inside.sum(axis=1) * centres).sum()) / area
-  # Fit each shape with the measured area and centroid (blurring keeps both), blurred by each
-  # of `BLUR_SIGMAS` and scaled by its best gain; keep the one nearest to c. The templates are
-  # drawn in a window holding every hypothesis and its blur (c outside adds the same to all).
-  extents = [np.sqrt(area / fill) for fill in _IDEAL_FILL]
-  half = max(e * (0.5 + o) for e, o in zip(extents, _CENTROID_OFFSET)) + 3 * max(BLUR_SIGMAS) + 1
+
+def _noise_power(d: np.ndarray, support: np.ndarray) -> float:
+  """Pixel noise power (summed over RGB) of d [S, S, 3] off the object: half the mean square difference of
+  neighbours outside `support` [S, S] (differences ignore smooth shading, such as a blob's tails)."""
+  sq = []
+  for axis in (0, 1):
+    both = ~np.delete(support, 0, axis) & ~np.delete(support, -1, axis)
+    sq.append((np.diff(d, axis=axis) ** 2).sum(-1)[both])
+  sq = np.concatenate(sq)
+  return 0.5 * float(sq.mean()) if sq.size else 0.0
+
+
+@functools.cache
+def _blur_matrix(sigma: float, n: int) -> np.ndarray:
+  """G float64 [n, n] with G @ t @ G = `ndimage.gaussian_filter(t, sigma, mode='constant')` of t [n, n]."""
+  if not sigma:
+    return np.eye(n)
+  radius = int(4.0 * sigma + 0.5)  # scipy's default truncation.
+  weights = np.exp(-0.5 * (np.arange(-radius, radius + 1) / sigma) ** 2)
+  offset = np.arange(n)[None, :] - np.arange(n)[:, None]
+  g = np.where(np.abs(offset) <= radius, np.exp(-0.5 * (offset / sigma) ** 2), 0.0) / weights.sum()
+  g.flags.writeable = False
+  return g
+
+
+def _fit_templates(c: np.ndarray, area: float, gx: float, gy: float) -> dict:
+  """Fits every shape, extent factor and blur to coverage c [S, S] with centroid (gx, gy) in pixels.
+
+  The templates are drawn in a window [y0:y0 + win, x0:x0 + win] that holds every hypothesis and
+  its blur (c outside adds the same to every error).
+
+  Returns:
+    The best fit: `shape`, `sigma`, `extent`, box centre `cx`, `cy` (pixels), `template` float64
+    [win, win] (blurred), `gain` and `error` (c's sum of squares off gain * template); `runner_up`,
+    the error of the best template of another shape; `window` (y0, x0, win).
+  """
+  s = c.shape[0]
+  full = [np.sqrt(area / fill) for fill in _IDEAL_FILL]
+  half = max(e * (0.5 + o) for e, o in zip(full, _CENTROID_OFFSET)) * max(_EXTENT_FACTORS) + 3 * max(BLUR_SIGMAS) + 1
   win = min(s, 2 * int(np.ceil(half)))
   x0 = min(max(int(gx) - win // 2, 0), s - win)
   y0 = min(max(int(gy) - win // 2, 0), s - win)
-  c_win = c[y0:y0 + win, x0:x0 + win]
-  best = None
-  for shape, extent in enumerate(extents):
-    cx, cy = gx, gy - _CENTROID_OFFSET[shape] * extent
-    template = shapes.coverage(shape, cx - x0, cy - y0, extent, win)
-    for sigma in BLUR_SIGMAS:
-      blurred = ndimage.gaussian_filter(template, sigma, mode='constant') if sigma else template
-      gain = float((c_win * blurred).sum() / max((blurred * blurred).sum(), 1e-6))
-      error = float(((c_win - gain * blurred) ** 2).sum())
-      if best is None or error < best[0]:
-        best = error, shape, extent, cx, cy
-  _, shape, extent, cx, cy = best
-  size = int(extent > SIZE_THRESHOLD * s)
-  position = 3 * min(max(int(cy * 3 / s), 0), 2) + min(max(int(cx * 3 / s), 0), 2)
-  return colour, shape, size, position
+  c_win = c[y0:y0 + win, x0:x0 + win].astype(np.float64)
+  extents = np.array(full)[:, None] * np.array(_EXTENT_FACTORS)  # [shape, factor]
+  cy = gy - np.array(_CENTROID_OFFSET)[:, None] * extents
+  templates = np.zeros((*extents.shape, win, win))  # [shape, factor, win, win]
+  for shape, f in np.ndindex(extents.shape):
+    # Drawn in a box just holding the object (a fraction of the window), then placed in the window.
+    box = min(win, int(np.ceil(extents[shape, f])) + 3)
+    bx = min(max(int(gx - x0 - box / 2), 0), win - box)
+    by = min(max(int(cy[shape, f] - y0 - box / 2), 0), win - box)
+    templates[shape, f, by:by + box, bx:bx + box] = shapes.coverage(
+        shape, gx - x0 - bx, cy[shape, f] - y0 - by, extents[shape, f], box)
+  blur = np.stack([_blur_matrix(sigma, win) for sigma in BLUR_SIGMAS])  # [sigma, win, win], symmetric
+  blurred = blur @ templates[:, :, None] @ blur  # [shape, factor, sigma, win, win]
+  tc = np.einsum('...ij,ij->...', blurred, c_win)
+  tt = np.maximum(np.einsum('...ij,...ij->...', blurred, blurred), 1e-6)
+  errors = float((c_win * c_win).sum()) - tc * tc / tt  # Sum of squares off the best gain tc / tt.
+  shape, f, b = np.unravel_index(int(np.argmin(errors)), errors.shape)
+  return {
+      'shape': int(shape), 'sigma': BLUR_SIGMAS[b], 'extent': float(extents[shape, f]), 'cx': gx,
+      'cy': float(cy[shape, f]), 'template': blurred[shape, f, b], 'gain': float(tc[shape, f, b] / tt[shape, f, b]),
+      'error': float(errors[shape, f, b]), 'runner_up': float(np.delete(errors, shape, 0).min()),
+      'window': (y0, x0, win),
+  }
+
+
+def _measure(x: np.ndarray) -> dict | None:
+  """Reads one float32 [S, S, 3] image in [0, 1] (module docstring, steps 1-5).
+
+  Returns:
+    None if blank; else the attributes (`shapes.ATTRIBUTES` -> int) and what the gates test:
+    `background`, `stray`, `colour_gain`, `colour_distance`, `sigma`, `residual`, `margin`
+    (see the gates' constants), `extent` (fitted extent / S) and `image_size` (S).
+  """
+  s = x.shape[0]
+  v = x.max(axis=-1)
+  bg_rgb = np.median(x.reshape(-1, 3), axis=0)
+  background = float(np.median(v))
+  peak = float(np.percentile(v, 99))
+  if peak - background < MIN_CONTRAST:
+    return None
+  level = background + 0.5 * (peak - background)
+  labels, count = ndimage.label(v > level, structure=_EIGHT_CONNECTED)
+  mass = ndimage.sum_labels(v - background, labels, np.arange(1, count + 1))
+  order = np.argsort(mass)[::-1]
+  component = labels == 1 + int(order[0])
+  stray = float(mass[order[1]] / mass[order[0]]) if count > 1 else 0.0
+  support = ndimage.binary_dilation(component, structure=_EIGHT_CONNECTED, iterations=2)
+
+  d = x - bg_rgb
+  core = component & (v >= background + 0.7 * (peak - background))
+  rgb = np.median(d[core if core.any() else component], axis=0)
+  c = d @ rgb / max(float(rgb @ rgb), 1e-6)  # Unclipped, so that noise stays zero-mean.
+  inside = c * support
+  area = float(inside.sum())
+  if area < 0.5:  # Less than half a pixel of object: no shape to fit.
+    return None
+  centres = np.arange(s) + 0.5  # Pixel i spans [i, i + 1].
+  gx = float((inside.sum(axis=0) * centres).sum()) / area
+  gy = float((inside.sum(axis=1) * centres).sum()) / area
+  fit = _fit_templates(c, area, gx, gy)
+  y0, x0, win = fit['window']
+  d_win = d[y0:y0 + win, x0:x0 + win]
+  template = fit['template']
+  energy = max(float((template * template).sum()), 1e-6)
+  colour_rgb = np.einsum('hwc,hw->c', d_win, template) / energy  # Least squares on the template.
+  colour, colour_gain, colour_distance = _match_colour(colour_rgb)
+  model = template[..., None] * colour_rgb
+  model_energy = max(float((model * model).sum()), 1e-6)
+  # Residual over the whole image, less its mean off the object (clipped noise on black is brighter than its median).
+  r = d.copy()
+  r[y0:y0 + win, x0:x0 + win] -= model
+  if not support.all():
+    r -= r[~support].mean(axis=0)
+  residual = float((r * r).sum())
+  cx, cy, extent = fit['cx'], fit['cy'], fit['extent']
+  return {
+      'colour': colour, 'shape': fit['shape'], 'size': int(extent > SIZE_THRESHOLD * s),
+      'position': 3 * min(max(int(cy * 3 / s), 0), 2) + min(max(int(cx * 3 / s), 0), 2),
+      'background': float(bg_rgb.max()), 'stray': stray, 'colour_gain': colour_gain,
+      'colour_distance': colour_distance, 'sigma': fit['sigma'],
+      'residual': (residual - _noise_power(d, support) * s * s) / model_energy,
+      'margin': (fit['runner_up'] - fit['error']) / max(fit['gain'] ** 2 * energy, 1e-6), 'extent': extent / s,
+      'image_size': s,
+  }
+
+
+def _abstain_reason(m: dict | None) -> str:
+  """Why the judge abstains on a reading of `_measure` (the first gate that fails); '' if it does not."""
+  if m is None:
+    return 'blank'
+  checks = (
+      ('background', m['background'] <= MAX_BACKGROUND),
+      ('objects', m['stray'] <= MAX_STRAY_MASS),
+      ('faint', m['colour_gain'] >= MIN_COLOUR_GAIN),
+      ('bright', m['colour_gain'] <= MAX_COLOUR_GAIN),
+      ('colour', m['colour_distance'] <= MAX_COLOUR_DISTANCE),
+      ('edges', m['sigma'] <= min(MAX_EDGE_BLUR, MAX_EDGE_BLUR_FRACTION * m['extent'] * m['image_size'])),
+      ('fit', m['residual'] <= MAX_FIT_RESIDUAL),
+      ('margin', m['margin'] >= MIN_SHAPE_MARGIN),
+      ('extent', any(lo <= m['extent'] <= hi for lo, hi in EXTENT_RANGES)),
+  )
+  return next((name for name, ok in checks if not ok), '')
 
 
 def judge(images: np.ndarray) -> dict[str, np.ndarray]:
-  """Judges `shapes` images analytically (see the module docstring).
+  """Judges `shapes` images analytically, abstaining on images the renderer could not have drawn (module docstring).
 
   Args:
     images: uint8 [N, S, S, 3] in [0, 255], or float [N, S, S, 3] in [-1, 1] (not clipped:
@@ -118,11 +253,25 @@ def judge(images: np.ndarray) -> dict[str, np.ndarray]:
 
   Returns:
     `{'colour', 'shape', 'size', 'position'}` -> int64 [N] indices into `shapes.COLOUR_NAMES`,
-    `SHAPES`, `SIZES`, `POSITIONS`; -1 for an image with no object (blank or flat).
+    `SHAPES`, `SIZES`, `POSITIONS`, -1 where the judge abstains; `abstain` -> bool [N]; `reason`
+    -> str [N], the first failed gate ('blank', 'not finite', 'background', 'objects', 'faint',
+    'bright', 'colour', 'edges', 'fit', 'margin', 'extent'), '' where the image was read.
   """
   x = _to_unit(images)
-  out = np.array([_judge_one(image) for image in x], np.int64).reshape(len(x), 4)
-  return {key: out[:, i] for i, key in enumerate(shapes.ATTRIBUTES)}
+  out = np.full((len(x), len(shapes.ATTRIBUTES)), -1, np.int64)
+  reasons = []
+  for i, image in enumerate(x):
+    if not np.isfinite(image).all():
+      reasons.append('not finite')
+      continue
+    m = _measure(image)
+    reasons.append(_abstain_reason(m))
+    if not reasons[-1]:
+      out[i] = [m[key] for key in shapes.ATTRIBUTES]
+  result = {key: out[:, i] for i, key in enumerate(shapes.ATTRIBUTES)}
+  result['reason'] = np.array(reasons, dtype=str).reshape(len(x))
+  result['abstain'] = result['reason'] != ''
+  return result
 
 
 def score(
@@ -136,8 +285,9 @@ def score(
       'position'}` -> int [N].
 
   Returns:
-    Fractions in [0, 1]: one per attribute, `all` (all four right) and
-    `colour_shape_position` (those three right, size ignored).
+    Fractions in [0, 1]: one per attribute, `all` (all four right),
+    `colour_shape_position` (those three right, size ignored) and `abstain` (images the judge
+    would not read; each counts as wrong for every attribute).
   """
   if isinstance(targets, Mapping):
     want = {key: np.asarray(targets[key], np.int64).reshape(-1) for key in shapes.ATTRIBUTES}
@@ -151,6 +301,7 @@ def score(
   result = {key: float(r.mean()) for key, r in right.items()}
   result['all'] = float(np.mean(right['colour'] & right['shape'] & right['size'] & right['position']))
   result['colour_shape_position'] = float(np.mean(right['colour'] & right['shape'] & right['position']))
+  result['abstain'] = float(got['abstain'].mean())
   return result
 
 

@@ -3,7 +3,8 @@
 `prepare` picks and encodes the prompts once; `write_text_samples` runs at every sample step:
 a PNG grid (one row per prompt, `sample.per_class` columns) and, when `sample.judge_num > 0`
 on the shapes data, the analytic judge's accuracies on prompts of seen and held-out
-colour-shape pairs (`judge_seen_*`, `judge_holdout_*`).
+colour-shape pairs (`judge_seen_*`, `judge_holdout_*`) and its abstention rate (`judge_seen_abstain`,
+`judge_holdout_abstain`: images it would not read, counted wrong), the figures `--judge_shapes` prints.
 """
 
 import os
