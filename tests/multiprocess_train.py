@@ -1,33 +1,45 @@
 """Helper for test_distributed.py: a multi-process (jax.distributed, CPU gloo) run of the real training loop.
 
-  python tests/multiprocess_train.py OUT.json WORKDIR DATA_DIR COORDINATOR NUM_PROCESSES PROCESS_ID
+  python tests/multiprocess_train.py OUT.json WORKDIR DATA_DIR COORDINATOR NUM_PROCESSES PROCESS_ID \
+      [--steps N] [--sample_every N] [--fid CLASSIFIER_DIR] [--eval]
 
 NUM_PROCESSES > 1: this process joins the others through `initialize_distributed` (each with its own
-XLA_FLAGS-simulated CPU devices) and runs `train()` on the digits smoke config: 4 steps on a mesh over every
-process's devices, each process reading its own strided shard of the data, with a checkpoint and a sample grid
-at the end.
+XLA_FLAGS-simulated CPU devices) and runs `train()` on the digits smoke config: `--steps` steps (4) on a mesh over
+every process's devices, each process reading its own strided shard of the data, logging every step, with a
+checkpoint at the end, a sample grid every `--sample_every` steps (default: at the end; 0: none) and, with
+`--fid`, a FID in that in-domain classifier's features at the end (`eval.fid_*`, 136 samples). A SIGTERM stops
+it as preemption does (train() saves and returns); one that comes after train() returned is ignored.
 
 NUM_PROCESSES = 1 (WORKDIR unused): the one-process reference. It trains the same model with the same jitted
 step on the same global batches the multi-process run assembles: per step, the batch of data shard 0 of 2 followed
 by that of shard 1 (process 0's devices come first on the mesh).
 
-Writes {"process_index", "process_count", "device_count", "local_device_count", "losses" or "record"} to OUT.
+--eval (one process): loads WORKDIR's latest checkpoint, writes its sample grid as training does into
+OUT's folder (samples/step_<step>.png) and, with `--fid`, scores it as FID during training does.
+
+Writes {"process_index", "process_count", "device_count", "local_device_count", and "losses", "record" or
+"fid"} to OUT.
 """
 
+import argparse
 import json
 import os
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-STEPS, SHARDS = 4, 2
+SHARDS = 2
+FID_SAMPLES = 136  # > 129, the fewest for a FID in 128-d classifier features
 
 
-def config_for(data_dir: str):
+def config_for(data_dir: str, steps: int = 4, sample_every: int | None = None, fid: str = ""):
   from tests.helpers import tiny_config
 
-  return tiny_config(data_dir, total_steps=STEPS, log_every=1, save_every=STEPS, sample_every=STEPS,
-                     **{"model.depth": 1, "optim.warmup_steps": 0, "sample.steps": 2, "sample.per_class": 1})
+  sample_every = steps if sample_every is None else sample_every
+  extra = {"eval.fid_every": steps, "eval.fid_num_samples": FID_SAMPLES, "eval.steps": 2, "eval.batch_size": 64,
+           "eval.features": f"classifier:{fid}"} if fid else {}
+  return tiny_config(data_dir, total_steps=steps, log_every=1, save_every=steps, sample_every=sample_every,
+                     **{"model.depth": 1, "optim.warmup_steps": 0, "sample.steps": 2, "sample.per_class": 1, **extra})
 
 
 def reference_losses(config) -> list[float]:
@@ -49,7 +61,7 @@ def reference_losses(config) -> list[float]:
   iters = [pipeline.make_train_iterator(source, batch_size=config.batch_size // SHARDS, image_size=None,
                                         seed=config.seed, shard_index=i, shard_count=SHARDS) for i in range(SHARDS)]
   losses = []
-  for _ in range(STEPS):
+  for _ in range(config.total_steps):
     parts = [next(it) for it in iters]
     batch = global_batch({k: np.concatenate([p[k] for p in parts]) for k in bsh}, bsh)
     state, metrics = step(state, batch)
@@ -57,9 +69,34 @@ def reference_losses(config) -> list[float]:
   return losses
 
 
+def evaluate_checkpoint(workdir: str, out_dir: str, fid: str) -> dict:
+  """The sample grid (as `loop.write_samples` writes it) and, with a classifier, the FID (as during training)."""
+  from crossflow_jax.train.fid_eval import FidDuringTraining
+  from crossflow_jax.train.loop import write_samples
+  from crossflow_jax.train.restore import load_trained
+
+  trained = load_trained(workdir)
+  write_samples(trained.experiment, trained.graphdef, trained.params, trained.step, out_dir, None)
+  if not fid:
+    return {}
+  scorer = FidDuringTraining(trained.experiment.config, trained.experiment, os.path.join(out_dir, "fid"),
+                             log=lambda msg: None)
+  try:
+    metrics = scorer(trained.graphdef, trained.params, trained.step, lambda checkpointer: None)
+  finally:
+    scorer.close()
+  return {k: v for k, v in metrics.items() if k.startswith("fid[")}
+
+
 def main():
   out_path, workdir, data_dir = sys.argv[1:4]
   coordinator, num_processes, process_id = sys.argv[4], int(sys.argv[5]), int(sys.argv[6])
+  parser = argparse.ArgumentParser()
+  parser.add_argument("--steps", type=int, default=4)
+  parser.add_argument("--sample_every", type=int, default=None)
+  parser.add_argument("--fid", default="")
+  parser.add_argument("--eval", action="store_true")
+  args = parser.parse_args(sys.argv[7:])
   import jax
 
   from crossflow_jax.parallel.distributed import initialize_distributed
@@ -69,11 +106,16 @@ def main():
   assert started == (num_processes > 1)
   out = {"process_index": jax.process_index(), "process_count": jax.process_count(),
          "device_count": jax.device_count(), "local_device_count": jax.local_device_count()}
-  config = config_for(data_dir)
-  if num_processes > 1:
+  config = config_for(data_dir, args.steps, args.sample_every, args.fid)
+  if args.eval:
+    out["fid"] = evaluate_checkpoint(workdir, os.path.dirname(os.path.abspath(out_path)), args.fid)
+  elif num_processes > 1:
+    import signal
+
     from crossflow_jax.train.loop import train
 
     out["record"] = train(config, workdir)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a SIGTERM after train() returned finds the run saved, exiting
   else:
     out["losses"] = reference_losses(config)
   with open(out_path, "w") as f:

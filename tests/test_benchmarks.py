@@ -65,3 +65,22 @@ def test_compiled_memory_reports_state_and_remat_savings(tmp_path):
   assert state <= none["argument_bytes"] < 1.05 * state, (none, state)
   assert none["temp_bytes"] > 0 and "temp_bytes" not in full  # --nocompile: residuals only
   assert 0 < full["saved_for_backward_bytes"] < 0.6 * none["saved_for_backward_bytes"], (none, full)
+
+
+def test_fault_injection_kills_resume_and_match_the_unbroken_run(tmp_path):
+  """benchmarks/fault_injection.py at a tiny size: kill -9 at random moments of a smoke run, resume each time;
+  every step is logged once, with the losses of the uninterrupted run bit for bit."""
+  import json
+
+  from tests.helpers import run_cli
+
+  out = tmp_path / "fi.json"
+  r = run_cli(["benchmarks/fault_injection.py", "--config", "configs/digits_c2i.py:smoke", "--kills", "2",
+               "--total_steps", "30", "--save_every", "5", "--data_dir", str(tmp_path / "data"), "--workdir",
+               str(tmp_path / "runs"), "--json_out", str(out)])
+  assert r.returncode == 0, r.stderr[-3000:] + r.stdout[-3000:]
+  result = json.loads(out.read_text())
+  assert result["kills"] >= 1 and len(result["kill_log"]) == result["kills"], result
+  assert result["steps_lost"] == result["steps_duplicated"] == result["loss_mismatches"] == 0, result
+  assert result["final_loss_equal"] is True
+  assert "| kills | resumed | steps lost | steps duplicated | final loss equal |" in r.stdout

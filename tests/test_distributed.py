@@ -80,6 +80,12 @@ def test_train_flow_declares_the_multihost_flags():
   assert "define_distributed_flags()" in source and "initialize_distributed_from_flags()" in source
 
 
+def test_any_process_is_a_replicated_vote():
+  votes = [distributed.any_process(flag) for flag in (False, True, False)]
+  assert [bool(v) for v in votes] == [False, True, False]
+  assert all(v.sharding.is_fully_replicated and v.shape == () for v in votes)
+
+
 # ---- two processes x 2 CPU devices vs one process x 4 devices ------------------------------------------------
 
 
@@ -89,35 +95,52 @@ def _free_port() -> int:
   return portpicker.pick_unused_port()
 
 
-@pytest.mark.slow
-def test_two_processes_run_the_real_loop_like_one_process(tmp_path):
-  """jax.distributed on localhost with gloo CPU collectives: `train()` in 2 processes x 2 devices, each reading
-  its own data shard, logs the losses of one process x 4 devices training on the same global batches; one
-  checkpoint holds both processes' data-iterator states; metrics, samples and loss.png come from process 0."""
-  from crossflow_jax.data.sources import load_source
+def _launch(tmp_path, out: str, devices: int, args: list[str]) -> subprocess.Popen:
+  """tests/multiprocess_train.py OUT ... with `devices` simulated CPU devices; OUT goes under tmp_path."""
+  env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONUNBUFFERED="1",
+             XLA_FLAGS=f"--xla_force_host_platform_device_count={devices} --xla_backend_optimization_level=0")
+  return subprocess.Popen([sys.executable, os.path.join(TESTS_DIR, "multiprocess_train.py"), str(tmp_path / out)]
+                          + args, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
-  data_dir = str(tmp_path / "data")
-  for split in ("train", "test"):  # build once here, not racing in two processes
-    load_source("digits", split, data_dir=data_dir)
-  workdir, port = tmp_path / "run", _free_port()
-  script = os.path.join(TESTS_DIR, "multiprocess_train.py")
 
-  def launch(out: str, devices: int, args: list[str]) -> subprocess.Popen:
-    env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONUNBUFFERED="1",
-               XLA_FLAGS=f"--xla_force_host_platform_device_count={devices} --xla_backend_optimization_level=0")
-    return subprocess.Popen([sys.executable, script, str(tmp_path / out), str(workdir), data_dir] + args, cwd=REPO,
-                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-
-  procs = [launch(f"p{i}.json", 2, [f"localhost:{port}", "2", str(i)]) for i in range(2)]
-  procs.append(launch("single.json", 4, ["", "1", "0"]))
+def _wait(procs: list[subprocess.Popen], timeout: float = 600) -> list[tuple[str, str]]:
+  """(stdout, stderr) of each process after it exits; all are killed if one outlives `timeout`."""
   outputs = []
   try:
     for p in procs:
-      outputs.append(p.communicate(timeout=600))
+      outputs.append(p.communicate(timeout=timeout))
   finally:
     for p in procs:
       if p.poll() is None:
         p.kill()
+  return outputs
+
+
+def _build_digits(data_dir: str) -> None:
+  from crossflow_jax.data.sources import load_source
+
+  for split in ("train", "test"):  # build once here, not racing in two processes
+    load_source("digits", split, data_dir=data_dir)
+
+
+@pytest.mark.slow
+def test_two_processes_run_the_real_loop_like_one_process(tmp_path):
+  """jax.distributed on localhost with gloo CPU collectives: `train()` in 2 processes x 2 devices, each reading
+  its own data shard, logs the losses of one process x 4 devices training on the same global batches; one
+  checkpoint holds both processes' data-iterator states; metrics, samples and loss.png come from process 0.
+  The sample grid and the FID during training (arrays spread over both processes, gathered) are those one
+  process x 4 devices computes from the same checkpoint."""
+  from crossflow_jax.eval.feature_classifier import train_classifier
+
+  data_dir = str(tmp_path / "data")
+  _build_digits(data_dir)
+  clf = train_classifier("digits", data_dir=data_dir, out_dir=str(tmp_path / "clf"), epochs=1)
+  workdir, port = tmp_path / "run", _free_port()
+  common = [str(workdir), data_dir]
+  procs = [_launch(tmp_path, f"p{i}.json", 2, common + [f"localhost:{port}", "2", str(i), "--fid", clf.path])
+           for i in range(2)]
+  procs.append(_launch(tmp_path, "single.json", 4, common + ["", "1", "0"]))
+  outputs = _wait(procs)
   for p, (_, err) in zip(procs, outputs):
     assert p.returncode == 0, err[-5000:]
   p0, p1, single = (json.load(open(tmp_path / name)) for name in ("p0.json", "p1.json", "single.json"))
@@ -134,3 +157,82 @@ def test_two_processes_run_the_real_loop_like_one_process(tmp_path):
   assert "process_0-of-2.json" in data_states and "process_1-of-2.json" in data_states
   assert os.path.isdir(workdir / "checkpoints" / "4" / "state")
   assert "step 4/4" in outputs[0][0] and "step " not in outputs[1][0]  # progress lines from process 0 only
+
+  # One process x 4 devices, from the checkpoint the two processes wrote: the same grid and the same FID.
+  key = "fid[classifier:digits]"
+  assert np.isfinite(rows[-1][key]) and p0["record"][key] == p1["record"][key] == rows[-1][key]
+  (tmp_path / "eval").mkdir()
+  proc = _launch(tmp_path, "eval/one.json", 4, common + ["", "1", "0", "--fid", clf.path, "--eval"])
+  (one,) = _wait([proc])
+  assert proc.returncode == 0, one[1][-5000:]
+  from PIL import Image
+
+  grids = [np.asarray(Image.open(d / "samples" / "step_0000004.png")) for d in (workdir, tmp_path / "eval")]
+  np.testing.assert_array_equal(grids[0], grids[1])
+  assert grids[0].std() > 0
+  assert json.load(open(tmp_path / "eval" / "one.json"))["fid"][key] == pytest.approx(rows[-1][key], rel=1e-6)
+
+
+@pytest.mark.slow
+def test_sigterm_makes_every_process_save_the_same_step(tmp_path):
+  """Preemption of a 2-process run: SIGTERM to process 1 only, then to process 0 and 0.3 s later to process 1.
+  Each time both processes save one and the same step and exit cleanly (none is left alone in the collective
+  save); resumed to the end, the run logs the losses of an uninterrupted one, bit for bit."""
+  import re
+  import signal
+  import time
+
+  from crossflow_jax.train.checkpoint import Checkpointer
+
+  data_dir = str(tmp_path / "data")
+  _build_digits(data_dir)
+  steps = 60
+
+  def pair(workdir) -> list[subprocess.Popen]:
+    port = _free_port()
+    return [_launch(tmp_path, f"{workdir.name}_{port}_p{i}.json", 2, [str(workdir), data_dir, f"localhost:{port}",
+                                                                      "2", str(i), "--steps", str(steps),
+                                                                      "--sample_every", "0"]) for i in range(2)]
+
+  def finish(procs) -> list[str]:
+    outputs = _wait(procs, timeout=240)
+    for p, (_, err) in zip(procs, outputs):
+      assert p.returncode == 0, err[-5000:]
+    return [out for out, _ in outputs]
+
+  full, run = tmp_path / "full", tmp_path / "run"
+  finish(pair(full))
+
+  def logged() -> int:
+    path = run / "metrics.jsonl"
+    return max((r["step"] for r in read_metrics(str(path))), default=0) if path.exists() else 0
+
+  def interrupt(signals: list[tuple[int, float]], after: int) -> int:
+    """Starts the pair on `run`; once step `after` is logged, SIGTERMs process i after each (i, delay)."""
+    procs = pair(run)
+    deadline = time.time() + 240
+    while logged() < after and time.time() < deadline and all(p.poll() is None for p in procs):
+      time.sleep(0.02)
+    for i, delay in signals:
+      time.sleep(delay)
+      if procs[i].poll() is None:
+        procs[i].send_signal(signal.SIGTERM)
+    outs = finish(procs)
+    saved = [re.findall(r"process (\d): SIGTERM: saved step (\d+)", out) for out in outs]
+    assert [s[0][0] for s in saved] == ["0", "1"], outs
+    assert saved[0][0][1] == saved[1][0][1], saved  # one and the same step
+    stop = int(saved[0][0][1])
+    assert Checkpointer(str(run), read_only=True).latest_step() == stop
+    data_states = sorted(os.listdir(run / "checkpoints" / str(stop) / "data"))
+    assert "process_0-of-2.json" in data_states and "process_1-of-2.json" in data_states
+    assert logged() == stop
+    return stop
+
+  first = interrupt([(1, 0.0)], after=5)
+  assert 5 <= first < steps
+  second = interrupt([(0, 0.0), (1, 0.3)], after=first + 5)
+  assert first + 5 <= second < steps
+  finish(pair(run))
+  a, b = ([(r["step"], r["loss"], r["grad_norm"]) for r in read_metrics(str(d / "metrics.jsonl"))] for d in (full, run))
+  assert [s for s, *_ in a] == list(range(1, steps + 1))
+  assert a == b  # floats round-trip exactly through JSON: a bit-for-bit comparison

@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 import signal
 import time
 
@@ -11,7 +12,7 @@ import pytest
 from crossflow_jax.errors import CheckpointError, DataError, TrainingDivergedError
 from crossflow_jax.train.checkpoint import Checkpointer
 from crossflow_jax.train.loop import train
-from crossflow_jax.train.metrics import read_metrics
+from crossflow_jax.train.metrics import plot_loss_curve, read_metrics
 from tests.helpers import popen_cli, run_cli, tiny_config
 
 
@@ -67,32 +68,97 @@ def test_exact_resume_after_sigterm(tmp_path, data_dir):
   assert a == b  # floats round-trip exactly through JSON: this is a bit-for-bit comparison
 
 
-def test_kill_9_during_saves_leaves_a_loadable_checkpoint(tmp_path, data_dir):
-  workdir = tmp_path / "w"
-  args = ["train_flow.py", "--workdir", str(workdir), "--config", "configs/digits_c2i.py:smoke", "--data.data_dir",
-          data_dir, "--total_steps", "100000", "--save_every", "1", "--log_every", "1000"]
-  proc = popen_cli(args)
-  ckdir = workdir / "checkpoints"
-  deadline = time.time() + 240
-  while time.time() < deadline:
+def _tmp_checkpoints(ckdir) -> list[str]:
+  """Orbax's in-flight saves: `<step>.orbax-checkpoint-tmp-<time>` folders, renamed to `<step>` when complete."""
+  return [d for d in os.listdir(ckdir) if ".orbax-checkpoint-tmp" in d] if ckdir.exists() else []
+
+
+def _stopped(pid: int) -> bool:
+  """Whether every thread of `pid` is stopped (SIGSTOP) or gone, from /proc/<pid>/task/*/stat."""
+  for task in os.listdir(f"/proc/{pid}/task"):
+    try:
+      with open(f"/proc/{pid}/task/{task}/stat") as f:
+        state = f.read().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+      continue  # the thread ended
+    if state not in "TtZX":
+      return False
+  return True
+
+
+def kill_9_during_a_save(proc, ckdir, *, min_saved: int, timeout: float = 240) -> list[str]:
+  """SIGKILLs `proc` while an Orbax save is provably in flight; returns the tmp folders the kill left.
+
+  Waits for `min_saved` finished checkpoints and a tmp folder, freezes the process (SIGSTOP, until every thread
+  is stopped), and kills it only if a tmp folder still exists then; otherwise resumes it and waits again.
+  """
+  deadline = time.time() + timeout
+  while time.time() < deadline and proc.poll() is None:
     done = [d for d in os.listdir(ckdir) if d.isdigit()] if ckdir.exists() else []
-    if len(done) >= 3:
-      break
-    time.sleep(0.01)
-  time.sleep(0.137)  # land somewhere inside the next saves
-  proc.send_signal(signal.SIGKILL)
-  proc.communicate(timeout=60)
+    if len(done) >= min_saved and _tmp_checkpoints(ckdir):
+      proc.send_signal(signal.SIGSTOP)
+      while not _stopped(proc.pid):
+        time.sleep(0.001)
+      in_flight = _tmp_checkpoints(ckdir)
+      if in_flight:
+        proc.send_signal(signal.SIGKILL)
+        proc.communicate(timeout=60)
+        return in_flight
+      proc.send_signal(signal.SIGCONT)
+    time.sleep(0.002)
+  proc.kill()
+  out, err = proc.communicate(timeout=60)
+  raise AssertionError(f"no save was caught in flight before the run ended or timed out:\n{err[-3000:]}")
+
+
+def test_kill_9_during_saves_leaves_a_loadable_checkpoint(tmp_path, data_dir):
+  """kill -9 while an (async) save is in flight: the last finished checkpoint loads and training resumes from
+  it; metrics.jsonl then holds every step exactly once."""
+  workdir = tmp_path / "w"
+  common = ["train_flow.py", "--workdir", str(workdir), "--config", "configs/digits_c2i.py:smoke", "--data.data_dir",
+            data_dir, "--log_every", "1"]
+  proc = popen_cli(common + ["--total_steps", "100000", "--save_every", "1"])
+  ckdir = workdir / "checkpoints"
+  in_flight = kill_9_during_a_save(proc, ckdir, min_saved=3)
+  assert in_flight and _tmp_checkpoints(ckdir) == in_flight  # the kill left the interrupted save behind
   ck = Checkpointer(str(workdir), read_only=True)
   latest = ck.latest_step()
   assert latest is not None and latest >= 3
   ck.close()
+  assert all(int(d.split(".")[0]) > latest for d in in_flight), (in_flight, latest)
   from crossflow_jax.train.restore import load_trained
   trained = load_trained(str(workdir))
   assert trained.step == latest
   # Training resumes from it.
-  r = run_cli(args[:-6] + ["--total_steps", str(latest + 3), "--save_every", "1000", "--log_every", "1"])
+  r = run_cli(common + ["--total_steps", str(latest + 3), "--save_every", "1000"])
   assert r.returncode == 0, r.stderr[-3000:]
   assert f"at step {latest}" in r.stdout
+  assert [row["step"] for row in read_metrics(workdir / "metrics.jsonl")] == list(range(1, latest + 4))
+  assert not _tmp_checkpoints(ckdir)  # the resumed run cleaned the interrupted save up
+
+
+def test_resume_skips_a_torn_last_metrics_line(tmp_path, data_dir, capsys):
+  """A kill -9 in the middle of an append leaves a torn last line in metrics.jsonl: the resume drops it and says
+  so, logs every step once with the losses of the uninterrupted run, and the loss plot reads past it."""
+  config = tiny_config(data_dir, total_steps=6, log_every=1, save_every=4)
+  train(config, str(tmp_path))
+  path = tmp_path / "metrics.jsonl"
+  full = _losses(path)
+  # What a kill -9 during step 5's append leaves: checkpoint 4, whole lines for steps 1..4, half of step 5's.
+  shutil.rmtree(tmp_path / "checkpoints" / "6")
+  lines = path.read_bytes().splitlines(keepends=True)
+  torn = lines[4][:len(lines[4]) // 2]
+  path.write_bytes(b"".join(lines[:4]) + torn)
+  shutil.copy(path, tmp_path / "torn.jsonl")
+  capsys.readouterr()
+  train(config, str(tmp_path))
+  out = capsys.readouterr().out
+  assert f"metrics.jsonl: dropped a torn last line ({len(torn)} bytes) left by an interrupted run" in out, out
+  assert "at step 4" in out
+  assert _losses(path) == full  # steps 1..6 once each, bit for bit
+  assert [r["step"] for r in read_metrics(tmp_path / "torn.jsonl")] == [1, 2, 3, 4]
+  plot_loss_curve(str(tmp_path / "torn.jsonl"), str(tmp_path / "torn.png"))
+  assert (tmp_path / "torn.png").stat().st_size > 0
 
 
 def test_checkpoint_of_another_model_is_refused(tmp_path, data_dir):
@@ -102,6 +168,49 @@ def test_checkpoint_of_another_model_is_refused(tmp_path, data_dir):
                      r"has 64"):
     train(tiny_config(data_dir, total_steps=4, **{"model.hidden_size": 64}), str(tmp_path))
   assert sorted(os.listdir(tmp_path / "checkpoints")) == before
+
+
+def _edit_saved_fingerprint(workdir, step: int, edit) -> None:
+  """Rewrites the fingerprint in the JSON `meta` item of checkpoint `step` with `edit(fingerprint)`."""
+  path = workdir / "checkpoints" / str(step) / "meta" / "metadata"
+  meta = json.loads(path.read_text())
+  edit(meta["fingerprint"])
+  path.write_text(json.dumps(meta))
+
+
+def test_resume_with_another_flow_prediction_is_refused(tmp_path, data_dir):
+  """The fingerprint holds flow.*: a velocity checkpoint resumed with --flow.prediction target stops, saying how."""
+  train(tiny_config(data_dir, total_steps=2, save_every=2), str(tmp_path))
+  before = sorted(os.listdir(tmp_path / "checkpoints"))
+  with pytest.raises(CheckpointError, match=r"flow.prediction: checkpoint has 'velocity', config has 'target'"
+                     r"[\s\S]*trained with flow.prediction='velocity'; pass --flow.prediction velocity or use a new "
+                     r"--workdir"):
+    train(tiny_config(data_dir, total_steps=4, **{"flow.prediction": "target"}), str(tmp_path))
+  # The same through train_flow.py's command line.
+  r = run_cli(["train_flow.py", "--config", "configs/digits_c2i.py:smoke", "--data.data_dir", data_dir, "--workdir",
+               str(tmp_path), "--total_steps", "4", "--flow.prediction", "target", "--flow.sigma_min", "0.01"])
+  assert r.returncode != 0 and "Traceback" not in r.stderr, r.stderr[-3000:]
+  assert "flow.prediction: checkpoint has 'velocity', config has 'target'" in r.stderr, r.stderr[-3000:]
+  assert "flow.sigma_min: checkpoint has 0.0, config has 0.01" in r.stderr
+  assert "pass --flow.prediction velocity --flow.sigma_min 0.0 or use a new --workdir" in r.stderr
+  assert sorted(os.listdir(tmp_path / "checkpoints")) == before
+
+
+def test_load_trained_checks_the_model_it_builds(tmp_path, data_dir):
+  """load_trained compares the checkpoint with the model it builds, not with itself; older checkpoints still load."""
+  from crossflow_jax.train.restore import load_trained
+
+  train(tiny_config(data_dir, total_steps=2, save_every=2), str(tmp_path))
+  # A checkpoint written before flow.* and task.std_scale joined the fingerprint: derived from its stored config.
+  _edit_saved_fingerprint(tmp_path, 2, lambda fp: [fp.pop(k) for k in list(fp) if k.startswith(("flow.", "task.std"))])
+  assert load_trained(str(tmp_path)).step == 2
+  train(tiny_config(data_dir, total_steps=3, save_every=3), str(tmp_path))  # and resumes
+  assert Checkpointer(str(tmp_path), read_only=True).latest_step() == 3
+  # A checkpoint whose fingerprint says its model differs from the one its config builds now is refused.
+  _edit_saved_fingerprint(tmp_path, 3, lambda fp: fp.update({"flow.prediction": "target"}))
+  with pytest.raises(CheckpointError, match=r"flow.prediction: checkpoint has 'target', config has 'velocity'"
+                     r"[\s\S]*crossflow_jax version that trained it"):
+    load_trained(str(tmp_path))
 
 
 def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path, data_dir):

@@ -289,6 +289,9 @@ def load_classifier(path: str) -> FeatureClassifier:
   config = ClassifierConfig.from_dict(meta["config"])
   abstract = nnx.eval_shape(lambda: ImageClassifier(config, rngs=nnx.Rngs(0)))
   graphdef, abstract_params = nnx.split(abstract)
+  # On this process's first device: the saved sharding names a device that, in a multi-host run, only one has.
+  local = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+  abstract_params = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=local), abstract_params)
   try:
     params = ocp.StandardCheckpointer().restore(os.path.join(path, "params"), abstract_params)
   except Exception as e:

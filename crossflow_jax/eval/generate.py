@@ -13,6 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from crossflow_jax.errors import ConfigError
+from crossflow_jax.parallel.distributed import host_array
 from crossflow_jax.parallel.sharding import batch_sharding
 
 
@@ -66,8 +67,11 @@ class Progress:
 
 
 def generate(exp, graphdef, params, cond: dict, *, solver: str, steps: int, cfg_scale: float, seed: int,
-             batch_size: int = 256, log=print) -> tuple[np.ndarray, float]:
-  """(float32 images [N, H, W, C] in [-1, 1], img/s) for the conditions of `eval_conditions`."""
+             batch_size: int = 256, temperature: float = 1.0, log=print) -> tuple[np.ndarray, float]:
+  """(float32 images [N, H, W, C] in [-1, 1], img/s) for the conditions of `eval_conditions`.
+
+  temperature: text models' source temperature T in z = mu + T sigma eps (1: the TVE's own spread).
+  """
   from crossflow_jax.sampling.latent_decode import decode_to_pixels
   from crossflow_jax.sampling.sampler import generate_images
   from crossflow_jax.sampling.text_sampler import generate_from_text
@@ -97,8 +101,8 @@ def generate(exp, graphdef, params, cond: dict, *, solver: str, steps: int, cfg_
                                cfg_scale=cfg_scale)
     else:
       images = generate_from_text(graphdef, params, chunk["text_emb"], chunk["text_mask"], key, task=task,
-                                  solver=solver, num_steps=steps, cfg_scale=cfg_scale)
+                                  solver=solver, num_steps=steps, cfg_scale=cfg_scale, temperature=temperature)
     images = decode_to_pixels(exp, images)  # latent models: through the VAE, in decode_batch_size batches
-    out.append(np.asarray(jax.device_get(jnp.clip(images, -1.0, 1.0)))[:keep])
+    out.append(host_array(jnp.clip(images, -1.0, 1.0))[:keep])  # multi-host: gathered from every process
     progress.update(lo + keep)
   return np.concatenate(out).astype(np.float32), progress.images_per_s

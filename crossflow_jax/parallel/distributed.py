@@ -16,9 +16,12 @@ Where the coordinator comes from, first match wins:
 On CPU, multi-process runs need CPU collectives; they are switched to gloo before initialising.
 """
 
+import functools
 import os
 
 import jax
+import jax.numpy as jnp
+import numpy as np
 
 from crossflow_jax.errors import ConfigError
 
@@ -124,13 +127,33 @@ def initialize_distributed(coordinator_address: str = "", num_processes: int = 0
   return True
 
 
+@functools.cache
+def _flag_reduction():
+  """(sharding of one int per device over all devices, jitted max of it -> replicated bool)."""
+  from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+  mesh = Mesh(np.asarray(jax.devices()), ("devices",))
+  reduce = jax.jit(lambda flags: jnp.max(flags) > 0, out_shardings=NamedSharding(mesh, PartitionSpec()))
+  return NamedSharding(mesh, PartitionSpec("devices")), reduce
+
+
+def any_process(flag: bool) -> jax.Array:
+  """Whether `flag` is true on any process: a replicated bool scalar, computed asynchronously.
+
+  A collective (a max over one int per device): every process calls it at the same point of its program, and
+  `bool()` of the result gives every process the same answer. Dispatching it does not block; `bool()` does,
+  until every process has cast its flag.
+  """
+  sharding, reduce = _flag_reduction()
+  local = [jax.device_put(np.full((1,), flag, np.int32), d) for d in sharding.addressable_devices]
+  return reduce(jax.make_array_from_single_device_arrays((jax.device_count(),), sharding, local))
+
+
 def host_array(x: jax.Array):
   """The whole of a (possibly multi-host) jax.Array as numpy, on every process.
 
   A collective when the array spans hosts: every process must call it (then only process 0 writes files).
   """
-  import numpy as np
-
   if jax.process_count() > 1 and isinstance(x, jax.Array) and not x.is_fully_addressable:
     from jax.experimental import multihost_utils
 

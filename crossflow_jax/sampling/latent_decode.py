@@ -7,11 +7,11 @@ image -> source flows (classification, retrieval): the scaled posterior mean of 
 from the path in the model's config and must be the one it was trained with (same weights hash).
 """
 
-import jax
 import numpy as np
 
 from crossflow_jax.data import latents as latents_lib
 from crossflow_jax.errors import WeightsError
+from crossflow_jax.parallel.distributed import host_array
 
 
 def vae_of(exp):
@@ -52,7 +52,7 @@ def decode_to_pixels(exp, images):
     return images
   vae = vae_of(exp)
   decode, _ = _codec(vae, int(exp.config.latent.decode_batch_size))
-  z = np.asarray(jax.device_get(images), np.float32) / np.float32(exp.data.latent_scale_factor)
+  z = host_array(images).astype(np.float32) / np.float32(exp.data.latent_scale_factor)
   pixels = np.clip(decode(z), -1.0, 1.0)
   if exp.data.pixel_shape[-1] == 1 and pixels.shape[-1] != 1:
     pixels = pixels.mean(axis=-1, keepdims=True)
@@ -66,7 +66,7 @@ def encode_from_pixels(exp, images):
     return images
   vae = vae_of(exp)
   _, encode = _codec(vae, int(exp.config.latent.decode_batch_size))
-  mean, _ = encode(latents_lib.to_vae_input(np.asarray(jax.device_get(images)), vae.config.in_channels))
+  mean, _ = encode(latents_lib.to_vae_input(host_array(images), vae.config.in_channels))
   return mean * np.float32(exp.data.latent_scale_factor)
 
 

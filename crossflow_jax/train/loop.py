@@ -17,7 +17,7 @@ from crossflow_jax.data import latents, pipeline, text_inputs
 from crossflow_jax.data.sources import default_data_dir, get_builder, load_source
 from crossflow_jax.errors import TrainingDivergedError
 from crossflow_jax.eval.grids import save_grid, to_uint8
-from crossflow_jax.parallel.distributed import host_array
+from crossflow_jax.parallel.distributed import any_process, host_array
 from crossflow_jax.parallel.sharding import batch_sharding
 from crossflow_jax.sampling.latent_decode import decode_to_pixels
 from crossflow_jax.sampling.sampler import classify_images, generate_images
@@ -76,7 +76,7 @@ def global_batch(local: dict, shardings: dict) -> dict:
 
 
 class _SigtermFlag:
-  """Turns SIGTERM into a flag the loop checks between steps (save, then exit)."""
+  """Turns SIGTERM into a flag the loop checks between steps (save, then exit); held for all of `train`."""
 
   def __init__(self):
     self.raised = False
@@ -96,6 +96,29 @@ class _SigtermFlag:
   def __exit__(self, *exc):
     if self._old is not None:
       signal.signal(signal.SIGTERM, self._old)
+
+
+class _StopAgreement:
+  """After a SIGTERM, the step at which every process saves and exits: one and the same on all of them.
+
+  One process: the step after the signal. Several: a SIGTERM reaches each process at its own moment (or only
+  one), and a process that saves alone hangs in the collective save while the others train on. So after every
+  step each process casts its flag into `any_process` (an all-reduce of one int per device) and reads the vote
+  cast after the step before: all processes read the same vote at the same step. Reading the previous step's
+  vote, not this one's, waits only for the step before, so the host still dispatches one step ahead of the
+  devices; the cost is one tiny all-reduce per step, and the save comes one step later than a blocking check's.
+  """
+
+  def __init__(self, sigterm: _SigtermFlag):
+    self.sigterm = sigterm
+    self._vote = None
+
+  def __call__(self) -> bool:
+    """Whether to save and exit now; every process calls it once after each step."""
+    if jax.process_count() == 1:
+      return self.sigterm.raised
+    vote, self._vote = self._vote, any_process(self.sigterm.raised)
+    return vote is not None and bool(vote)
 
 
 def _fetch(metrics: dict) -> dict:
@@ -133,8 +156,14 @@ def train(config, workdir: str) -> dict:
   """Trains (or resumes) the experiment described by `config` in `workdir`.
 
   Returns the last logged metrics. Raises CrossflowError subclasses for bad input, before any
-  file in workdir is written.
+  file in workdir is written. A SIGTERM (preemption) at any time makes every process save the same
+  step and return.
   """
+  with _SigtermFlag() as sigterm:
+    return _train(config, workdir, sigterm)
+
+
+def _train(config, workdir: str, sigterm: _SigtermFlag) -> dict:
   source, info, spec = open_data(config, config.data.train_split)
   exp = build_experiment(config, spec)
   ckpt = Checkpointer(workdir, max_to_keep=config.keep_checkpoints, async_save=config.async_checkpointing)
@@ -204,8 +233,9 @@ def train(config, workdir: str) -> dict:
   if step >= config.total_steps:
     log(f"Already at step {step} >= config.total_steps={config.total_steps}; nothing to train.")
   writer.start(step)
+  stop_now = _StopAgreement(sigterm)
   try:
-    with _SigtermFlag() as sigterm, _mesh_context(exp):
+    with _mesh_context(exp):
       while step < config.total_steps:
         batch = global_batch(text_inputs.embed_batch(next(data_iter), config.text), batch_shardings)
         state, metrics = step_fn(state, batch)
@@ -226,10 +256,12 @@ def train(config, workdir: str) -> dict:
           if sample_now or fid_now:
             writer.start(step)  # sampling time is not training throughput
           record = writer.write(step, fetched)
-        if (config.save_every and step % config.save_every == 0) or last or sigterm.raised:
+        stop = stop_now()
+        if (config.save_every and step % config.save_every == 0) or last or stop:
           save(step)
-        if sigterm.raised:
-          log(f"SIGTERM: saved step {step} to {ckpt.directory}; exiting.")
+        if stop:
+          where = f"process {jax.process_index()}: " if jax.process_count() > 1 else ""
+          print(f"{where}SIGTERM: saved step {step} to {ckpt.directory}; exiting.", flush=True)
           break
   finally:
     ckpt.close()

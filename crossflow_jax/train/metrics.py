@@ -35,13 +35,20 @@ class MetricsWriter:
                                dir=workdir)
 
   def truncate_after(self, step: int) -> None:
-    """Drops lines logged after `step` (a resumed run logs them again)."""
+    """Drops lines logged after `step` (a resumed run logs them again) and a torn last line.
+
+    A process killed while appending can leave a last line cut short; it is dropped (and said so). The file is
+    rewritten atomically (a temporary file renamed over it), so a kill during this rewrite loses nothing.
+    """
     if not self.is_main or not os.path.exists(self.path):
       return
-    with open(self.path) as f:
-      lines = [ln for ln in f if ln.strip() and json.loads(ln).get("step", 0) <= step]
-    with open(self.path, "w") as f:
-      f.writelines(lines)
+    records, torn = _read_records(self.path)
+    if torn:
+      print(f"metrics.jsonl: dropped a torn last line ({torn} bytes) left by an interrupted run", flush=True)
+    tmp = self.path + ".tmp"
+    with open(tmp, "w") as f:
+      f.writelines(json.dumps(r) + "\n" for r in records if r.get("step", 0) <= step)
+    os.replace(tmp, self.path)
 
   def start(self, step: int) -> None:
     """Restarts the throughput clock (after resuming, or after work that is not training)."""
@@ -81,9 +88,28 @@ class MetricsWriter:
       self._wandb.finish()
 
 
+def _read_records(path: str) -> tuple[list[dict], int]:
+  """(records of a metrics.jsonl, byte length of a torn last line or 0).
+
+  A torn last line is what a process killed in the middle of an append leaves: no newline at its end and not a
+  whole JSON object. Only the last line can be torn (lines are only ever appended).
+  """
+  with open(path, "rb") as f:
+    data = f.read()
+  lines = data.split(b"\n")
+  tail = lines.pop()  # b"" when the file ends with a newline
+  records = [json.loads(ln) for ln in lines if ln.strip()]
+  if tail.strip():
+    try:
+      records.append(json.loads(tail))  # whole, only its newline missing
+    except ValueError:
+      return records, len(tail)
+  return records, 0
+
+
 def read_metrics(path: str) -> list[dict]:
-  with open(path) as f:
-    return [json.loads(ln) for ln in f if ln.strip()]
+  """The records of a metrics.jsonl, without a torn last line left by an interrupted run."""
+  return _read_records(path)[0]
 
 
 def plot_loss_curve(metrics_path: str, out_path: str) -> None:
