@@ -30,7 +30,8 @@ def cifar10_base():
 
 
 def get_config(arg: str | None = None):
+  variant = base.variant(arg, ("smoke",), __file__)
   c = cifar10_base()
-  if arg == "smoke":
+  if variant == "smoke":
     base.smoke(c)
   return c.lock()

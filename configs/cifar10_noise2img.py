@@ -10,12 +10,13 @@ from configs import base, cifar10_c2i
 
 
 def get_config(arg: str | None = None):
+  variant = base.variant(arg, ("smoke",), __file__)
   c = cifar10_c2i.cifar10_base()
   c.task.name = "noise_to_image"
   c.task.source = "gaussian"
   c.task.guidance = "null_class"
   c.task.guidance_p = 0.1
   c.sample.cfg_scale = 2.0
-  if arg == "smoke":
+  if variant == "smoke":
     base.smoke(c)
   return c.lock()

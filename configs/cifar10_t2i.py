@@ -11,6 +11,7 @@ from configs import base
 
 
 def get_config(arg: str | None = None):
+  variant = base.variant(arg, ("smoke",), __file__)
   c = base.get_config()
   c.batch_size = 128
   c.total_steps = 200_000
@@ -28,6 +29,6 @@ def get_config(arg: str | None = None):
   c.optim.learning_rate = 1e-4
   c.optim.ema_decay = 0.9999
   c.sample.num_prompts = 10
-  if arg == "smoke":
+  if variant == "smoke":
     base.smoke(c)
   return c.lock()

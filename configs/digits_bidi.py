@@ -6,10 +6,11 @@
 Same model and budget as digits_c2i; see BENCHMARKS.md for its sample and classification accuracy.
 """
 
-from configs import digits_c2i
+from configs import base, digits_c2i
 
 
 def get_config(arg: str | None = None):
+  base.variant(arg, ("smoke",), __file__)
   c = digits_c2i.get_config(arg).unlock()
   c.task.name = "bidirectional"
   c.task.lambda_b = 0.5

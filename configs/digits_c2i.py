@@ -10,6 +10,7 @@ from configs import base
 
 
 def get_config(arg: str | None = None):
+  variant = base.variant(arg, ("smoke",), __file__)
   c = base.get_config()
   c.batch_size = 64
   c.total_steps = 2_000
@@ -29,6 +30,6 @@ def get_config(arg: str | None = None):
   c.optim.schedule = "cosine"
   c.optim.ema_decay = 0.999
   c.sample.steps = 20
-  if arg == "smoke":
+  if variant == "smoke":
     base.smoke(c)
   return c.lock()

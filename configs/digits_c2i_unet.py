@@ -13,6 +13,7 @@ from configs import base, digits_c2i
 
 
 def get_config(arg: str | None = None):
+  variant = base.variant(arg, ("smoke",), __file__)
   c = digits_c2i.get_config()  # the same task, source, data, schedule and sampler
   with c.unlocked():
     c.model.name = "unet"
@@ -22,6 +23,6 @@ def get_config(arg: str | None = None):
     c.model.unet.attention_resolutions = (4,)
     c.model.unet.num_heads = 4
     c.model.unet.groups = 8
-    if arg == "smoke":
+    if variant == "smoke":
       base.smoke(c)
   return c

@@ -8,10 +8,11 @@ Same model and budget as digits_c2i (about 3 minutes on 2 CPU cores); 93% test a
 (91%); keep the uniform time sampler: an image -> class flow decides near t=0.
 """
 
-from configs import digits_c2i
+from configs import base, digits_c2i
 
 
 def get_config(arg: str | None = None):
+  base.variant(arg, ("smoke",), __file__)
   c = digits_c2i.get_config(arg).unlock()
   c.task.name = "image_to_class"
   c.task.source = "rectangle"

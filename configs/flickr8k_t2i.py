@@ -7,10 +7,11 @@ Real language for tests and demos: far too little data for good images, but it e
 whole text path (tokenizer, frozen MiniLM, cache, TVE, indicator guidance) on human captions.
 """
 
-from configs import shapes_t2i
+from configs import base, shapes_t2i
 
 
 def get_config(arg: str | None = None):
+  variant = base.variant(arg, ("smoke",), __file__)
   c = shapes_t2i.get_config(arg)
   with c.unlocked():
     c.data.name = "flickr8k"
@@ -19,4 +20,6 @@ def get_config(arg: str | None = None):
     c.text.max_length = 48
     c.sample.judge_num = 0
     c.total_steps = 4_000
+    if variant == "smoke":
+      base.smoke(c)  # again: this recipe's own total_steps must not undo the smoke variant's
   return c.lock()

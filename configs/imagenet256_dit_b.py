@@ -17,6 +17,7 @@ from configs import base
 
 
 def get_config(arg: str | None = None):
+  variant = base.variant(arg, ("smoke",), __file__)
   c = base.get_config()
   c.batch_size = 256
   c.total_steps = 400_000
@@ -44,6 +45,6 @@ def get_config(arg: str | None = None):
   c.eval.fid_every = 0
   c.eval.features = "inception:fid_inception.safetensors"
   c.eval.fid_num_samples = 10_000
-  if arg == "smoke":
+  if variant == "smoke":
     base.smoke(c)
   return c.lock()

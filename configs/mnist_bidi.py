@@ -9,8 +9,9 @@ from configs import base, mnist_c2i
 
 
 def get_config(arg: str | None = None):
+  variant = base.variant(arg, ("smoke",), __file__)
   c = mnist_c2i.mnist_base("bidirectional")
   c.task.lambda_b = 0.5
-  if arg == "smoke":
+  if variant == "smoke":
     base.smoke(c)
   return c.lock()

@@ -31,7 +31,8 @@ def mnist_base(task: str):
 
 
 def get_config(arg: str | None = None):
+  variant = base.variant(arg, ("smoke",), __file__)
   c = mnist_base("class_to_image")
-  if arg == "smoke":
+  if variant == "smoke":
     base.smoke(c)
   return c.lock()

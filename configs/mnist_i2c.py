@@ -10,7 +10,8 @@ from configs import base, mnist_c2i
 
 
 def get_config(arg: str | None = None):
+  variant = base.variant(arg, ("smoke",), __file__)
   c = mnist_c2i.mnist_base("image_to_class")
-  if arg == "smoke":
+  if variant == "smoke":
     base.smoke(c)
   return c.lock()

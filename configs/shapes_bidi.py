@@ -7,10 +7,11 @@ The image -> text direction is read out by caption retrieval (flow an image to t
 nearest TVE mean among the 432 attribute captions); see BENCHMARKS.md.
 """
 
-from configs import shapes_t2i
+from configs import base, shapes_t2i
 
 
 def get_config(arg: str | None = None):
+  base.variant(arg, ("smoke",), __file__)
   c = shapes_t2i.get_config(arg)
   with c.unlocked():
     c.task.name = "bidirectional_text"

@@ -6,10 +6,11 @@ caption tokens, on the same data, encoder, backbone size and schedule as `shapes
 Text is dropped (null text) for 10% of the batch for classifier-free guidance.
 """
 
-from configs import shapes_t2i
+from configs import base, shapes_t2i
 
 
 def get_config(arg: str | None = None):
+  base.variant(arg, ("smoke",), __file__)
   c = shapes_t2i.get_config(arg)
   with c.unlocked():
     c.task.name = "noise_to_image_text"

@@ -121,7 +121,8 @@ def run_main(main, argv=None, entry_flags=(), default_config: str | None = None)
     try:
       return flags.FLAGS(args)
     except flags.Error as e:
-      _die(f"Flags parsing error: {e}")
+      user_error = _user_error(e)  # e.g. a recipe's get_config refusing an unknown `:variant`
+      _die(f"{type(user_error).__name__}: {user_error}" if user_error else f"Flags parsing error: {e}")
     except (AttributeError, KeyError, TypeError, ValueError) as e:
       # ml_collections reports unknown/ill-typed override keys with these.
       _die(f"Config override error: {str(e).strip(chr(39))}\n"
@@ -134,6 +135,16 @@ def run_main(main, argv=None, entry_flags=(), default_config: str | None = None)
       _die(f"{type(e).__name__}: {e}")
 
   app.run(wrapped, argv=argv, flags_parser=parse)
+
+
+def _user_error(e: BaseException) -> CrossflowError | None:
+  """The innermost `CrossflowError` behind `e`: absl and ml_collections re-raise a config file's errors as their own."""
+  found = None
+  while e is not None:
+    if isinstance(e, CrossflowError):
+      found = e
+    e = e.__cause__ or e.__context__
+  return found
 
 
 def _die(msg: str, code: int = 2):

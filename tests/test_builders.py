@@ -175,3 +175,36 @@ def test_image_folder_builds_both_layouts_with_clear_errors(tmp_path):
   (tmp_path / "empty").mkdir()
   with pytest.raises(DataError, match=r"empty.*train/<class>/"):
     tfds_builders.build("image_folder/s32", data_dir=str(tmp_path / "d4"), manual_dir=str(tmp_path / "empty"))
+
+
+def _png_header_claiming(path, width: int, height: int):
+  """A PNG whose header claims width x height RGB pixels (no pixel data): a decompression bomb's first bytes."""
+  import struct
+  import zlib
+
+  def chunk(kind: bytes, data: bytes) -> bytes:
+    return struct.pack('>I', len(data)) + kind + data + struct.pack('>I', zlib.crc32(kind + data))
+
+  ihdr = struct.pack('>IIBBBBB', width, height, 8, 2, 0, 0, 0)
+  path.write_bytes(b'\x89PNG\r\n\x1a\n' + chunk(b'IHDR', ihdr) + chunk(b'IEND', b''))
+
+
+def test_image_folder_bad_image_files_are_data_errors_naming_the_file(tmp_path):
+  rng = np.random.default_rng(0)
+  root = tmp_path / 'flat'
+  (root / 'cat').mkdir(parents=True)
+  for i in range(2):
+    Image.fromarray(rng.integers(0, 256, (40, 56, 3), dtype=np.uint8)).save(root / 'cat' / f'{i:03d}.jpg')
+  # 10^10 pixels claimed: over twice Pillow's default MAX_IMAGE_PIXELS (~89.5M), refused before decoding.
+  _png_header_claiming(root / 'cat' / '002.png', 100_000, 100_000)
+  with pytest.raises(DataError, match=r'^image_folder: image .*cat/002\.png is too large to decode safely '
+                     r'.*MAX_IMAGE_PIXELS'):
+    tfds_builders.build('image_folder/s32', data_dir=str(tmp_path / 'd0'), manual_dir=str(root))
+  (root / 'cat' / '002.png').unlink()
+  jpeg = (root / 'cat' / '000.jpg').read_bytes()
+  (root / 'cat' / '001.jpg').write_bytes(jpeg[: len(jpeg) // 2])  # truncated
+  with pytest.raises(DataError, match=r'^image_folder: cannot read image .*cat/001\.jpg .*truncated'):
+    tfds_builders.build('image_folder/s32', data_dir=str(tmp_path / 'd1'), manual_dir=str(root))
+  (root / 'cat' / '001.jpg').write_bytes(b'plain text, not an image')
+  with pytest.raises(DataError, match=r'^image_folder: cannot read image .*cat/001\.jpg .*not an image'):
+    tfds_builders.build('image_folder/s32', data_dir=str(tmp_path / 'd2'), manual_dir=str(root))

@@ -12,6 +12,7 @@ from crossflow_jax.data import shapes
 from crossflow_jax.data.sources import load_source
 from crossflow_jax.data.text_cache import decode_caption
 from crossflow_jax.errors import ConfigError, DataError
+from tfds_builders.image_text_folder.image_text_folder import load_image
 
 SHARED_DATA = os.environ.get("CROSSFLOW_SHARED_DATA",
                              os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data"))
@@ -196,3 +197,71 @@ def test_image_text_folder_absolute_paths_and_bad_files(tmp_path):
     tfds_builders.build("image_text_folder/s32", data_dir=str(tmp_path / "d2"), manual_dir=str(manual))
   with pytest.raises(DataError, match="no split 'test'"):  # Under 20 lines: train only.
     load_source("image_text_folder/s32", "test", data_dir=str(tmp_path / "ok"))
+
+
+def _build_folder(manual, data_dir, **kwargs):
+  return tfds_builders.build("image_text_folder/s32", data_dir=str(data_dir), manual_dir=str(manual), **kwargs)
+
+
+def _jsonl(manual, *img_paths):
+  lines = [json.dumps({"img_path": p, "prompt": f"line {i}"}) for i, p in enumerate(img_paths, start=1)]
+  (manual / "captions.jsonl").write_text("\n".join(lines) + "\n")
+
+
+def test_image_text_folder_keeps_img_paths_inside_the_folder(tmp_path, capsys):
+  """A downloaded captions.jsonl must not read files outside its folder unless the user opts in."""
+  from tfds_builders import __main__ as cli
+
+  manual = tmp_path / "mine"
+  _write_folder(manual, n=2)
+  outside = tmp_path / "elsewhere.png"
+  Image.fromarray(np.full((32, 32, 3), 7, np.uint8)).save(outside)
+  flag = "--allow_absolute_paths"
+  # `../` out of the folder: refused naming the line and the flag, with or without the flag.
+  _jsonl(manual, "imgs/0.png", "../elsewhere.png")
+  for options in ({}, {"options": {"allow_absolute_paths": True}}):
+    with pytest.raises(DataError, match=rf"captions.jsonl line 2: img_path '../elsewhere.png' .*outside the manual "
+                       rf"directory.*{flag}"):
+      _build_folder(manual, tmp_path / "d1", **options)
+  # A symlink inside the folder that points out of it: refused; one that stays inside: read.
+  os.symlink(outside, manual / "imgs" / "escape.png")
+  os.symlink(manual / "imgs" / "1.png", manual / "imgs" / "alias.png")
+  _jsonl(manual, "imgs/alias.png", "imgs/escape.png")
+  with pytest.raises(DataError, match=rf"line 2: img_path 'imgs/escape.png' resolves to .*elsewhere.png, outside"
+                     rf".*{flag}"):
+    _build_folder(manual, tmp_path / "d2")
+  _jsonl(manual, "imgs/alias.png")
+  source = _build_folder(manual, tmp_path / "d3").as_data_source("train")
+  np.testing.assert_array_equal(source[0]["image"], load_image(str(manual / "imgs" / "1.png"), 32))
+  # An absolute path outside the folder: refused by default, read with the option or the command-line flag.
+  _jsonl(manual, "imgs/0.png", str(outside))
+  with pytest.raises(DataError, match=rf"line 2: the absolute img_path '{outside}' lies outside .*{flag}"):
+    _build_folder(manual, tmp_path / "d4")
+  assert cli.main(["image_text_folder/s32", "--data_dir", str(tmp_path / "d5"), "--manual_dir", str(manual)]) == 1
+  assert "line 2" in capsys.readouterr().err
+  source = _build_folder(manual, tmp_path / "d6", options={"allow_absolute_paths": True}).as_data_source("train")
+  assert len(source) == 2 and (source[1]["image"] == 7).all()
+  assert cli.main(["image_text_folder/s32", "--data_dir", str(tmp_path / "d7"), "--manual_dir", str(manual), flag]) == 0
+  assert "is built" in capsys.readouterr().out
+  # Only builders that read user paths take the option.
+  with pytest.raises(DataError, match=r"'digits' takes no option \['allow_absolute_paths'\].*Drop --allow_abs"):
+    tfds_builders.build("digits", data_dir=str(tmp_path / "d8"), options={"allow_absolute_paths": True})
+
+
+def test_image_text_folder_unreadable_images_name_the_line_and_file(tmp_path, monkeypatch):
+  manual = tmp_path / "mine"
+  _write_folder(manual, n=2)
+  # Over Pillow's decompression-bomb limit (twice MAX_IMAGE_PIXELS; 40x30 = 1200 pixels here): a DataError.
+  with monkeypatch.context() as m:
+    m.setattr(Image, "MAX_IMAGE_PIXELS", 500)
+    _jsonl(manual, "imgs/1.png")
+    with pytest.raises(DataError, match=r"captions.jsonl line 1: image .*imgs/1.png is too large to decode safely .*"
+                       r"MAX_IMAGE_PIXELS = 500"):
+      _build_folder(manual, tmp_path / "d_bomb")
+  Image.fromarray(np.zeros((30, 40, 3), np.uint8)).save(manual / "imgs" / "whole.jpg")
+  for name in ("0.png", "whole.jpg"):  # Truncated PNG and JPEG: Pillow stops at the missing bytes.
+    data = (manual / "imgs" / name).read_bytes()
+    (manual / "imgs" / f"cut_{name}").write_bytes(data[: len(data) * 2 // 3])
+    _jsonl(manual, "imgs/1.png", f"imgs/cut_{name}")
+    with pytest.raises(DataError, match=rf"captions.jsonl line 2: cannot read image .*imgs/cut_{name} .*truncated"):
+      _build_folder(manual, tmp_path / f"d_{name}")

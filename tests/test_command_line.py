@@ -65,6 +65,17 @@ def test_unknown_and_ill_typed_keys(tmp_path):
   assert not (tmp_path / "w").exists()
 
 
+def test_misspelt_recipe_variant_fails_before_any_work(tmp_path):
+  # --total_steps 1 bounds the run the misspelt variant used to start silently (the full recipe).
+  r = run_cli(["train_flow.py", "--config", "configs/digits_c2i.py:smok", "--workdir", str(tmp_path / "w"),
+               "--data.data_dir", str(tmp_path / "data"), "--total_steps", "1"])
+  assert r.returncode == 2, r.stderr[-2000:]
+  assert r.stderr.strip().splitlines() == [
+      "error: ConfigError: configs/digits_c2i.py has no variant 'smok'; valid: smoke (or none). Fix: --config "
+      "configs/digits_c2i.py:smoke or --config configs/digits_c2i.py."], r.stderr[-2000:]
+  assert not (tmp_path / "w").exists() and not (tmp_path / "data").exists()
+
+
 def test_impossible_patch_size(tmp_path):
   r = run_cli(["train_flow.py", "--config", "configs/digits_c2i.py", "--workdir", str(tmp_path / "w"),
                "--data.data_dir", str(tmp_path / "data"), "--data.image_size", "12", "--model.patch_size", "8"])

@@ -6,15 +6,17 @@ import pathlib
 import jax
 import pytest
 
+from crossflow_jax.errors import ConfigError
 from crossflow_jax.train.dry_run import abstract_data_spec
 from crossflow_jax.train.experiment import build_experiment
 
 RECIPES = sorted(p.stem for p in pathlib.Path(__file__).parent.parent.joinpath("configs").glob("*.py")
                  if p.stem not in ("__init__", "base"))
+# The `:variant`s each recipe accepts besides none; the published-model recipes are shrunk by overrides instead.
+VARIANTS = {name: () if name.startswith("t2i_") else ("smoke",) for name in RECIPES}
 
 
-@pytest.mark.parametrize("name", RECIPES)
-@pytest.mark.parametrize("arg", [None, "smoke"])
+@pytest.mark.parametrize(("name", "arg"), [(name, arg) for name in RECIPES for arg in (None, *VARIANTS[name])])
 def test_recipe_builds(name, arg):
   config = importlib.import_module(f"configs.{name}").get_config(arg)
   with pytest.raises(AttributeError):
@@ -33,3 +35,19 @@ def test_reference_settings():
   assert (c.model.hidden_size, c.model.depth, c.model.num_heads, c.model.patch_size) == (256, 12, 4, 2)
   for cfg in (m, c):
     assert (cfg.batch_size, cfg.optim.learning_rate, cfg.optim.ema_decay) == (256, 1e-4, 0.9999)
+
+
+@pytest.mark.parametrize("name", RECIPES)
+def test_unknown_variant_is_refused(name):
+  """A misspelt `:variant` (`configs/x.py:smok`) fails naming the recipe and its variants, never trains the full one."""
+  get_config = importlib.import_module(f"configs.{name}").get_config
+  listed = f"{', '.join(VARIANTS[name])} (or none)" if VARIANTS[name] else "none"
+  for arg in ("smok", "Smoke", "full", "smoke " if VARIANTS[name] else "smoke"):
+    with pytest.raises(ConfigError) as e:
+      get_config(arg)
+    assert str(e.value).startswith(f"configs/{name}.py has no variant '{arg}'; valid: {listed}. Fix: --config "
+                                   f"configs/{name}.py"), str(e.value)
+  for arg in (None, "", *VARIANTS[name]):
+    assert get_config(arg).batch_size > 0  # the full recipe and each listed variant load
+  if VARIANTS[name]:
+    assert get_config("smoke").total_steps < get_config(None).total_steps  # the variant is applied

@@ -7,9 +7,13 @@ one line to `BUILDERS`. Always instantiate the classes directly (they are not in
 registry, which has its own `mnist` / `cifar10`); never use `tfds.load(name)`.
 
 Build from the command line with `python -m tfds_builders NAME --data_dir D --manual_dir M`.
+A builder's keyword options (its class attribute `OPTIONS`, e.g. `image_text_folder`'s
+`allow_absolute_paths`) are passed as `build(..., options={...})` or command-line flags.
 """
 
 import os
+from collections.abc import Mapping
+from typing import Any
 
 import tensorflow_datasets as tfds
 
@@ -56,17 +60,26 @@ def builder_class(name: str) -> type[tfds.core.GeneratorBasedBuilder]:
   return BUILDERS[base_name(name)]
 
 
-def make_builder(name: str, data_dir: str) -> tfds.core.DatasetBuilder:
-  """The builder of `name` ('shapes' = its default config, 'shapes/s16' = config s16) in `data_dir`."""
+def make_builder(name: str, data_dir: str, options: Mapping[str, Any] | None = None) -> tfds.core.DatasetBuilder:
+  """The builder of `name` ('shapes' = its default config, 'shapes/s16' = config s16) in `data_dir`.
+
+  `options` are keyword options of the builder class (its `OPTIONS`); `DataError` names one it lacks.
+  """
   cls = builder_class(name)
+  options = dict(options or {})
+  known = getattr(cls, 'OPTIONS', ())
+  unknown = sorted(set(options) - set(known))
+  if unknown:
+    raise DataError(f"Dataset '{base_name(name)}' takes no option {unknown}; its options are {list(known) or 'none'}. "
+                    f'Drop {", ".join("--" + o for o in unknown)}.')
   _, _, config = name.partition('/')
   if not config:
-    return cls(data_dir=data_dir)
+    return cls(data_dir=data_dir, **options)
   names = [c.name for c in (cls.BUILDER_CONFIGS or [])]
   if config not in names:
     raise DataError(f"Dataset '{base_name(name)}' has no config '{config}'; its configs are {names or 'none'} "
                     f"(write e.g. '{base_name(name)}/{names[0] if names else ''}').")
-  return cls(data_dir=data_dir, config=config)
+  return cls(data_dir=data_dir, config=config, **options)
 
 
 def check_manual_files(name: str, manual_dir: str) -> None:
@@ -97,6 +110,7 @@ def build(
     data_dir: str,
     manual_dir: str = '',
     max_examples_per_split: int | None = None,
+    options: Mapping[str, Any] | None = None,
 ) -> tfds.core.DatasetBuilder:
   """Builds dataset `name` into `data_dir` (no-op if already built) and returns its builder.
 
@@ -108,11 +122,13 @@ def build(
     manual_dir: directory holding the builder's `MANUAL_FILES` (unused by `digits`).
     max_examples_per_split: if set, write only the first that many examples of each split
       (for smoke tests; the result is stored as if it were the full dataset).
+    options: the builder's keyword options (`OPTIONS`), e.g. `{'allow_absolute_paths': True}` for
+      `image_text_folder`.
 
   Returns:
     The prepared builder; read it with `builder.as_data_source(split)`.
   """
-  builder = make_builder(name, data_dir)
+  builder = make_builder(name, data_dir, options)
   if builder.data_path.exists():
     return builder
   check_manual_files(name, manual_dir)

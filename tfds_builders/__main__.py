@@ -6,7 +6,8 @@ Usage: `python -m tfds_builders NAME [--data_dir D] [--manual_dir M]`, e.g.
 dataset's text-embedding cache (what training with `config.text.use_cache` reads; training
 builds it on first use otherwise). `--vae PATH --latent_image_size S` encodes every split once
 through a diffusers AutoencoderKL into the dataset's latent cache (posterior moments; what training
-with `config.latent.vae` reads).
+with `config.latent.vae` reads). `--allow_absolute_paths` lets `image_text_folder`'s captions.jsonl
+name images outside the manual directory by absolute path (only for a JSONL you trust).
 """
 
 import argparse
@@ -41,6 +42,9 @@ def main(argv: list[str] | None = None) -> int:
       default=None,
       help='write only this many examples per split (smoke tests)',
   )
+  parser.add_argument('--allow_absolute_paths', action='store_true',
+                      help='image_text_folder: read absolute img_paths outside the manual directory (a JSONL you '
+                      'trust; by default every image must lie inside it)')
   parser.add_argument('--text_encoder', default='', help="captioned datasets: also cache this encoder's "
                       "embeddings ('minilm' or a Hugging Face folder)")
   parser.add_argument('--max_length', type=int, default=77, help='tokens per caption for --text_encoder')
@@ -58,6 +62,7 @@ def main(argv: list[str] | None = None) -> int:
         data_dir=os.path.expanduser(args.data_dir),
         manual_dir=os.path.expanduser(args.manual_dir),
         max_examples_per_split=args.max_examples_per_split,
+        options={'allow_absolute_paths': True} if args.allow_absolute_paths else None,
     )
   except CrossflowError as e:
     print(f'error: {e}', file=sys.stderr)

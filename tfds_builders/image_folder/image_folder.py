@@ -10,7 +10,8 @@ bicubic, antialiased) and centre-cropped to S x S, as ADM / DiT prepare ImageNet
     python -m tfds_builders image_folder/s256 --manual_dir /data/imagenet   # holds train/ and val/
 
 Record: `{'image': uint8 [S, S, 3], 'label': int}`. An empty or missing directory, a val class that
-train lacks, or an unreadable image stops the build with a `DataError` naming it.
+train lacks, or an image Pillow cannot read whole (truncated, not an image, over its decompression-bomb
+limit) stops the build with a `DataError` naming it.
 """
 
 import os
@@ -111,9 +112,5 @@ class ImageFolder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
   def _generate_examples(self, rows) -> Iterator[tuple[int, dict]]:
     s = self.builder_config.image_size
     for key, (path, label) in enumerate(rows):
-      try:
-        image = load_image(path, s)
-      except (OSError, ValueError) as e:
-        raise DataError(f'image_folder: cannot read image {path} ({type(e).__name__}: {e}). Fix or remove the '
-                        'file.') from e
+      image = load_image(path, s, where='image_folder: ')
       yield key, {'image': image, 'label': label}

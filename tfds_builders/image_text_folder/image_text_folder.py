@@ -1,7 +1,10 @@
 """`image_text_folder`: the user's own captioned images, in CrossFlow's layout.
 
 Manual directory: `captions.jsonl`, one JSON object per line `{"img_path": ..., "prompt": ...}`
-(img_path absolute or relative to the manual directory), and the images. Every line becomes one
+(img_path relative to the manual directory), and the images. Every image must lie inside the manual
+directory (symlinks followed), so a downloaded JSONL cannot pull in other files; absolute paths
+elsewhere are read only with `allow_absolute_paths=True` (`--allow_absolute_paths` on the command
+line), and `../` never leaves the folder. Every line becomes one
 record (K = 1 caption; an image listed on several lines gives several records). Images are
 resized so the shorter side is S (PIL bicubic, antialiased) and centre-cropped to S x S; configs
 `s32`, `s64` (the default), `s128`, `s256` and `s512`. Split: every 20th line (1-based line 20, 40, ...) goes to
@@ -10,12 +13,14 @@ resized so the shorter side is S (PIL bicubic, antialiased) and centre-cropped t
     python -m tfds_builders image_text_folder/s64 --manual_dir DIR_WITH_captions.jsonl
 
 Record: `{'image': uint8 [S, S, 3], 'captions': object [1] (bytes)}`. A missing file, a line
-without `img_path` or `prompt`, or an unreadable image stops the build with a `DataError` naming
-the line.
+without `img_path` or `prompt`, a path outside the folder, or an image Pillow cannot read whole
+(truncated, not an image, over its decompression-bomb limit) stops the build with a `DataError`
+naming the line and the file.
 """
 
 import json
 import os
+import struct
 from collections.abc import Iterator
 from typing import ClassVar
 
@@ -37,20 +42,58 @@ class FolderConfig(tfds.core.BuilderConfig):
     self.image_size = image_size
 
 
-def load_image(path: str, size: int) -> np.ndarray:
-  """RGB uint8 [size, size, 3]: shorter side resized to `size` (bicubic), then centre-cropped."""
-  with Image.open(path) as img:
-    img = img.convert('RGB')
-    w, h = img.size
-    scale = size / min(w, h)
-    img = img.resize((max(size, round(w * scale)), max(size, round(h * scale))), Image.BICUBIC)
-    w, h = img.size
-    left, top = (w - size) // 2, (h - size) // 2
-    return np.asarray(img.crop((left, top, left + size, top + size)), dtype=np.uint8)
+def load_image(path: str, size: int, *, where: str = '') -> np.ndarray:
+  """RGB uint8 [size, size, 3]: shorter side resized to `size` (bicubic), then centre-cropped.
+
+  A file Pillow cannot read whole (missing, truncated, not an image, or over its decompression-bomb
+  limit) raises `DataError` naming `path`, after `where` (e.g. 'captions.jsonl line 3: ').
+  """
+  try:
+    with Image.open(path) as img:
+      img = img.convert('RGB')
+      w, h = img.size
+      scale = size / min(w, h)
+      img = img.resize((max(size, round(w * scale)), max(size, round(h * scale))), Image.BICUBIC)
+      w, h = img.size
+      left, top = (w - size) // 2, (h - size) // 2
+      return np.asarray(img.crop((left, top, left + size, top + size)), dtype=np.uint8)
+  except Image.DecompressionBombError as e:
+    raise DataError(f'{where}image {path} is too large to decode safely ({e}). Fix: shrink or remove it (Pillow '
+                    f'refuses images over 2 x PIL.Image.MAX_IMAGE_PIXELS = {Image.MAX_IMAGE_PIXELS} pixels).') from e
+  # Decoders report truncated or corrupt data with any of these.
+  except (OSError, ValueError, SyntaxError, EOFError, struct.error) as e:
+    raise DataError(f'{where}cannot read image {path} ({type(e).__name__}: {e}); it is missing, truncated or not an '
+                    'image. Fix the path or replace the file.') from e
 
 
-def read_jsonl(path: epath.Path) -> list[tuple[int, str, str]]:
-  """(line number, image path, prompt) of every non-empty line; DataError names a bad line."""
+def image_path(folder: str, img_path: str, *, where: str, allow_absolute_paths: bool) -> str:
+  """The file `img_path` (from a JSONL line) names, refused with `DataError` if it lies outside `folder`.
+
+  Relative paths are resolved against `folder` with symlinks followed and must stay inside it;
+  absolute paths outside it are accepted only with `allow_absolute_paths`.
+  """
+  if os.path.isabs(img_path) and allow_absolute_paths:
+    return img_path
+  root = os.path.realpath(folder)
+  path = os.path.realpath(os.path.join(folder, img_path))
+  if os.path.commonpath([root, path]) == root:
+    return path
+  flag = '`python -m tfds_builders image_text_folder ... --allow_absolute_paths`'
+  if os.path.isabs(img_path):
+    raise DataError(f'{where}the absolute img_path {img_path!r} lies outside the manual directory {root}; absolute '
+                    f'paths elsewhere are read only on request. Fix: move the image into the folder and give its '
+                    f'relative path, or, if you trust this {JSONL}, build with {flag} (allow_absolute_paths=True).')
+  raise DataError(f'{where}img_path {img_path!r} resolves to {path}, outside the manual directory {root}; a relative '
+                  f'img_path (symlinks followed) must stay inside it. Fix: move the image into the folder, or, if '
+                  f'you trust this {JSONL}, give its absolute path and build with {flag} '
+                  '(allow_absolute_paths=True).')
+
+
+def read_jsonl(path: epath.Path, *, allow_absolute_paths: bool = False) -> list[tuple[int, str, str]]:
+  """(line number, image path, prompt) of every non-empty line; DataError names a bad line.
+
+  Image paths are checked here, before anything is read: see `image_path`.
+  """
   rows = []
   base = os.path.dirname(os.fspath(path))
   with open(path, encoding='utf-8') as f:
@@ -64,7 +107,10 @@ def read_jsonl(path: epath.Path) -> list[tuple[int, str, str]]:
       if not isinstance(obj, dict) or not obj.get('img_path') or not isinstance(obj.get('prompt'), str) \
           or not obj['prompt'].strip():
         raise DataError(f'{path} line {n} needs a non-empty "img_path" and "prompt", got {line.strip()[:120]!r}.')
-      rows.append((n, os.path.join(base, obj['img_path']), obj['prompt'].strip()))
+      if not isinstance(obj['img_path'], str):
+        raise DataError(f'{path} line {n}: "img_path" must be a string, got {obj["img_path"]!r}.')
+      img = image_path(base, obj['img_path'], where=f'{path} line {n}: ', allow_absolute_paths=allow_absolute_paths)
+      rows.append((n, img, obj['prompt'].strip()))
   if not rows:
     raise DataError(f'{path} holds no lines; expected one {{"img_path": ..., "prompt": ...}} object per line.')
   return rows
@@ -82,11 +128,15 @@ class ImageTextFolder(ManualFileMixin, tfds.core.GeneratorBasedBuilder, skip_reg
   DEFAULT_BUILDER_CONFIG_NAME = 's64'
   MANUAL_FILES: ClassVar[tuple[str, ...]] = (JSONL,)
   MANUAL_DOWNLOAD_INSTRUCTIONS = f'Put {JSONL} (one {{"img_path", "prompt"}} object per line) and the images here.'
+  OPTIONS: ClassVar[tuple[str, ...]] = ('allow_absolute_paths',)  # keyword options `tfds_builders.build` passes on
   code_path = epath.Path(__file__)
 
-  def __init__(self, **kwargs):
+  def __init__(self, *, allow_absolute_paths: bool = False, **kwargs):
+    """`allow_absolute_paths`: read absolute img_paths outside the manual directory (trusted JSONL only)."""
     kwargs.setdefault('file_format', 'array_record')
     super().__init__(**kwargs)
+    self.allow_absolute_paths = allow_absolute_paths
+    self._original_state['allow_absolute_paths'] = allow_absolute_paths  # TFDS re-creates builders from this
 
   def _info(self) -> tfds.core.DatasetInfo:
     s = self.builder_config.image_size
@@ -101,7 +151,7 @@ class ImageTextFolder(ManualFileMixin, tfds.core.GeneratorBasedBuilder, skip_reg
     )
 
   def _split_generators(self, dl_manager: tfds.download.DownloadManager):
-    rows = read_jsonl(self.manual_file(dl_manager, JSONL))
+    rows = read_jsonl(self.manual_file(dl_manager, JSONL), allow_absolute_paths=self.allow_absolute_paths)
     test = [r for i, r in enumerate(rows, start=1) if i % TEST_EVERY == 0]
     train = [r for i, r in enumerate(rows, start=1) if i % TEST_EVERY]
     splits = {'train': self._generate_examples(train)}
@@ -112,9 +162,5 @@ class ImageTextFolder(ManualFileMixin, tfds.core.GeneratorBasedBuilder, skip_reg
   def _generate_examples(self, rows) -> Iterator[tuple[int, dict]]:
     s = self.builder_config.image_size
     for key, (line, path, prompt) in enumerate(rows):
-      try:
-        image = load_image(path, s)
-      except (OSError, ValueError) as e:
-        raise DataError(f'{JSONL} line {line}: cannot read image {path} ({type(e).__name__}: {e}). Fix the path '
-                        'or the file.') from e
+      image = load_image(path, s, where=f'{JSONL} line {line}: ')
       yield key, {'image': image, 'captions': np.asarray([prompt], dtype=object)}
