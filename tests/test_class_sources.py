@@ -14,6 +14,7 @@ from crossflow_jax.flow.paths import CondOTPath
 from crossflow_jax.flow.time_samplers import UniformTimeSampler
 from crossflow_jax.tasks.class_image import TASKS, TO_IMAGE, TO_SOURCE, ClassImageTask, FlowModel
 from crossflow_jax.tasks.class_sources import KINDS, class_means
+from tests.helpers import EndTimeSampler, RecordingBackbone
 
 FIXED_KINDS = ("rectangle", "grayscale", "smoothrand")
 SHAPE = (8, 8, 1)
@@ -240,23 +241,6 @@ def test_learned_table_is_not_trained_through_image_to_class_targets(lambda_b, t
   assert np.max(np.abs(grads["backbone"]["w"][...])) > 0
   table_grad = np.max(np.abs(np.asarray(grads["class_table"][...])))
   assert (table_grad > 0) if trained else (table_grad == 0.0)
-
-
-class EndTimeSampler:
-  """t = 1 for every sample: with sigma_min 0, x_t is exactly the (rolled) target x1."""
-
-  def __call__(self, key, batch_size):
-    return jnp.ones((batch_size,), jnp.float32)
-
-
-class RecordingBackbone:
-
-  def __init__(self):
-    self.calls = []
-
-  def __call__(self, x, t, **cond):
-    self.calls.append(dict(x=np.asarray(x), **{k: np.asarray(v) for k, v in cond.items()}))
-    return jnp.zeros_like(x)
 
 
 def test_bidirectional_indicator_rolls_targets_within_each_direction():

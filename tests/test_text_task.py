@@ -25,6 +25,7 @@ from crossflow_jax.sampling.text_sampler import (
   retrieval_accuracy,
 )
 from crossflow_jax.tasks.text_image import TO_IMAGE, TO_SOURCE, TextImageTask
+from tests.helpers import EndTimeSampler, RecordingBackbone
 
 SHAPE = (8, 8, 3)
 L, D = 6, 16
@@ -210,23 +211,6 @@ def test_target_prediction_turns_the_guided_output_into_a_velocity():
   out = np.asarray(v(x, jnp.full((b,), 0.75)))
   x1_hat = 2.0 + s * (1.0 - 2.0)  # as in the velocity test above
   np.testing.assert_allclose(out, (x1_hat - 1.0) / 0.25, rtol=1e-6)
-
-
-class EndTimeSampler:
-  """t = 1 for every sample: with sigma_min 0, x_t is exactly the (rolled) target x1."""
-
-  def __call__(self, key, batch_size):
-    return jnp.ones((batch_size,), jnp.float32)
-
-
-class RecordingBackbone:
-
-  def __init__(self):
-    self.calls = []
-
-  def __call__(self, x, t, **cond):
-    self.calls.append(dict(x=np.asarray(x), **{k: np.asarray(v) for k, v in cond.items()}))
-    return jnp.zeros_like(x)
 
 
 def test_bidirectional_indicator_rolls_targets_within_each_direction():

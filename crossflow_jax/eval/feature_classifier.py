@@ -12,6 +12,7 @@ has four (colour, shape, size, position).
 
 import dataclasses
 import functools
+import hashlib
 import json
 import os
 import time
@@ -155,6 +156,16 @@ class FeatureClassifier:
   @property
   def feature_space(self) -> str:
     return f"classifier:{self.dataset}"
+
+  @functools.cached_property
+  def identity(self) -> str:
+    """sha256 (16 hex digits) of the weights: every leaf's path, dtype, shape and bytes (computed once)."""
+    h = hashlib.sha256()
+    for path, leaf in jax.tree_util.tree_leaves_with_path(self.params):
+      value = np.ascontiguousarray(jax.device_get(leaf))
+      h.update(f"{jax.tree_util.keystr(path)}:{value.dtype}:{value.shape};".encode())
+      h.update(value.tobytes())
+    return h.hexdigest()[:16]
 
   @property
   def resolution(self) -> int:

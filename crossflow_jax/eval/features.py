@@ -23,9 +23,7 @@ import json
 import os
 import re
 import time
-import weakref
 
-import jax
 import numpy as np
 
 from crossflow_jax.errors import ConfigError, DataError
@@ -42,15 +40,13 @@ class InceptionFeatures:
   feature_dim = 2048
 
   def __init__(self, weights_path: str, resolution: int, batch_size: int = 64):
-    from flax import nnx
-
     from crossflow_jax.models.inception import load_fid_inception, make_feature_fn
+    from crossflow_jax.models.text_encoder.hf_weights import weights_fingerprint
 
     self.path = weights_path
     self.resolution = int(resolution)
-    model = load_fid_inception(weights_path)
-    self.params = nnx.state(model)  # hashed once by `extractor_identity`
-    self._fn = make_feature_fn(model, batch_size=batch_size)
+    self._fn = make_feature_fn(load_fid_inception(weights_path), batch_size=batch_size)
+    self.identity = weights_fingerprint([weights_path])[:16]  # the weight file's bytes, as the VAE's and encoders'
     self.test_accuracy = None
 
   def features(self, images: np.ndarray) -> np.ndarray:
@@ -76,34 +72,17 @@ def build_feature_extractor(spec: str, *, dataset: str, resolution: int, data_di
   raise ConfigError(f"Unknown --features {spec!r}; choose one of {FEATURE_SPECS}.")
 
 
-def weights_digest(params) -> str:
-  """sha256 (16 hex digits) of a weight pytree: every leaf's path, dtype, shape and bytes."""
-  h = hashlib.sha256()
-  for path, leaf in jax.tree_util.tree_leaves_with_path(params):
-    value = np.ascontiguousarray(jax.device_get(leaf))
-    h.update(f"{jax.tree_util.keystr(path)}:{value.dtype}:{value.shape};".encode())
-    h.update(value.tobytes())
-  return h.hexdigest()[:16]
-
-
-_IDENTITIES: "weakref.WeakKeyDictionary[object, str]" = weakref.WeakKeyDictionary()
-
-
 def extractor_identity(extractor) -> str:
-  """The identity of a feature extractor's weights: its `identity` attribute, else `weights_digest(params)`.
+  """The identity of a feature extractor's weights (its `identity`: a hash of them, set when it is built).
 
-  Computed once per extractor object. Two extractors of one feature space name (a retrained classifier,
-  other Inception weights) have different identities.
+  Two extractors of one feature space name (a retrained classifier, other Inception weights) have different
+  identities.
   """
   given = getattr(extractor, "identity", None)
-  if given:
-    return str(given)
-  if extractor not in _IDENTITIES:
-    if not hasattr(extractor, "params"):
-      raise ConfigError(f"The {extractor.feature_space} feature extractor has neither an `identity` nor `params`; "
-                        "cached reference statistics need one of them to tell its weights from others'.")
-    _IDENTITIES[extractor] = weights_digest(extractor.params)
-  return _IDENTITIES[extractor]
+  if not given:
+    raise ConfigError(f"The {extractor.feature_space} feature extractor has no `identity`; cached reference "
+                      "statistics need one to tell its weights from others'.")
+  return str(given)
 
 
 def split_identity(dataset: str, split: str, *, data_dir: str, manual_dir: str = "") -> str:
