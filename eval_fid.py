@@ -37,8 +37,11 @@ _WEIGHTS = flags.DEFINE_enum("weights", "ema", ["ema", "params"], "Which weights
 _BATCH = flags.DEFINE_integer("batch_size", 256, "Images per sampler call (spread over all devices).")
 _SPLIT = flags.DEFINE_string("split", "", "Real split for the reference statistics (default config.data.eval_split).")
 _SAVE = flags.DEFINE_bool("save_samples", False, "Also write OUT_samples.npz: the last setting's images and labels.")
-_TEMPERATURE = flags.DEFINE_string("temperature", "", "Text models: source temperature(s), comma-separated (default: "
-                                   "1 and the recipe's sample.temperature).")
+_TEMPERATURE = flags.DEFINE_string(
+  "temperature",
+  "",
+  "Text models: source temperature(s), comma-separated (default: 1 and the recipe's sample.temperature).",
+)
 _NUM_CLASSIFY = flags.DEFINE_integer("num_classify", 1000, "Eval images for image -> class / caption accuracy.")
 
 
@@ -51,16 +54,45 @@ def main(argv):
   if not _WORKDIR.value:
     raise ConfigError("--workdir is required (a training workdir with checkpoints/).")
   out = _OUT.value or f"{_WORKDIR.value.rstrip('/')}/metrics_eval.json"
-  result = evaluate_workdir(_WORKDIR.value, out=out, num_samples=_NUM.value, solver=_SOLVER.value,
-                            steps=_STEPS.value, cfg_scale=_CFG.value, features=_FEATURES.value, seed=_SEED.value,
-                            step=_STEP.value, weights=_WEIGHTS.value, batch_size=_BATCH.value, split=_SPLIT.value,
-                            num_classify=_NUM_CLASSIFY.value, save_samples=_SAVE.value,
-                            temperature=_TEMPERATURE.value)
+  result = evaluate_workdir(
+    _WORKDIR.value,
+    out=out,
+    num_samples=_NUM.value,
+    solver=_SOLVER.value,
+    steps=_STEPS.value,
+    cfg_scale=_CFG.value,
+    features=_FEATURES.value,
+    seed=_SEED.value,
+    step=_STEP.value,
+    weights=_WEIGHTS.value,
+    batch_size=_BATCH.value,
+    split=_SPLIT.value,
+    num_classify=_NUM_CLASSIFY.value,
+    save_samples=_SAVE.value,
+    temperature=_TEMPERATURE.value,
+  )
   print(json.dumps({k: v for k, v in result.items() if k != "results"} | {"results": result["results"]}, indent=1))
   print(f"Wrote {out}")
 
 
 if __name__ == "__main__":
-  run_main(main, entry_flags={"workdir", "out", "num_samples", "solver", "steps", "cfg_scale", "features", "seed",
-                              "step", "weights", "batch_size", "split", "num_classify", "save_samples",
-                              "temperature"})
+  run_main(
+    main,
+    entry_flags={
+      "workdir",
+      "out",
+      "num_samples",
+      "solver",
+      "steps",
+      "cfg_scale",
+      "features",
+      "seed",
+      "step",
+      "weights",
+      "batch_size",
+      "split",
+      "num_classify",
+      "save_samples",
+      "temperature",
+    },
+  )

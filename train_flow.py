@@ -19,19 +19,23 @@ from absl import flags
 from ml_collections import config_flags
 
 from crossflow_jax.command_line import (
-    DISTRIBUTED_FLAGS,
-    define_distributed_flags,
-    initialize_distributed_from_flags,
-    run_main,
+  DISTRIBUTED_FLAGS,
+  define_distributed_flags,
+  initialize_distributed_from_flags,
+  run_main,
 )
 
 DEFAULT_CONFIG = os.path.join(os.path.dirname(os.path.abspath(__file__)), "configs", "shapes_t2i.py")
 _CONFIG = config_flags.DEFINE_config_file(
-    "config", None,
-    "Experiment config file (a get_config(arg) Python file; `path:arg` passes arg).", lock_config=True)
+  "config", None, "Experiment config file (a get_config(arg) Python file; `path:arg` passes arg).", lock_config=True
+)
 _WORKDIR = flags.DEFINE_string("workdir", "runs/default", "Checkpoints, metrics.jsonl, samples and plots go here.")
-_DRY_RUN = flags.DEFINE_bool("dry_run", False, "Build the model abstractly (nothing allocated, no data read), print "
-                             "parameter counts per component and one JSON line, and exit.")
+_DRY_RUN = flags.DEFINE_bool(
+  "dry_run",
+  False,
+  "Build the model abstractly (nothing allocated, no data read), print "
+  "parameter counts per component and one JSON line, and exit.",
+)
 define_distributed_flags()
 
 

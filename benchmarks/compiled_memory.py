@@ -53,11 +53,14 @@ _JSON = flags.DEFINE_string("json_out", "", "Also write the result as JSON here.
 def abstract_batch(exp, batch_size: int) -> dict:
   """ShapeDtypeStructs of one global batch, with the batch shardings."""
   spec, shardings = exp.data, batch_shardings_for(exp)
-  shapes = {"image": ((batch_size, *spec.image_shape), jnp.float32), "label": ((batch_size,), jnp.int32),
-            "text_emb": ((batch_size, spec.num_tokens, spec.text_dim), jnp.float32),
-            "text_mask": ((batch_size, spec.num_tokens), jnp.int32),
-            "latent_mean": ((batch_size, *spec.image_shape), jnp.float32),
-            "latent_logvar": ((batch_size, *spec.image_shape), jnp.float32)}
+  shapes = {
+    "image": ((batch_size, *spec.image_shape), jnp.float32),
+    "label": ((batch_size,), jnp.int32),
+    "text_emb": ((batch_size, spec.num_tokens, spec.text_dim), jnp.float32),
+    "text_mask": ((batch_size, spec.num_tokens), jnp.int32),
+    "latent_mean": ((batch_size, *spec.image_shape), jnp.float32),
+    "latent_logvar": ((batch_size, *spec.image_shape), jnp.float32),
+  }
   return {k: jax.ShapeDtypeStruct(*shapes[k], sharding=s) for k, s in shardings.items()}
 
 
@@ -65,8 +68,9 @@ def saved_activation_bytes(graphdef, task, params, batch, latent_scale_factor: f
   """Bytes of the forward-pass residuals autodiff saves for the backward pass, excluding the arguments."""
   key = jax.random.PRNGKey(0)
   if latent_scale_factor is not None:  # the posterior sample the train step draws (no gradient flows into it)
-    batch = jax.eval_shape(functools.partial(latents.sample_batch_latents, key=key, scale_factor=latent_scale_factor),
-                           batch)
+    batch = jax.eval_shape(
+      functools.partial(latents.sample_batch_latents, key=key, scale_factor=latent_scale_factor), batch
+    )
 
   def loss(params, batch):
     return task.loss(nnx.merge(graphdef, params), batch, key)[0]
@@ -92,35 +96,54 @@ def main(argv):
   spec, _ = abstract_data_spec(cfg)
   exp = build_experiment(cfg, spec)
   graphdef, abstract_state, shardings = abstract_train_state(exp.model_fn, exp.tx, cfg.seed, exp.mesh, exp.rules)
-  step = jit_train_step(graphdef, exp.task, exp.tx, cfg.optim.ema_decay, shardings, batch_shardings_for(exp),
-                        ema_warmup=cfg.optim.ema_warmup,
-                        latent_scale_factor=spec.latent_scale_factor if spec.latent_vae else None)
+  step = jit_train_step(
+    graphdef,
+    exp.task,
+    exp.tx,
+    cfg.optim.ema_decay,
+    shardings,
+    batch_shardings_for(exp),
+    ema_warmup=cfg.optim.ema_warmup,
+    latent_scale_factor=spec.latent_scale_factor if spec.latent_vae else None,
+  )
   batch = abstract_batch(exp, cfg.batch_size)
   gib = lambda n: round(int(n) / 2**30, 3)  # noqa: E731
   with fast_init_tracing():
-    saved = saved_activation_bytes(graphdef, exp.task, abstract_state.params, batch,
-                                   spec.latent_scale_factor if spec.latent_vae else None)
+    saved = saved_activation_bytes(
+      graphdef, exp.task, abstract_state.params, batch, spec.latent_scale_factor if spec.latent_vae else None
+    )
   result = {
-      "config": os.path.basename(config_flags.get_config_filename(flags.FLAGS["config"])),
-      "backend": jax.default_backend(), "devices": jax.device_count(), "mesh": dict(exp.mesh.shape),
-      "batch_size": cfg.batch_size, "per_device_batch": cfg.batch_size // jax.device_count(),
-      "remat": cfg.model.remat, "compute_dtype": cfg.model.compute_dtype,
-      "params": count_params(abstract_state.params), "saved_for_backward_gib": gib(saved),
-      "saved_for_backward_bytes": int(saved),
+    "config": os.path.basename(config_flags.get_config_filename(flags.FLAGS["config"])),
+    "backend": jax.default_backend(),
+    "devices": jax.device_count(),
+    "mesh": dict(exp.mesh.shape),
+    "batch_size": cfg.batch_size,
+    "per_device_batch": cfg.batch_size // jax.device_count(),
+    "remat": cfg.model.remat,
+    "compute_dtype": cfg.model.compute_dtype,
+    "params": count_params(abstract_state.params),
+    "saved_for_backward_gib": gib(saved),
+    "saved_for_backward_bytes": int(saved),
   }
   if _COMPILE.value:
     start = time.time()
     compiled = step.lower(abstract_state, batch).compile()
     mem = compiled.memory_analysis()
-    result.update({
+    result.update(
+      {
         "compile_s": round(time.time() - start, 1),
-        "argument_gib": gib(mem.argument_size_in_bytes), "output_gib": gib(mem.output_size_in_bytes),
-        "alias_gib": gib(mem.alias_size_in_bytes), "temp_gib": gib(mem.temp_size_in_bytes),
+        "argument_gib": gib(mem.argument_size_in_bytes),
+        "output_gib": gib(mem.output_size_in_bytes),
+        "alias_gib": gib(mem.alias_size_in_bytes),
+        "temp_gib": gib(mem.temp_size_in_bytes),
         "generated_code_mib": round(mem.generated_code_size_in_bytes / 2**20, 1),
-        "argument_bytes": int(mem.argument_size_in_bytes), "temp_bytes": int(mem.temp_size_in_bytes),
-    })
-    result["total_gib"] = round(result["argument_gib"] + result["output_gib"] - result["alias_gib"]
-                                + result["temp_gib"], 3)
+        "argument_bytes": int(mem.argument_size_in_bytes),
+        "temp_bytes": int(mem.temp_size_in_bytes),
+      }
+    )
+    result["total_gib"] = round(
+      result["argument_gib"] + result["output_gib"] - result["alias_gib"] + result["temp_gib"], 3
+    )
   print(json.dumps(result, indent=1))
   if _JSON.value:
     with open(_JSON.value, "w") as f:

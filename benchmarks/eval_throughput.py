@@ -59,14 +59,31 @@ def main(argv):
   images = {}
 
   def gen():
-    images["x"], _ = generate(exp, graphdef, state.ema_params, cond, solver=_SOLVER.value, steps=_STEPS.value,
-                              cfg_scale=_CFG.value, seed=0, batch_size=_BATCH.value, log=lambda m: None)
+    images["x"], _ = generate(
+      exp,
+      graphdef,
+      state.ema_params,
+      cond,
+      solver=_SOLVER.value,
+      steps=_STEPS.value,
+      cfg_scale=_CFG.value,
+      seed=0,
+      batch_size=_BATCH.value,
+      log=lambda m: None,
+    )
 
-  result = {"config": os.path.basename(config_flags.get_config_filename(flags.FLAGS["config"])),
-            "backend": jax.default_backend(), "devices": jax.device_count(),
-            "device_kind": jax.devices()[0].device_kind, "image_shape": list(shape), "num_images": n,
-            "solver": _SOLVER.value, "steps": _STEPS.value, "cfg_scale": _CFG.value,
-            "generation_img_per_s": _rate(gen, n)}
+  result = {
+    "config": os.path.basename(config_flags.get_config_filename(flags.FLAGS["config"])),
+    "backend": jax.default_backend(),
+    "devices": jax.device_count(),
+    "device_kind": jax.devices()[0].device_kind,
+    "image_shape": list(shape),
+    "num_images": n,
+    "solver": _SOLVER.value,
+    "steps": _STEPS.value,
+    "cfg_scale": _CFG.value,
+    "generation_img_per_s": _rate(gen, n),
+  }
   recipe = RECIPES[base_dataset(cfg.data.name)]
   model = ImageClassifier(ClassifierConfig(tuple(shape), (("label", 10),), widths=recipe.widths), rngs=nnx.Rngs(0))
   clf = FeatureClassifier(model, {"dataset": cfg.data.name, "test_accuracy": {}}, "")
@@ -74,8 +91,7 @@ def main(argv):
   if _INCEPTION.value:
     from crossflow_jax.models.inception import FIDInceptionV3, load_fid_inception, make_feature_fn
 
-    net = load_fid_inception(_INCEPTION_WEIGHTS.value) if _INCEPTION_WEIGHTS.value else FIDInceptionV3(
-        rngs=nnx.Rngs(0))
+    net = load_fid_inception(_INCEPTION_WEIGHTS.value) if _INCEPTION_WEIGHTS.value else FIDInceptionV3(rngs=nnx.Rngs(0))
     fn = make_feature_fn(net, batch_size=64)
     m = min(n, 128)
     result["inception_features_img_per_s"] = _rate(lambda: fn(images["x"][:m]), m)
@@ -83,5 +99,17 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  run_main(main, entry_flags={"config", "num_images", "steps", "solver", "cfg_scale", "batch_size", "inception",
-                              "inception_weights"}, default_config=DEFAULT_CONFIG)
+  run_main(
+    main,
+    entry_flags={
+      "config",
+      "num_images",
+      "steps",
+      "solver",
+      "cfg_scale",
+      "batch_size",
+      "inception",
+      "inception_weights",
+    },
+    default_config=DEFAULT_CONFIG,
+  )

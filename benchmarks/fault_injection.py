@@ -52,8 +52,20 @@ ENTRY_FLAGS = {"config", "kills", "total_steps", "save_every", "log_every", "dat
 
 
 def train_command(workdir: str) -> list[str]:
-  cmd = [sys.executable, "train_flow.py", "--config", _CONFIG.value, "--workdir", workdir, "--total_steps",
-         str(_TOTAL.value), "--save_every", str(_SAVE.value), "--log_every", str(_LOG.value)]
+  cmd = [
+    sys.executable,
+    "train_flow.py",
+    "--config",
+    _CONFIG.value,
+    "--workdir",
+    workdir,
+    "--total_steps",
+    str(_TOTAL.value),
+    "--save_every",
+    str(_SAVE.value),
+    "--log_every",
+    str(_LOG.value),
+  ]
   return cmd + (["--data.data_dir", _DATA.value] if _DATA.value else [])
 
 
@@ -119,8 +131,15 @@ def summarize(reference: list[dict], interrupted: list[dict], total_steps: int, 
   got_loss = {r["step"]: r["loss"] for r in interrupted}
   mismatched = sorted(s for s in want if s in got_loss and got_loss[s] != ref_loss.get(s))
   equal = not lost and not duplicated and not mismatched and [r["step"] for r in reference] == want
-  return {"steps_lost": len(lost), "steps_duplicated": len(duplicated), "loss_mismatches": len(mismatched),
-          "final_loss_equal": equal, "lost": lost[:20], "duplicated": duplicated[:20], "mismatched": mismatched[:20]}
+  return {
+    "steps_lost": len(lost),
+    "steps_duplicated": len(duplicated),
+    "loss_mismatches": len(mismatched),
+    "final_loss_equal": equal,
+    "lost": lost[:20],
+    "duplicated": duplicated[:20],
+    "mismatched": mismatched[:20],
+  }
 
 
 def main(argv):
@@ -149,8 +168,10 @@ def main(argv):
   if proc.returncode != 0 or timing["startup"] is None:
     raise SystemExit(f"The reference run failed (exit {proc.returncode}); see {ref_dir}/train.log.")
   step_s = timing["steps"] / max(_TOTAL.value - 1, 1)  # seconds per step, saves and samples included
-  print(f"reference: {total:.1f} s; {timing['startup']:.1f} s to the first step, then {step_s * 1e3:.1f} ms/step",
-        flush=True)
+  print(
+    f"reference: {total:.1f} s; {timing['startup']:.1f} s to the first step, then {step_s * 1e3:.1f} ms/step",
+    flush=True,
+  )
   rng = random.Random(_SEED.value)
   kills, resumed, rows, startup = 0, 0, [], None
   log_path = os.path.join(run_dir, "train.log")
@@ -176,20 +197,43 @@ def main(argv):
     if proc.returncode == -signal.SIGKILL:
       kills += 1
       steps = logged_steps(run_dir)
-      rows.append({"kill": kills, "after": f"{kill[1]:.2f} s after the {kill[0].replace('_', ' ')}",
-                   "resumed_from": resume_step, "last_logged_step": steps[-1] if steps else 0,
-                   "tmp_checkpoints": tmp_checkpoints(run_dir)})
-      print(f"kill {kills}: {rows[-1]['after']} of a start from step {resume_step}; last logged step "
-            f"{rows[-1]['last_logged_step']}, Orbax tmp folders {rows[-1]['tmp_checkpoints']}", flush=True)
+      rows.append(
+        {
+          "kill": kills,
+          "after": f"{kill[1]:.2f} s after the {kill[0].replace('_', ' ')}",
+          "resumed_from": resume_step,
+          "last_logged_step": steps[-1] if steps else 0,
+          "tmp_checkpoints": tmp_checkpoints(run_dir),
+        }
+      )
+      print(
+        f"kill {kills}: {rows[-1]['after']} of a start from step {resume_step}; last logged step "
+        f"{rows[-1]['last_logged_step']}, Orbax tmp folders {rows[-1]['tmp_checkpoints']}",
+        flush=True,
+      )
     elif proc.returncode != 0:
       raise SystemExit(f"Launch {i + 1} failed (exit {proc.returncode}) without being killed; see {log_path}.")
     else:
       break  # finished: nothing left to interrupt
-  result = {"config": _CONFIG.value, "total_steps": _TOTAL.value, "save_every": _SAVE.value,
-            "log_every": _LOG.value, "kills": kills, "resumed": resumed, "seed": _SEED.value,
-            "reference_s": round(total, 1), "workdir": root}
-  result.update(summarize(read_metrics(os.path.join(ref_dir, "metrics.jsonl")),
-                          read_metrics(os.path.join(run_dir, "metrics.jsonl")), _TOTAL.value, _LOG.value))
+  result = {
+    "config": _CONFIG.value,
+    "total_steps": _TOTAL.value,
+    "save_every": _SAVE.value,
+    "log_every": _LOG.value,
+    "kills": kills,
+    "resumed": resumed,
+    "seed": _SEED.value,
+    "reference_s": round(total, 1),
+    "workdir": root,
+  }
+  result.update(
+    summarize(
+      read_metrics(os.path.join(ref_dir, "metrics.jsonl")),
+      read_metrics(os.path.join(run_dir, "metrics.jsonl")),
+      _TOTAL.value,
+      _LOG.value,
+    )
+  )
   result["kill_log"] = rows
   cols = ("kills", "resumed", "steps_lost", "steps_duplicated", "final_loss_equal")
   print("| " + " | ".join(c.replace("_", " ") for c in cols) + " |")

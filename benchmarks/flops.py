@@ -19,16 +19,18 @@ def dit_forward_macs(cfg: DiTConfig) -> int:
   length = (h // cfg.patch_size) * (w // cfg.patch_size)
   d, patch_dim = cfg.hidden_size, cfg.patch_size**2 * cfg.channels
   mlp = int(d * cfg.mlp_ratio)
-  per_block = (length * (4 * d * d + 2 * d * mlp)      # q, k, v, proj; fc1, fc2
-               + 2 * length * length * d               # q k^T and weights x v
-               + 6 * d * d)                             # adaLN modulation (per image)
+  per_block = (
+    length * (4 * d * d + 2 * d * mlp)  # q, k, v, proj; fc1, fc2
+    + 2 * length * length * d  # q k^T and weights x v
+    + 6 * d * d
+  )  # adaLN modulation (per image)
   if cfg.context_dim:
-    s = cfg.context_len + 1                             # text tokens and the null token
+    s = cfg.context_len + 1  # text tokens and the null token
     per_block += length * 2 * d * d + s * 2 * d * d + 2 * length * s * d  # q, proj; k, v; attention
   macs = cfg.depth * per_block
-  macs += length * patch_dim * d                        # patch embedding
-  macs += TIME_FREQUENCY_DIM * d + d * d                # timestep MLP
-  macs += 2 * d * d + length * d * patch_dim            # final adaLN and projection
+  macs += length * patch_dim * d  # patch embedding
+  macs += TIME_FREQUENCY_DIM * d + d * d  # timestep MLP
+  macs += 2 * d * d + length * d * patch_dim  # final adaLN and projection
   if cfg.context_dim:
     s = cfg.context_len
     macs += s * (cfg.context_dim * d + d * d) + cfg.context_dim * d + d * d  # context and pooled MLPs
@@ -42,18 +44,18 @@ def dimr_forward_macs(cfg: DiMRConfig) -> int:
   for s in cfg.stages:
     tokens = (h // s.patch_size) * (w // s.patch_size)
     d, m = s.dim, s.mlp_dim
-    macs += tokens * s.patch_size**2 * cfg.channels * d          # patch embedding
-    if prev_features:                                           # previous stage's features, linear to r^2 D
+    macs += tokens * s.patch_size**2 * cfg.channels * d  # patch embedding
+    if prev_features:  # previous stage's features, linear to r^2 D
       ratio2 = tokens // prev_tokens
       macs += prev_tokens * prev_features * d * ratio2
     if s.block_type == "transformer":
-      length = tokens + (1 if cfg.has_token else 0)              # + the conditioning token
+      length = tokens + (1 if cfg.has_token else 0)  # + the conditioning token
       block = length * (4 * d * d + 3 * d * m) + 2 * length * length * d  # q, k, v, proj; gated MLP; attention
     else:
       length = tokens
-      block = length * (s.kernel_size**2 * d + 3 * d * m)      # depthwise conv; gated MLP
+      block = length * (s.kernel_size**2 * d + 3 * d * m)  # depthwise conv; gated MLP
     macs += s.num_blocks * block
-    macs += (s.num_blocks // 2) * length * 2 * d * d           # U-ViT skip projections
+    macs += (s.num_blocks // 2) * length * 2 * d * d  # U-ViT skip projections
     macs += tokens * d * cfg.channels * cfg.final_kernel_size**2  # output head conv
     prev_features, prev_tokens = (s.num_blocks + 1) * d, tokens
   return macs

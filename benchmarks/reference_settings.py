@@ -12,18 +12,23 @@ comes from the config's dataset (`DATASET_SHAPES`, `data.image_size`) or the VAE
 """
 
 PRESETS = {
-    "M": dict(image_shape=(28, 28, 1), hidden_size=128, depth=8, num_heads=4, patch_size=2, batch_size=64),
-    "C": dict(image_shape=(32, 32, 3), hidden_size=256, depth=12, num_heads=4, patch_size=2, batch_size=32),
-    "DiT-S/2": dict(image_shape=(32, 32, 4), name="dit", preset="DiT-S", patch_size=2, batch_size=256),
-    "DiT-B/2": dict(image_shape=(32, 32, 4), name="dit", preset="DiT-B", patch_size=2, batch_size=256),
-    "DiMR-tiny": dict(image_shape=(32, 32, 4), name="dimr", preset="DiMR-tiny", batch_size=256),
-    "DiMR-256": dict(image_shape=(32, 32, 4), name="dimr", preset="DiMR-256", batch_size=64),
+  "M": dict(image_shape=(28, 28, 1), hidden_size=128, depth=8, num_heads=4, patch_size=2, batch_size=64),
+  "C": dict(image_shape=(32, 32, 3), hidden_size=256, depth=12, num_heads=4, patch_size=2, batch_size=32),
+  "DiT-S/2": dict(image_shape=(32, 32, 4), name="dit", preset="DiT-S", patch_size=2, batch_size=256),
+  "DiT-B/2": dict(image_shape=(32, 32, 4), name="dit", preset="DiT-B", patch_size=2, batch_size=256),
+  "DiMR-tiny": dict(image_shape=(32, 32, 4), name="dimr", preset="DiMR-tiny", batch_size=256),
+  "DiMR-256": dict(image_shape=(32, 32, 4), name="dimr", preset="DiMR-256", batch_size=64),
 }
 
 # Stored image shape per dataset name (builder config suffixes like "shapes/s64" are handled in `apply`).
 DATASET_SHAPES = {
-    "digits": (8, 8, 1), "mnist": (28, 28, 1), "cifar10": (32, 32, 3), "cifar10_captions": (32, 32, 3),
-    "shapes": (32, 32, 3), "flickr8k": (64, 64, 3), "image_text_folder": (64, 64, 3),
+  "digits": (8, 8, 1),
+  "mnist": (28, 28, 1),
+  "cifar10": (32, 32, 3),
+  "cifar10_captions": (32, 32, 3),
+  "shapes": (32, 32, 3),
+  "flickr8k": (64, 64, 3),
+  "image_text_folder": (64, 64, 3),
 }
 
 

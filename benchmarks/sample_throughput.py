@@ -40,8 +40,12 @@ from crossflow_jax.train.state import create_train_state  # noqa: E402
 DEFAULT_CONFIG = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs", "digits_c2i.py")
 TEXT_DIM = 384  # all-MiniLM-L6-v2-shaped synthetic token embeddings for text configs
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config.", lock_config=True)
-_PRESET = flags.DEFINE_enum("preset", "", ["", *reference_settings.PRESETS],
-                            "Named benchmark setting (overrides the config's model; see reference_settings).")
+_PRESET = flags.DEFINE_enum(
+  "preset",
+  "",
+  ["", *reference_settings.PRESETS],
+  "Named benchmark setting (overrides the config's model; see reference_settings).",
+)
 _NUM = flags.DEFINE_integer("num_images", 64, "Images per program (B; the guided program evaluates 2B).")
 _STEPS = flags.DEFINE_integer("steps", 50, "Solver steps.")
 _SOLVER = flags.DEFINE_enum("solver", "euler", ["euler", "heun"], "ODE solver.")
@@ -81,8 +85,17 @@ def measure(exp, graphdef, params, x0, cond, cfg_scale: float, nfe: int, forward
   n = x0.shape[0]
 
   def sample():
-    return solve(graphdef, params, x0, cond, task=task, solver=_SOLVER.value, num_steps=_STEPS.value,
-                 cfg_scale=cfg_scale, direction=TO_IMAGE)
+    return solve(
+      graphdef,
+      params,
+      x0,
+      cond,
+      task=task,
+      solver=_SOLVER.value,
+      num_steps=_STEPS.value,
+      cfg_scale=cfg_scale,
+      direction=TO_IMAGE,
+    )
 
   @jax.jit
   def one_eval(params, x):
@@ -93,9 +106,16 @@ def measure(exp, graphdef, params, x0, cond, cfg_scale: float, nfe: int, forward
   guided = task.guidance != "none" and cfg_scale != 1.0
   t_sample = _time(sample, _REPEATS.value)
   t_eval = _time(lambda: one_eval(params, x0), max(_REPEATS.value, 5))
-  out = {"cfg_scale": cfg_scale, "guided": guided, "forward_batch": 2 * n if guided else n, "seconds": t_sample,
-         "img_per_s": n / t_sample, "one_eval_ms": t_eval * 1e3, "floor_seconds": nfe * t_eval,
-         "ratio_to_floor": t_sample / (nfe * t_eval)}
+  out = {
+    "cfg_scale": cfg_scale,
+    "guided": guided,
+    "forward_batch": 2 * n if guided else n,
+    "seconds": t_sample,
+    "img_per_s": n / t_sample,
+    "one_eval_ms": t_eval * 1e3,
+    "floor_seconds": nfe * t_eval,
+    "ratio_to_floor": t_sample / (nfe * t_eval),
+  }
   if forward_flops is not None:
     total = forward_flops * nfe * n * (2 if guided else 1)
     out["model_tflops_per_s"] = total / t_sample / 1e12
@@ -109,8 +129,15 @@ def main(argv):
   cfg = _CONFIG.value
   image_shape = reference_settings.apply(cfg, _PRESET.value)
   if cfg.task.name in TEXT_TASKS:
-    spec = DataSpec("synthetic", image_shape, 0, num_captions=1, text_identity="synthetic", text_dim=TEXT_DIM,
-                    num_tokens=cfg.text.max_length)
+    spec = DataSpec(
+      "synthetic",
+      image_shape,
+      0,
+      num_captions=1,
+      text_identity="synthetic",
+      text_dim=TEXT_DIM,
+      num_tokens=cfg.text.max_length,
+    )
   else:
     spec = DataSpec("synthetic", image_shape, 10)
   exp = build_experiment(cfg, spec)
@@ -124,12 +151,21 @@ def main(argv):
   if _CFG.value != 1.0 and exp.task.guidance != "none":
     runs["guided"] = measure(exp, graphdef, params, x0, cond, _CFG.value, nfe, forward_flops)
   result = {
-      "config": _PRESET.value or os.path.basename(config_flags.get_config_filename(flags.FLAGS["config"])),
-      "model": cfg.model.name, "model_preset": cfg.model.preset, "task": exp.task.name,
-      "backend": jax.default_backend(), "devices": jax.device_count(), "device_kind": jax.devices()[0].device_kind,
-      "compute_dtype": cfg.model.compute_dtype, "solver": _SOLVER.value, "steps": _STEPS.value, "nfe": nfe,
-      "num_images": _NUM.value, "image_shape": list(image_shape), "forward_flops_per_image_analytic": forward_flops,
-      **runs,
+    "config": _PRESET.value or os.path.basename(config_flags.get_config_filename(flags.FLAGS["config"])),
+    "model": cfg.model.name,
+    "model_preset": cfg.model.preset,
+    "task": exp.task.name,
+    "backend": jax.default_backend(),
+    "devices": jax.device_count(),
+    "device_kind": jax.devices()[0].device_kind,
+    "compute_dtype": cfg.model.compute_dtype,
+    "solver": _SOLVER.value,
+    "steps": _STEPS.value,
+    "nfe": nfe,
+    "num_images": _NUM.value,
+    "image_shape": list(image_shape),
+    "forward_flops_per_image_analytic": forward_flops,
+    **runs,
   }
   print(json.dumps(result, indent=1))
   if _JSON.value:
@@ -138,5 +174,18 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  run_main(main, entry_flags={"config", "preset", "num_images", "steps", "solver", "cfg_scale", "repeats",
-                              "peak_tflops", "json_out"}, default_config=DEFAULT_CONFIG)
+  run_main(
+    main,
+    entry_flags={
+      "config",
+      "preset",
+      "num_images",
+      "steps",
+      "solver",
+      "cfg_scale",
+      "repeats",
+      "peak_tflops",
+      "json_out",
+    },
+    default_config=DEFAULT_CONFIG,
+  )

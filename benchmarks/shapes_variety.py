@@ -23,9 +23,14 @@ from absl import flags  # noqa: E402
 from crossflow_jax.command_line import run_main  # noqa: E402
 from crossflow_jax.eval import shapes_judge  # noqa: E402
 
-CAPTIONS = ("a small red circle in the top left", "a big blue box at the center",
-            "a tiny yellow triangle in the lower right", "a small green square in the middle right",
-            "a large magenta triangle at the bottom center", "a little cyan disk in the upper right")
+CAPTIONS = (
+  "a small red circle in the top left",
+  "a big blue box at the center",
+  "a tiny yellow triangle in the lower right",
+  "a small green square in the middle right",
+  "a large magenta triangle at the bottom center",
+  "a little cyan disk in the upper right",
+)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Training workdir of a shapes text -> image model.")
 _TEMPS = flags.DEFINE_string("temperatures", "0.25,0.5,1", "Comma-separated source temperatures.")
 _NUM = flags.DEFINE_integer("num_samples", 32, "Images per caption and temperature.")
@@ -44,14 +49,24 @@ def main(argv):
   with tempfile.TemporaryDirectory() as tmp:
     for t in (float(x) for x in _TEMPS.value.split(",")):
       path = os.path.join(tmp, f"T{t}.npz")
-      sample_text.prompts_to_file(_WORKDIR.value, path, list(CAPTIONS), num_samples=_NUM.value, steps=_STEPS.value,
-                                  cfg_scale=_CFG.value, temperature=t)
+      sample_text.prompts_to_file(
+        _WORKDIR.value,
+        path,
+        list(CAPTIONS),
+        num_samples=_NUM.value,
+        steps=_STEPS.value,
+        cfg_scale=_CFG.value,
+        temperature=t,
+      )
       with np.load(path) as drawn:
         images, prompts = drawn["images"], [str(p) for p in drawn["prompts"]]
       image_size = images.shape[1]
       judged = shapes_judge.score(images, prompts)
-      samples[str(t)] = {**shapes_judge.mean_spread(images.reshape(len(CAPTIONS), _NUM.value, *images.shape[1:])),
-                         "judge_all": round(judged["all"], 4), "judge_abstain": round(judged["abstain"], 4)}
+      samples[str(t)] = {
+        **shapes_judge.mean_spread(images.reshape(len(CAPTIONS), _NUM.value, *images.shape[1:])),
+        "judge_all": round(judged["all"], 4),
+        "judge_abstain": round(judged["abstain"], 4),
+      }
       print(f"T {t}: {samples[str(t)]}", file=sys.stderr, flush=True)
   out = {"rendered": shapes_judge.rendered_spread(CAPTIONS, _NUM.value, image_size), "samples": samples}
   print(json.dumps(out))

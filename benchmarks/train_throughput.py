@@ -42,11 +42,13 @@ from crossflow_jax.train.state import count_params, create_train_state  # noqa: 
 from crossflow_jax.train.step import jit_train_step  # noqa: E402
 
 DEFAULT_CONFIG = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs", "digits_c2i.py")
-_CONFIG = config_flags.DEFINE_config_file(
-    "config", None,
-    "Experiment config.", lock_config=True)
-_PRESET = flags.DEFINE_enum("preset", "", ["", *reference_settings.PRESETS],
-                            "Named benchmark setting (overrides the config's model and batch; see reference_settings).")
+_CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config.", lock_config=True)
+_PRESET = flags.DEFINE_enum(
+  "preset",
+  "",
+  ["", *reference_settings.PRESETS],
+  "Named benchmark setting (overrides the config's model and batch; see reference_settings).",
+)
 _STEPS = flags.DEFINE_integer("steps", 20, "Timed steps (after 3 warm-up steps).")
 _REPEATS = flags.DEFINE_integer("repeats", 3, "Timing repeats; the median is reported.")
 _PEAK = flags.DEFINE_float("peak_tflops", 0.0, "Device peak TFLOP/s for MFU (0: not reported).")
@@ -97,15 +99,23 @@ def main(argv):
       cfg.batch_size = _BATCH.value
   text = cfg.task.name in TEXT_TASKS
   if text:  # token embeddings of the shape all-MiniLM-L6-v2 gives; the TVE and encoders are timed too
-    spec = DataSpec("synthetic", image_shape, 0, num_captions=1, text_identity="synthetic", text_dim=TEXT_DIM,
-                    num_tokens=cfg.text.max_length)
+    spec = DataSpec(
+      "synthetic",
+      image_shape,
+      0,
+      num_captions=1,
+      text_identity="synthetic",
+      text_dim=TEXT_DIM,
+      num_tokens=cfg.text.max_length,
+    )
   else:
     spec = DataSpec("synthetic", image_shape, num_classes)
   exp = build_experiment(cfg, spec)
   graphdef, state, shardings = create_train_state(exp.model_fn, exp.tx, cfg.seed, exp.mesh, exp.rules)
   bsh = batch_shardings_for(exp)
-  step = jit_train_step(graphdef, exp.task, exp.tx, cfg.optim.ema_decay, shardings, bsh,
-                        ema_warmup=cfg.optim.ema_warmup)
+  step = jit_train_step(
+    graphdef, exp.task, exp.tx, cfg.optim.ema_decay, shardings, bsh, ema_warmup=cfg.optim.ema_warmup
+  )
   rng = np.random.default_rng(0)
   batch = {"image": rng.uniform(-1, 1, (cfg.batch_size,) + tuple(image_shape)).astype(np.float32)}
   if text:
@@ -134,15 +144,24 @@ def main(argv):
   # device repeats (e.g. the optimizer update of replicated parameters), so it is an upper bound on a mesh.
   xla_per_image = step_xla_flops * len(exp.mesh.devices.flat) / cfg.batch_size
   result = {
-      "config": _PRESET.value or os.path.basename(config_flags.get_config_filename(flags.FLAGS["config"])),
-      "model": cfg.model.name, "model_preset": cfg.model.preset,
-      "backend": jax.default_backend(), "devices": jax.device_count(), "device_kind": jax.devices()[0].device_kind,
-      "mesh": dict(exp.mesh.shape), "attention_impl": cfg.model.attention_impl,
-      "image_shape": list(image_shape), "batch_size": cfg.batch_size, "params": count_params(state.params),
-      "compute_dtype": cfg.model.compute_dtype, "step_ms": step_s * 1e3, "img_per_s": img_s,
-      "flops_per_image_analytic": analytic, "flops_per_image_xla": xla_per_image,
-      "model_tflops_per_s": None if analytic is None else analytic * img_s / 1e12,
-      "xla_tflops_per_s": xla_per_image * img_s / 1e12,
+    "config": _PRESET.value or os.path.basename(config_flags.get_config_filename(flags.FLAGS["config"])),
+    "model": cfg.model.name,
+    "model_preset": cfg.model.preset,
+    "backend": jax.default_backend(),
+    "devices": jax.device_count(),
+    "device_kind": jax.devices()[0].device_kind,
+    "mesh": dict(exp.mesh.shape),
+    "attention_impl": cfg.model.attention_impl,
+    "image_shape": list(image_shape),
+    "batch_size": cfg.batch_size,
+    "params": count_params(state.params),
+    "compute_dtype": cfg.model.compute_dtype,
+    "step_ms": step_s * 1e3,
+    "img_per_s": img_s,
+    "flops_per_image_analytic": analytic,
+    "flops_per_image_xla": xla_per_image,
+    "model_tflops_per_s": None if analytic is None else analytic * img_s / 1e12,
+    "xla_tflops_per_s": xla_per_image * img_s / 1e12,
   }
   if _PEAK.value:
     peak = _PEAK.value * jax.device_count()
@@ -156,5 +175,8 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  run_main(main, entry_flags={"config", "preset", "steps", "repeats", "peak_tflops", "json_out", "batch_size"},
-           default_config=DEFAULT_CONFIG)
+  run_main(
+    main,
+    entry_flags={"config", "preset", "steps", "repeats", "peak_tflops", "json_out", "batch_size"},
+    default_config=DEFAULT_CONFIG,
+  )

@@ -18,7 +18,7 @@ def get_config(arg: str | None = None):
   with c.unlocked():
     c.model.name = "unet"
     c.model.unet.channels = 32
-    c.model.unet.channel_mult = (1, 2, 2)   # 8x8, 4x4, 2x2 feature maps
+    c.model.unet.channel_mult = (1, 2, 2)  # 8x8, 4x4, 2x2 feature maps
     c.model.unet.num_res_blocks = 2
     c.model.unet.attention_resolutions = (4,)
     c.model.unet.num_heads = 4

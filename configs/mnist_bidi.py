@@ -1,8 +1,8 @@
 """Bidirectional class <-> image on MNIST: one network, a direction embedding, lambda_b = 0.5.
 
-  python train_flow.py --config configs/mnist_bidi.py --workdir runs/mnist_bidi --data.manual_dir ../shared/data
-  python -m crossflow_jax.sample --workdir runs/mnist_bidi --class_label 0,1,2 --out bidi.png
-  python -m crossflow_jax.sample --workdir runs/mnist_bidi --classify_split test
+python train_flow.py --config configs/mnist_bidi.py --workdir runs/mnist_bidi --data.manual_dir ../shared/data
+python -m crossflow_jax.sample --workdir runs/mnist_bidi --class_label 0,1,2 --out bidi.png
+python -m crossflow_jax.sample --workdir runs/mnist_bidi --classify_split test
 """
 
 from configs import base, mnist_c2i

@@ -37,7 +37,7 @@ def get_config(arg: str | None = None):
   c.data.name = "shapes"
   c.data.holdout_pairs = "red:triangle,blue:circle"
   c.text.encoder = "minilm"
-  c.text.max_length = 24          # shapes captions are at most ~16 tokens
+  c.text.max_length = 24  # shapes captions are at most ~16 tokens
   c.task.name = "text_to_image"
   c.task.guidance = "indicator"
   c.task.guidance_p = 0.1
@@ -60,8 +60,8 @@ def get_config(arg: str | None = None):
   c.optim.schedule = "cosine"
   c.optim.ema_decay = 0.999
   c.sample.steps = 20
-  c.sample.cfg_scale = 2.0       # indicator guidance; the judge finds cfg 2 better than 1 (BENCHMARKS.md)
-  c.sample.temperature = 0.25    # z = mu + 0.25 sigma eps: seen-pair shape 82% (T 1) -> 94% (BENCHMARKS.md)
+  c.sample.cfg_scale = 2.0  # indicator guidance; the judge finds cfg 2 better than 1 (BENCHMARKS.md)
+  c.sample.temperature = 0.25  # z = mu + 0.25 sigma eps: seen-pair shape 82% (T 1) -> 94% (BENCHMARKS.md)
   c.sample.per_class = 8
   c.sample.num_prompts = 8
   c.sample.judge_num = 64

@@ -33,8 +33,8 @@ def text_to_image_256(c):
   c.keep_checkpoints = 2
   c.data.name = "image_text_folder/s256"
   c.data.eval_split = "test"
-  c.latent.vae = "stabilityai/sd-vae-ft-ema"   # a local diffusers folder; this default names what to download
-  c.latent.scale_factor = 0.23010              # CrossFlow's latent scale
+  c.latent.vae = "stabilityai/sd-vae-ft-ema"  # a local diffusers folder; this default names what to download
+  c.latent.scale_factor = 0.23010  # CrossFlow's latent scale
   c.latent.image_size = 256
   c.text.max_length = 77
   c.text.compute_dtype = "bfloat16"
@@ -68,12 +68,12 @@ def text_to_image_256(c):
   # CrossFlow's optimiser (configs/t2i_*.py there): AdamW lr 1e-5 (per recipe below), betas (0.9, 0.9), 5k warmup.
   c.optim.learning_rate = 1e-5
   c.optim.warmup_steps = 5_000
-  c.optim.weight_decay = 0.03   # on kernels only (train.optim); CrossFlow's torch AdamW decays every parameter
+  c.optim.weight_decay = 0.03  # on kernels only (train.optim); CrossFlow's torch AdamW decays every parameter
   c.optim.b1, c.optim.b2 = 0.9, 0.9
   c.optim.ema_decay = 0.9999
   c.sample.steps = 50
   c.sample.cfg_scale = 7.0
-  c.mesh.data, c.mesh.fsdp = 1, -1   # FSDP over every device: the 1B model and its Adam state are sharded
+  c.mesh.data, c.mesh.fsdp = 1, -1  # FSDP over every device: the 1B model and its Adam state are sharded
   return c
 
 

@@ -15,6 +15,6 @@ from configs.t2i_256px_clip_dimr import dimr_256, text_to_image_256
 def get_config(arg: str | None = None):
   base.variant(arg, (), __file__)
   c = dimr_256(text_to_image_256(base.get_config()))
-  c.text.encoder = "google/t5-v1_1-xxl"   # a local Hugging Face folder; this default names the model
-  c.optim.learning_rate = 5e-5            # CrossFlow's for this model
+  c.text.encoder = "google/t5-v1_1-xxl"  # a local Hugging Face folder; this default names the model
+  c.optim.learning_rate = 5e-5  # CrossFlow's for this model
   return c.lock()

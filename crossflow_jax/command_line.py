@@ -16,18 +16,18 @@ from crossflow_jax.errors import CrossflowError
 
 # kvfrans/jax-flow flag -> our config key.
 REFERENCE_ALIASES = {
-    "dataset_name": "data.name",
-    "max_steps": "total_steps",
-    "log_interval": "log_every",
-    "save_interval": "save_every",
-    "model.lr": "optim.learning_rate",
-    "model.beta1": "optim.b1",
-    "model.beta2": "optim.b2",
-    "model.class_dropout_prob": "task.guidance_p",
-    "model.target_update_rate": "optim.ema_decay",
-    "model.cfg_scale": "sample.cfg_scale",
-    "model.denoise_timesteps": "sample.steps",
-    "model.t_sampler": "flow.time_sampler",
+  "dataset_name": "data.name",
+  "max_steps": "total_steps",
+  "log_interval": "log_every",
+  "save_interval": "save_every",
+  "model.lr": "optim.learning_rate",
+  "model.beta1": "optim.b1",
+  "model.beta2": "optim.b2",
+  "model.class_dropout_prob": "task.guidance_p",
+  "model.target_update_rate": "optim.ema_decay",
+  "model.cfg_scale": "sample.cfg_scale",
+  "model.denoise_timesteps": "sample.steps",
+  "model.t_sampler": "flow.time_sampler",
 }
 
 # absl's help flags (`app.define_help_flags`): booleans, so they never take the next argument as a value.
@@ -55,8 +55,7 @@ def normalize_argv(argv: list[str], entry_flags: set[str]) -> list[str]:
     name, eq, value = arg[2:].partition("=")
     base = name.split(".")[0]
     negated = name.startswith("no") and name[2:] in entry_flags  # absl's --noFLAG for a boolean entry flag
-    is_config_key = name.startswith("config.") or (base not in entry_flags and name not in entry_flags
-                                                    and not negated)
+    is_config_key = name.startswith("config.") or (base not in entry_flags and name not in entry_flags and not negated)
     if not is_config_key:
       if not eq and i < len(argv) and not argv[i].startswith("--") and name not in _HELP_FLAGS:
         # `--workdir DIR`: absl accepts it too, but normalise for one code path.
@@ -65,7 +64,7 @@ def normalize_argv(argv: list[str], entry_flags: set[str]) -> list[str]:
       else:
         out.append(arg)
       continue
-    key = name[len("config."):] if name.startswith("config.") else name
+    key = name[len("config.") :] if name.startswith("config.") else name
     key = REFERENCE_ALIASES.get(key, key)
     if not eq and i < len(argv) and (not argv[i].startswith("-") or _NUMBER.match(argv[i])):
       value, eq = argv[i], "="
@@ -81,12 +80,17 @@ def define_distributed_flags() -> None:
   """Declares the multi-host flags (`DISTRIBUTED_FLAGS`; pass them as entry flags to `run_main`)."""
   from absl import flags
 
-  flags.DEFINE_string("coordinator_address", "", "Multi-host: host:port of process 0 (default "
-                      "$JAX_COORDINATOR_ADDRESS; TPU pods, Slurm and Open MPI need none of these flags).")
+  flags.DEFINE_string(
+    "coordinator_address",
+    "",
+    "Multi-host: host:port of process 0 (default "
+    "$JAX_COORDINATOR_ADDRESS; TPU pods, Slurm and Open MPI need none of these flags).",
+  )
   flags.DEFINE_integer("num_processes", 0, "Multi-host: number of processes (default $JAX_NUM_PROCESSES).")
   flags.DEFINE_integer("process_id", -1, "Multi-host: this process's index (default $JAX_PROCESS_ID).")
-  flags.DEFINE_string("local_device_ids", "", "Multi-host: comma-separated local devices of this process "
-                      "(default all).")
+  flags.DEFINE_string(
+    "local_device_ids", "", "Multi-host: comma-separated local devices of this process (default all)."
+  )
 
 
 def initialize_distributed_from_flags() -> bool:
@@ -125,8 +129,10 @@ def run_main(main, argv=None, entry_flags=(), default_config: str | None = None)
       _die(f"{type(user_error).__name__}: {user_error}" if user_error else f"Flags parsing error: {e}")
     except (AttributeError, KeyError, TypeError, ValueError) as e:
       # ml_collections reports unknown/ill-typed override keys with these.
-      _die(f"Config override error: {str(e).strip(chr(39))}\n"
-           "Check the key against configs/base.py (every key with its default).")
+      _die(
+        f"Config override error: {str(e).strip(chr(39))}\n"
+        "Check the key against configs/base.py (every key with its default)."
+      )
 
   def wrapped(args):
     try:

@@ -35,10 +35,14 @@ _LABELS = flags.DEFINE_string("class_label", "", "Comma-separated class labels (
 _NUM = flags.DEFINE_integer("num_samples", 8, "Samples per label.")
 _STEPS = flags.DEFINE_integer("steps", 50, "Solver steps.")
 _SOLVER = flags.DEFINE_enum("solver", "heun", ["euler", "heun"], "ODE solver.")
-_CFG = flags.DEFINE_float("cfg_scale", None, "Guidance scale s in v = v_u + s (v_c - v_u) (default: the training "
-                          "config's sample.cfg_scale).")
-_TEMPERATURE = flags.DEFINE_float("temperature", None, "Text models: source temperature T in z = mu + T sigma eps "
-                                  "(default: the training config's sample.temperature).")
+_CFG = flags.DEFINE_float(
+  "cfg_scale", None, "Guidance scale s in v = v_u + s (v_c - v_u) (default: the training config's sample.cfg_scale)."
+)
+_TEMPERATURE = flags.DEFINE_float(
+  "temperature",
+  None,
+  "Text models: source temperature T in z = mu + T sigma eps (default: the training config's sample.temperature).",
+)
 _SEED = flags.DEFINE_integer("seed", 0, "Sampling seed.")
 _OUT = flags.DEFINE_string("out", "samples.png", "Output .png (grid) or .npz (images, labels).")
 _STEP = flags.DEFINE_integer("step", None, "Checkpoint step (default: latest).")
@@ -46,8 +50,7 @@ _WEIGHTS = flags.DEFINE_enum("weights", "ema", ["ema", "params"], "Which weights
 _BATCH = flags.DEFINE_integer("batch_size", 256, "Images per device program.")
 _CLASSIFY = flags.DEFINE_string("classify_split", "", "Instead of sampling: classify this split, print accuracy.")
 _NUM_EVAL = flags.DEFINE_integer("num_eval", 0, "Images to classify (0: the whole split).")
-_METHOD = flags.DEFINE_enum("method", "auto", ["auto", "forward", "backward"],
-                            "Image -> class / text integration.")
+_METHOD = flags.DEFINE_enum("method", "auto", ["auto", "forward", "backward"], "Image -> class / text integration.")
 _PROMPT = flags.DEFINE_multi_string("prompt", [], "Text prompt (repeatable).")
 _PROMPTS_FILE = flags.DEFINE_string("prompts_file", "", "File with one prompt per line.")
 _INTERPOLATE = flags.DEFINE_multi_string("interpolate", [], "Two prompts: interpolate between their latents.")
@@ -73,18 +76,29 @@ def _batched(fn, items: np.ndarray, batch: int) -> np.ndarray:
   """Applies fn to fixed-size chunks (the last one padded) so one program serves all."""
   out = []
   for i in range(0, len(items), batch):
-    chunk = items[i:i + batch]
+    chunk = items[i : i + batch]
     pad = batch - len(chunk) if len(items) > batch else 0
     if pad:
       chunk = np.concatenate([chunk, np.repeat(chunk[-1:], pad, axis=0)])
     res = np.asarray(fn(chunk, i))
-    out.append(res[:len(res) - pad] if pad else res)
+    out.append(res[: len(res) - pad] if pad else res)
   return np.concatenate(out)
 
 
-def sample_to_file(workdir: str, out: str, *, labels: str = "", num_samples: int = 8, steps: int = 50,
-                   solver: str = "heun", cfg_scale: float | None = None, seed: int = 0, step: int | None = None,
-                   weights: str = "ema", batch_size: int = 256) -> dict:
+def sample_to_file(
+  workdir: str,
+  out: str,
+  *,
+  labels: str = "",
+  num_samples: int = 8,
+  steps: int = 50,
+  solver: str = "heun",
+  cfg_scale: float | None = None,
+  seed: int = 0,
+  step: int | None = None,
+  weights: str = "ema",
+  batch_size: int = 256,
+) -> dict:
   """Samples `num_samples` images per label and writes FILE.png or FILE.npz (guidance: `cfg_scale`, else the
   model's config.sample.cfg_scale). Returns a summary."""
   import jax
@@ -104,7 +118,7 @@ def sample_to_file(workdir: str, out: str, *, labels: str = "", num_samples: int
   trained = load_trained(workdir, step=step, weights=weights)
   task = trained.experiment.task
   if task.modality == "text":
-    raise ConfigError("This is a text model: pass --prompt \"...\" (or --prompts_file), not --class_label.")
+    raise ConfigError('This is a text model: pass --prompt "..." (or --prompts_file), not --class_label.')
   if task.name == "image_to_class":
     raise ConfigError("This model was trained image -> class only; it cannot draw images. Use --classify_split.")
   cfg_scale = guidance_scale(trained, cfg_scale)
@@ -114,9 +128,19 @@ def sample_to_file(workdir: str, out: str, *, labels: str = "", num_samples: int
 
   def draw(chunk, offset):
     key = jax.random.fold_in(jax.random.PRNGKey(seed), offset)
-    return decode_to_pixels(trained.experiment, generate_images(
-        trained.graphdef, trained.params, jnp.asarray(chunk), key, task=task, solver=solver, num_steps=steps,
-        cfg_scale=cfg_scale))
+    return decode_to_pixels(
+      trained.experiment,
+      generate_images(
+        trained.graphdef,
+        trained.params,
+        jnp.asarray(chunk),
+        key,
+        task=task,
+        solver=solver,
+        num_steps=steps,
+        cfg_scale=cfg_scale,
+      ),
+    )
 
   images = to_uint8(_batched(draw, wanted, max(batch, 1)))
   os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
@@ -124,8 +148,13 @@ def sample_to_file(workdir: str, out: str, *, labels: str = "", num_samples: int
     save_grid(images, out, ncols=num_samples)
   else:
     np.savez(out, images=images, labels=wanted)
-  return {"out": out, "num_images": int(len(images)), "checkpoint_step": trained.step, "weights": weights,
-          "cfg_scale": cfg_scale}
+  return {
+    "out": out,
+    "num_images": int(len(images)),
+    "checkpoint_step": trained.step,
+    "weights": weights,
+    "cfg_scale": cfg_scale,
+  }
 
 
 def main(argv):
@@ -133,49 +162,102 @@ def main(argv):
     raise ConfigError(f"Unexpected arguments {argv[1:]}.")
   if not _WORKDIR.value:
     raise ConfigError("--workdir is required (the training workdir with checkpoints/).")
-  if _TEMPERATURE.value is not None and not (_PROMPT.value or _PROMPTS_FILE.value or _INTERPOLATE.value
-                                              or _ARITHMETIC.value or _JUDGE.value):
-    raise ConfigError("--temperature is for drawing from text models (--prompt, --prompts_file, --interpolate, "
-                      "--arithmetic, --judge_shapes).")
-  common = dict(steps=_STEPS.value, solver=_SOLVER.value, step=_STEP.value, weights=_WEIGHTS.value,
-                batch_size=_BATCH.value)
-  text_modes = [bool(_PROMPT.value or _PROMPTS_FILE.value), bool(_INTERPOLATE.value), bool(_ARITHMETIC.value),
-                bool(_RETRIEVE.value), bool(_CLASSIFY.value), bool(_JUDGE.value)]
+  if _TEMPERATURE.value is not None and not (
+    _PROMPT.value or _PROMPTS_FILE.value or _INTERPOLATE.value or _ARITHMETIC.value or _JUDGE.value
+  ):
+    raise ConfigError(
+      "--temperature is for drawing from text models (--prompt, --prompts_file, --interpolate, "
+      "--arithmetic, --judge_shapes)."
+    )
+  common = dict(
+    steps=_STEPS.value, solver=_SOLVER.value, step=_STEP.value, weights=_WEIGHTS.value, batch_size=_BATCH.value
+  )
+  text_modes = [
+    bool(_PROMPT.value or _PROMPTS_FILE.value),
+    bool(_INTERPOLATE.value),
+    bool(_ARITHMETIC.value),
+    bool(_RETRIEVE.value),
+    bool(_CLASSIFY.value),
+    bool(_JUDGE.value),
+  ]
   if sum(text_modes) > 1:
-    raise ConfigError("Use one of --prompt/--prompts_file, --interpolate, --arithmetic, --retrieve_split, "
-                      "--judge_shapes and --classify_split at a time.")
+    raise ConfigError(
+      "Use one of --prompt/--prompts_file, --interpolate, --arithmetic, --retrieve_split, "
+      "--judge_shapes and --classify_split at a time."
+    )
   from crossflow_jax import sample_text
 
   draw = dict(cfg_scale=_CFG.value, temperature=_TEMPERATURE.value, seed=_SEED.value)  # text models' drawing flags
   if _PROMPT.value or _PROMPTS_FILE.value:
-    prompts = list(_PROMPT.value) + (sample_text.read_prompts_file(_PROMPTS_FILE.value) if _PROMPTS_FILE.value
-                                     else [])
-    result = sample_text.prompts_to_file(_WORKDIR.value, _OUT.value, prompts, num_samples=_NUM.value, **draw,
-                                         **common)
+    prompts = list(_PROMPT.value) + (sample_text.read_prompts_file(_PROMPTS_FILE.value) if _PROMPTS_FILE.value else [])
+    result = sample_text.prompts_to_file(_WORKDIR.value, _OUT.value, prompts, num_samples=_NUM.value, **draw, **common)
   elif _INTERPOLATE.value:
-    result = sample_text.interpolation_to_file(_WORKDIR.value, _OUT.value, _INTERPOLATE.value,
-                                               num_samples=_NUM.value, **draw, **common)
+    result = sample_text.interpolation_to_file(
+      _WORKDIR.value, _OUT.value, _INTERPOLATE.value, num_samples=_NUM.value, **draw, **common
+    )
   elif _ARITHMETIC.value:
-    result = sample_text.arithmetic_to_file(_WORKDIR.value, _OUT.value, _ARITHMETIC.value, num_samples=_NUM.value,
-                                            **draw, **common)
+    result = sample_text.arithmetic_to_file(
+      _WORKDIR.value, _OUT.value, _ARITHMETIC.value, num_samples=_NUM.value, **draw, **common
+    )
   elif _RETRIEVE.value:
-    result = sample_text.retrieve_split(_WORKDIR.value, _RETRIEVE.value, num_eval=_NUM_EVAL.value,
-                                        method=_METHOD.value, **common)
+    result = sample_text.retrieve_split(
+      _WORKDIR.value, _RETRIEVE.value, num_eval=_NUM_EVAL.value, method=_METHOD.value, **common
+    )
   elif _JUDGE.value:
     result = sample_text.judge_shapes(_WORKDIR.value, num_prompts=_JUDGE.value, **draw, **common)
   elif _CLASSIFY.value:
-    result = classify_split(_WORKDIR.value, _CLASSIFY.value, steps=_STEPS.value, solver=_SOLVER.value,
-                            method=_METHOD.value, num_eval=_NUM_EVAL.value, step=_STEP.value, weights=_WEIGHTS.value,
-                            batch_size=_BATCH.value)
+    result = classify_split(
+      _WORKDIR.value,
+      _CLASSIFY.value,
+      steps=_STEPS.value,
+      solver=_SOLVER.value,
+      method=_METHOD.value,
+      num_eval=_NUM_EVAL.value,
+      step=_STEP.value,
+      weights=_WEIGHTS.value,
+      batch_size=_BATCH.value,
+    )
   else:
-    result = sample_to_file(_WORKDIR.value, _OUT.value, labels=_LABELS.value, num_samples=_NUM.value,
-                            steps=_STEPS.value, solver=_SOLVER.value, cfg_scale=_CFG.value, seed=_SEED.value,
-                            step=_STEP.value, weights=_WEIGHTS.value, batch_size=_BATCH.value)
+    result = sample_to_file(
+      _WORKDIR.value,
+      _OUT.value,
+      labels=_LABELS.value,
+      num_samples=_NUM.value,
+      steps=_STEPS.value,
+      solver=_SOLVER.value,
+      cfg_scale=_CFG.value,
+      seed=_SEED.value,
+      step=_STEP.value,
+      weights=_WEIGHTS.value,
+      batch_size=_BATCH.value,
+    )
   print(json.dumps(result))
 
 
 if __name__ == "__main__":
-  run_main(main, entry_flags={"workdir", "class_label", "num_samples", "steps", "solver", "cfg_scale", "seed", "out",
-                              "step", "weights", "batch_size", "classify_split", "num_eval", "method", "prompt",
-                              "prompts_file", "interpolate", "arithmetic", "retrieve_split", "judge_shapes",
-                              "temperature"})
+  run_main(
+    main,
+    entry_flags={
+      "workdir",
+      "class_label",
+      "num_samples",
+      "steps",
+      "solver",
+      "cfg_scale",
+      "seed",
+      "out",
+      "step",
+      "weights",
+      "batch_size",
+      "classify_split",
+      "num_eval",
+      "method",
+      "prompt",
+      "prompts_file",
+      "interpolate",
+      "arithmetic",
+      "retrieve_split",
+      "judge_shapes",
+      "temperature",
+    },
+  )

@@ -30,14 +30,16 @@ def load_text_model(workdir: str, *, step: int | None, weights: str):
   trained = load_trained(workdir, step=step, weights=weights)
   exp = trained.experiment
   if exp.task.modality != "text":
-    raise ConfigError(f"The model in {workdir} is a class model ({exp.task.name}); use --class_label or "
-                      "--classify_split, not prompts.")
+    raise ConfigError(
+      f"The model in {workdir} is a class model ({exp.task.name}); use --class_label or --classify_split, not prompts."
+    )
   enc = text_inputs.encoder_for(exp.config.text)
   if enc.identity != exp.data.text_identity:
     raise WeightsError(
-        f"The model in {workdir} was trained on text embeddings of {exp.data.text_identity!r}, but "
-        f"config.text.encoder={exp.config.text.encoder!r} now loads {enc.identity!r}: tokenizer/encoder and "
-        "model do not match. Install or point to the same encoder weights the model was trained with.")
+      f"The model in {workdir} was trained on text embeddings of {exp.data.text_identity!r}, but "
+      f"config.text.encoder={exp.config.text.encoder!r} now loads {enc.identity!r}: tokenizer/encoder and "
+      "model do not match. Install or point to the same encoder weights the model was trained with."
+    )
   return trained
 
 
@@ -62,23 +64,38 @@ def guidance_scale(trained, cfg_scale: float | None) -> float:
   return value
 
 
-def _generate_batched(trained, emb, mask, *, seed: int, steps: int, solver: str, cfg_scale: float,
-                      batch_size: int, temperature: float) -> np.ndarray:
+def _generate_batched(
+  trained, emb, mask, *, seed: int, steps: int, solver: str, cfg_scale: float, batch_size: int, temperature: float
+) -> np.ndarray:
   from crossflow_jax.sampling.text_sampler import generate_from_text
 
   out = []
   n = emb.shape[0]
   for lo in range(0, n, batch_size):
-    e, m = emb[lo:lo + batch_size], mask[lo:lo + batch_size]
+    e, m = emb[lo : lo + batch_size], mask[lo : lo + batch_size]
     pad = batch_size - e.shape[0] if n > batch_size else 0
     if pad:
       e = jnp.concatenate([e, jnp.repeat(e[-1:], pad, 0)])
       m = jnp.concatenate([m, jnp.repeat(m[-1:], pad, 0)])
     key = jax.random.fold_in(jax.random.PRNGKey(seed), lo)
-    images = np.asarray(decode_to_pixels(trained.experiment, generate_from_text(
-        trained.graphdef, trained.params, e, m, key, task=trained.experiment.task, solver=solver, num_steps=steps,
-        cfg_scale=cfg_scale, temperature=temperature)))
-    out.append(images[:images.shape[0] - pad] if pad else images)
+    images = np.asarray(
+      decode_to_pixels(
+        trained.experiment,
+        generate_from_text(
+          trained.graphdef,
+          trained.params,
+          e,
+          m,
+          key,
+          task=trained.experiment.task,
+          solver=solver,
+          num_steps=steps,
+          cfg_scale=cfg_scale,
+          temperature=temperature,
+        ),
+      )
+    )
+    out.append(images[: images.shape[0] - pad] if pad else images)
   return np.concatenate(out)
 
 
@@ -90,24 +107,46 @@ def _check_out(out: str, allowed=(".png", ".npz")) -> str:
   return ext
 
 
-def prompts_to_file(workdir: str, out: str, prompts: list[str], *, num_samples: int = 8, steps: int = 50,
-                    solver: str = "heun", cfg_scale: float | None = None, temperature: float | None = None,
-                    seed: int = 0, step: int | None = None, weights: str = "ema", batch_size: int = 256) -> dict:
+def prompts_to_file(
+  workdir: str,
+  out: str,
+  prompts: list[str],
+  *,
+  num_samples: int = 8,
+  steps: int = 50,
+  solver: str = "heun",
+  cfg_scale: float | None = None,
+  temperature: float | None = None,
+  seed: int = 0,
+  step: int | None = None,
+  weights: str = "ema",
+  batch_size: int = 256,
+) -> dict:
   """`num_samples` images per prompt (in order) -> a grid PNG (a row per prompt) or an npz (images, prompts)."""
   from crossflow_jax.eval.grids import save_grid, to_uint8
 
   ext = _check_out(out)
   if not prompts:
-    raise PromptError("No prompt given: pass --prompt \"...\" or --prompts_file FILE.")
+    raise PromptError('No prompt given: pass --prompt "..." or --prompts_file FILE.')
   if num_samples < 1:
     raise ConfigError(f"--num_samples must be >= 1, got {num_samples}.")
   trained = load_text_model(workdir, step=step, weights=weights)
   cfg_scale = guidance_scale(trained, cfg_scale)
   emb, mask = _encode(trained, prompts)
   emb, mask = jnp.repeat(emb, num_samples, 0), jnp.repeat(mask, num_samples, 0)
-  images = to_uint8(_generate_batched(trained, emb, mask, seed=seed, steps=steps, solver=solver,
-                                      cfg_scale=cfg_scale, batch_size=min(batch_size, emb.shape[0]),
-                                      temperature=_temperature(trained, temperature)))
+  images = to_uint8(
+    _generate_batched(
+      trained,
+      emb,
+      mask,
+      seed=seed,
+      steps=steps,
+      solver=solver,
+      cfg_scale=cfg_scale,
+      batch_size=min(batch_size, emb.shape[0]),
+      temperature=_temperature(trained, temperature),
+    )
+  )
   repeated = [p for p in prompts for _ in range(num_samples)]
   if ext == ".png":
     save_grid(images, out, ncols=num_samples)
@@ -120,9 +159,24 @@ def _latent_strip(trained, z: jax.Array, emb=None, mask=None, *, steps, solver, 
   from crossflow_jax.eval.grids import to_uint8
   from crossflow_jax.sampling.text_sampler import images_from_latents
 
-  return to_uint8(np.asarray(decode_to_pixels(trained.experiment, images_from_latents(
-      trained.graphdef, trained.params, z, emb, mask, task=trained.experiment.task, solver=solver, num_steps=steps,
-      cfg_scale=cfg_scale))))
+  return to_uint8(
+    np.asarray(
+      decode_to_pixels(
+        trained.experiment,
+        images_from_latents(
+          trained.graphdef,
+          trained.params,
+          z,
+          emb,
+          mask,
+          task=trained.experiment.task,
+          solver=solver,
+          num_steps=steps,
+          cfg_scale=cfg_scale,
+        ),
+      )
+    )
+  )
 
 
 def _text_latents(trained, prompts: list[str], seed: int, temperature: float | None = None) -> jax.Array:
@@ -131,17 +185,36 @@ def _text_latents(trained, prompts: list[str], seed: int, temperature: float | N
 
   task = trained.experiment.task
   if task.is_baseline:
-    raise ConfigError("Latent interpolation and arithmetic need a CrossFlow text latent; this is the "
-                      "noise -> image baseline.")
+    raise ConfigError(
+      "Latent interpolation and arithmetic need a CrossFlow text latent; this is the noise -> image baseline."
+    )
   emb, mask = _encode(trained, prompts)
   key, temperature = jax.random.PRNGKey(seed), _temperature(trained, temperature)
-  return jnp.concatenate([text_source(trained.graphdef, trained.params, emb[i:i + 1], mask[i:i + 1], key, task=task,
-                                      temperature=temperature) for i in range(len(prompts))])
+  return jnp.concatenate(
+    [
+      text_source(
+        trained.graphdef, trained.params, emb[i : i + 1], mask[i : i + 1], key, task=task, temperature=temperature
+      )
+      for i in range(len(prompts))
+    ]
+  )
 
 
-def interpolation_to_file(workdir: str, out: str, prompts: list[str], *, num_samples: int = 8, steps: int = 50,
-                          solver: str = "heun", cfg_scale: float | None = None, temperature: float | None = None,
-                          seed: int = 0, step: int | None = None, weights: str = "ema", batch_size: int = 256) -> dict:
+def interpolation_to_file(
+  workdir: str,
+  out: str,
+  prompts: list[str],
+  *,
+  num_samples: int = 8,
+  steps: int = 50,
+  solver: str = "heun",
+  cfg_scale: float | None = None,
+  temperature: float | None = None,
+  seed: int = 0,
+  step: int | None = None,
+  weights: str = "ema",
+  batch_size: int = 256,
+) -> dict:
   """A strip of `num_samples` images whose text latents run straight from prompt A's to prompt B's."""
   from crossflow_jax.eval.grids import save_grid
   from crossflow_jax.sampling.text_sampler import interpolate_latents
@@ -155,8 +228,9 @@ def interpolation_to_file(workdir: str, out: str, prompts: list[str], *, num_sam
   trained = load_text_model(workdir, step=step, weights=weights)
   cfg_scale = guidance_scale(trained, cfg_scale)
   z = _text_latents(trained, prompts, seed, temperature)
-  images = _latent_strip(trained, interpolate_latents(z[0], z[1], num_samples), steps=steps, solver=solver,
-                         cfg_scale=cfg_scale)
+  images = _latent_strip(
+    trained, interpolate_latents(z[0], z[1], num_samples), steps=steps, solver=solver, cfg_scale=cfg_scale
+  )
   if ext == ".png":
     save_grid(images, out, ncols=num_samples)
   else:
@@ -164,9 +238,21 @@ def interpolation_to_file(workdir: str, out: str, prompts: list[str], *, num_sam
   return {"out": out, "num_images": int(len(images)), "checkpoint_step": trained.step}
 
 
-def arithmetic_to_file(workdir: str, out: str, prompts: list[str], *, num_samples: int = 4, steps: int = 50,
-                       solver: str = "heun", cfg_scale: float | None = None, temperature: float | None = None,
-                       seed: int = 0, step: int | None = None, weights: str = "ema", batch_size: int = 256) -> dict:
+def arithmetic_to_file(
+  workdir: str,
+  out: str,
+  prompts: list[str],
+  *,
+  num_samples: int = 4,
+  steps: int = 50,
+  solver: str = "heun",
+  cfg_scale: float | None = None,
+  temperature: float | None = None,
+  seed: int = 0,
+  step: int | None = None,
+  weights: str = "ema",
+  batch_size: int = 256,
+) -> dict:
   """Rows [a, b, c, z(a) + z(b) - z(c)] (re-standardised), one row per seed seed..seed+num_samples-1."""
   from crossflow_jax.eval.grids import save_grid
   from crossflow_jax.sampling.text_sampler import latent_arithmetic
@@ -219,8 +305,18 @@ def retrieval_candidates(exp, records: list[dict]) -> tuple[list[str], list[set[
   return captions, correct
 
 
-def retrieve_split(workdir: str, split: str, *, num_eval: int = 0, steps: int = 50, solver: str = "heun",
-                   method: str = "auto", step: int | None = None, weights: str = "ema", batch_size: int = 256) -> dict:
+def retrieve_split(
+  workdir: str,
+  split: str,
+  *,
+  num_eval: int = 0,
+  steps: int = 50,
+  solver: str = "heun",
+  method: str = "auto",
+  step: int | None = None,
+  weights: str = "ema",
+  batch_size: int = 256,
+) -> dict:
   """Image -> caption retrieval: flow each image to the text latent and rank candidate captions' TVE means (L2)."""
   from crossflow_jax.data import pipeline
   from crossflow_jax.sampling.text_sampler import image_to_text_latents, rank_candidates, retrieval_accuracy, text_means
@@ -235,31 +331,65 @@ def retrieve_split(workdir: str, split: str, *, num_eval: int = 0, steps: int = 
   records = [source[i] for i in range(n)]
   captions, correct = retrieval_candidates(exp, records)
   emb, mask = _encode(trained, captions)
-  cand = np.concatenate([np.asarray(text_means(trained.graphdef, trained.params, emb[i:i + batch_size],
-                                               mask[i:i + batch_size], task=exp.task))
-                         for i in range(0, len(captions), batch_size)])
+  cand = np.concatenate(
+    [
+      np.asarray(
+        text_means(trained.graphdef, trained.params, emb[i : i + batch_size], mask[i : i + batch_size], task=exp.task)
+      )
+      for i in range(0, len(captions), batch_size)
+    ]
+  )
   image_size = pixel_size(exp) if pixel_size(exp) != info.image_shape[0] else None
   images = np.concatenate([pipeline.resize_and_scale(r["image"], image_size)[None] for r in records])
   images = encode_from_pixels(exp, images)  # latent models: the scaled posterior means
   latents = []
   for lo in range(0, n, batch_size):
-    chunk = images[lo:lo + batch_size]
+    chunk = images[lo : lo + batch_size]
     pad = batch_size - len(chunk) if n > batch_size else 0
     if pad:
       chunk = np.concatenate([chunk, np.repeat(chunk[-1:], pad, 0)])
-    out = np.asarray(image_to_text_latents(trained.graphdef, trained.params, jnp.asarray(chunk), task=exp.task,
-                                           solver=solver, num_steps=steps, method=method))
-    latents.append(out[:len(out) - pad] if pad else out)
+    out = np.asarray(
+      image_to_text_latents(
+        trained.graphdef,
+        trained.params,
+        jnp.asarray(chunk),
+        task=exp.task,
+        solver=solver,
+        num_steps=steps,
+        method=method,
+      )
+    )
+    latents.append(out[: len(out) - pad] if pad else out)
   ranked = rank_candidates(np.concatenate(latents), cand, k=5)
   acc = retrieval_accuracy(ranked, correct)
   chance = float(np.mean([len(c) for c in correct]) / len(captions))
-  return {"split": split, "num_images": n, "num_candidates": len(captions), "top1": acc["top1"], "top5": acc["top5"],
-          "chance_top1": chance, "method": method, "solver": solver, "steps": steps, "checkpoint_step": trained.step}
+  return {
+    "split": split,
+    "num_images": n,
+    "num_candidates": len(captions),
+    "top1": acc["top1"],
+    "top5": acc["top5"],
+    "chance_top1": chance,
+    "method": method,
+    "solver": solver,
+    "steps": steps,
+    "checkpoint_step": trained.step,
+  }
 
 
-def judge_shapes(workdir: str, *, num_prompts: int = 200, steps: int = 50, solver: str = "heun",
-                 cfg_scale: float | None = None, temperature: float | None = None, seed: int = 0,
-                 step: int | None = None, weights: str = "ema", batch_size: int = 256) -> dict:
+def judge_shapes(
+  workdir: str,
+  *,
+  num_prompts: int = 200,
+  steps: int = 50,
+  solver: str = "heun",
+  cfg_scale: float | None = None,
+  temperature: float | None = None,
+  seed: int = 0,
+  step: int | None = None,
+  weights: str = "ema",
+  batch_size: int = 256,
+) -> dict:
   """Draws one image for each of `num_prompts` random prompts of seen and of held-out colour-shape pairs and
   has the analytic shapes judge read colour, shape, size and position back. Returns accuracies per set and the
   judge's abstention rate (`abstain`: images it would not read, counted wrong), as the training loop's judge_*."""
@@ -272,12 +402,29 @@ def judge_shapes(workdir: str, *, num_prompts: int = 200, steps: int = 50, solve
   if not is_shapes(exp.data.name):
     raise ConfigError(f"--judge_shapes needs a model trained on shapes; this one was trained on {exp.data.name!r}.")
   temperature, cfg_scale = _temperature(trained, temperature), guidance_scale(trained, cfg_scale)
-  result = {"num_prompts": num_prompts, "solver": solver, "steps": steps, "cfg_scale": cfg_scale,
-            "temperature": temperature, "holdout_pairs": exp.config.data.holdout_pairs, "checkpoint_step": trained.step}
+  result = {
+    "num_prompts": num_prompts,
+    "solver": solver,
+    "steps": steps,
+    "cfg_scale": cfg_scale,
+    "temperature": temperature,
+    "holdout_pairs": exp.config.data.holdout_pairs,
+    "checkpoint_step": trained.step,
+  }
   for name, prompts in shapes_prompt_sets(exp.config.data.holdout_pairs, num_prompts, seed + 1000).items():
     emb, mask = _encode(trained, prompts)
-    images = to_uint8(_generate_batched(trained, emb, mask, seed=seed, steps=steps, solver=solver,
-                                        cfg_scale=cfg_scale, batch_size=min(batch_size, len(prompts)),
-                                        temperature=temperature))
+    images = to_uint8(
+      _generate_batched(
+        trained,
+        emb,
+        mask,
+        seed=seed,
+        steps=steps,
+        solver=solver,
+        cfg_scale=cfg_scale,
+        batch_size=min(batch_size, len(prompts)),
+        temperature=temperature,
+      )
+    )
     result[name] = {k: round(float(v), 4) for k, v in shapes_judge.score(images, prompts).items()}
   return result

@@ -64,5 +64,6 @@ def run_cli(args: list[str], *, timeout: float = 300, env_extra: dict | None = N
 def popen_cli(args: list[str], env_extra: dict | None = None) -> subprocess.Popen:
   env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONUNBUFFERED="1")
   env.update(env_extra or {})
-  return subprocess.Popen([sys.executable] + args, cwd=REPO, env=env, stdout=subprocess.PIPE,
-                          stderr=subprocess.PIPE, text=True)
+  return subprocess.Popen(
+    [sys.executable] + args, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+  )

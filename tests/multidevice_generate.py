@@ -23,8 +23,18 @@ def run(devices, cond):
   config = digits_c2i.get_config("smoke")
   exp = build_experiment(config, DataSpec("synthetic", (8, 8, 1), 10), devices=devices)
   graphdef, state, _ = create_train_state(exp.model_fn, exp.tx, config.seed, exp.mesh, exp.rules)
-  images, _ = generate(exp, graphdef, state.ema_params, cond, solver="heun", steps=4, cfg_scale=2.0, seed=5,
-                       batch_size=16, log=lambda m: None)
+  images, _ = generate(
+    exp,
+    graphdef,
+    state.ema_params,
+    cond,
+    solver="heun",
+    steps=4,
+    cfg_scale=2.0,
+    seed=5,
+    batch_size=16,
+    log=lambda m: None,
+  )
   return images, len(exp.mesh.devices.flat)
 
 
@@ -33,8 +43,16 @@ def main():
   cond = {"labels": (np.arange(20) % 10).astype(np.int32)}  # 20 = 16 + a padded batch of 4
   one, n1 = run(jax.devices()[:1], cond)
   eight, n8 = run(None, cond)
-  print(json.dumps({"max_abs_diff": float(np.max(np.abs(one - eight))), "devices": [n1, n8],
-                    "num_images": len(eight), "image_std": float(np.std(one))}))
+  print(
+    json.dumps(
+      {
+        "max_abs_diff": float(np.max(np.abs(one - eight))),
+        "devices": [n1, n8],
+        "num_images": len(eight),
+        "image_std": float(np.std(one)),
+      }
+    )
+  )
 
 
 if __name__ == "__main__":

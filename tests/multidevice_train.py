@@ -50,8 +50,10 @@ def dit_setup():
     config.model.depth, config.model.patch_size = 1, 2
   rng = np.random.default_rng(0)
   b = config.batch_size
-  batch = {"image": rng.uniform(-1, 1, (b,) + IMAGE_SHAPE).astype(np.float32),
-           "label": rng.integers(0, NUM_CLASSES, b).astype(np.int32)}
+  batch = {
+    "image": rng.uniform(-1, 1, (b,) + IMAGE_SHAPE).astype(np.float32),
+    "label": rng.integers(0, NUM_CLASSES, b).astype(np.int32),
+  }
   return config, DataSpec("synthetic", IMAGE_SHAPE, NUM_CLASSES), batch, 5
 
 
@@ -67,10 +69,14 @@ def dimr_tve_setup():
   rng = np.random.default_rng(1)
   b = config.batch_size
   mask = (np.arange(TEXT_LEN)[None] < rng.integers(2, TEXT_LEN + 1, b)[:, None]).astype(np.int32)
-  batch = {"image": rng.uniform(-1, 1, (b,) + IMAGE_SHAPE).astype(np.float32),
-           "text_emb": rng.standard_normal((b, TEXT_LEN, TEXT_DIM)).astype(np.float32), "text_mask": mask}
-  spec = DataSpec("synthetic", IMAGE_SHAPE, 0, num_captions=1, text_identity="synthetic", text_dim=TEXT_DIM,
-                  num_tokens=TEXT_LEN)
+  batch = {
+    "image": rng.uniform(-1, 1, (b,) + IMAGE_SHAPE).astype(np.float32),
+    "text_emb": rng.standard_normal((b, TEXT_LEN, TEXT_DIM)).astype(np.float32),
+    "text_mask": mask,
+  }
+  spec = DataSpec(
+    "synthetic", IMAGE_SHAPE, 0, num_captions=1, text_identity="synthetic", text_dim=TEXT_DIM, num_tokens=TEXT_LEN
+  )
   return config, spec, batch, 3
 
 
@@ -101,16 +107,28 @@ def run(setup, mesh_sizes, initial=None):
     losses.append(float(metrics["loss"]))
   flat = jax.tree_util.tree_flatten_with_path(state.params)[0]
   specs = {jax.tree_util.keystr(p): str(leaf.sharding.spec) for p, leaf in flat}
-  return dict(losses=losses, params=jax.device_get(state.params), init_params=init_params,
-              devices=len(exp.mesh.devices.flat), mesh=dict(exp.mesh.shape), specs=sorted(set(specs.values())),
-              path_specs=specs, step=int(state.step), nonfinite_step=int(state.nonfinite_step), state=state)
+  return dict(
+    losses=losses,
+    params=jax.device_get(state.params),
+    init_params=init_params,
+    devices=len(exp.mesh.devices.flat),
+    mesh=dict(exp.mesh.shape),
+    specs=sorted(set(specs.values())),
+    path_specs=specs,
+    step=int(state.step),
+    nonfinite_step=int(state.nonfinite_step),
+    state=state,
+  )
 
 
 def max_abs_diff(a, b, skip: str | None = None) -> float:
   """max |a - b| over the leaves (those whose path contains `skip` left out)."""
   leaves = jax.tree_util.tree_flatten_with_path(a)[0]
-  return max(float(np.max(np.abs(np.asarray(x) - np.asarray(y)))) for (path, x), y in zip(leaves, jax.tree.leaves(b))
-             if skip is None or skip not in jax.tree_util.keystr(path))
+  return max(
+    float(np.max(np.abs(np.asarray(x) - np.asarray(y))))
+    for (path, x), y in zip(leaves, jax.tree.leaves(b))
+    if skip is None or skip not in jax.tree_util.keystr(path)
+  )
 
 
 # The attention key bias shifts every logit of a query equally, so its gradient is zero up to round-off, which
@@ -123,13 +141,19 @@ def compare(results: dict) -> dict:
   out = {}
   for sizes, r in results.items():
     out["x".join(map(str, sizes))] = dict(
-        losses=r["losses"], devices=r["devices"], mesh=r["mesh"], specs=r["specs"], step=r["step"],
-        nonfinite_step=r["nonfinite_step"], max_param_diff=max_abs_diff(r["params"], ref["params"], skip=KEY_BIAS),
-        max_param_change=max_abs_diff(r["params"], r["init_params"]),
-        same_structure=jax.tree.structure(r["params"]) == jax.tree.structure(ref["params"]),
-        # Specs of the DiMR backbone's and the TVE's parameters (the text model's sub-modules).
-        backbone_specs=sorted({s for p, s in r["path_specs"].items() if p.startswith("['backbone']")}),
-        tve_specs=sorted({s for p, s in r["path_specs"].items() if p.startswith("['tve']")}))
+      losses=r["losses"],
+      devices=r["devices"],
+      mesh=r["mesh"],
+      specs=r["specs"],
+      step=r["step"],
+      nonfinite_step=r["nonfinite_step"],
+      max_param_diff=max_abs_diff(r["params"], ref["params"], skip=KEY_BIAS),
+      max_param_change=max_abs_diff(r["params"], r["init_params"]),
+      same_structure=jax.tree.structure(r["params"]) == jax.tree.structure(ref["params"]),
+      # Specs of the DiMR backbone's and the TVE's parameters (the text model's sub-modules).
+      backbone_specs=sorted({s for p, s in r["path_specs"].items() if p.startswith("['backbone']")}),
+      tve_specs=sorted({s for p, s in r["path_specs"].items() if p.startswith("['tve']")}),
+    )
   return out
 
 
@@ -148,10 +172,12 @@ def restore_elsewhere(setup, saved, workdir: str) -> dict:
     reader.close()
     leaves = jax.tree.leaves(state.params)
     out["x".join(map(str, sizes))] = dict(
-        step=int(state.step), max_param_diff=max_abs_diff(jax.device_get(state.params), saved["params"]),
-        ema_diff=max_abs_diff(jax.device_get(state.ema_params), jax.device_get(saved["state"].ema_params)),
-        devices=sorted({len(leaf.sharding.device_set) for leaf in leaves}),
-        on_target_mesh=all(leaf.sharding.mesh.shape == exp.mesh.shape for leaf in leaves))
+      step=int(state.step),
+      max_param_diff=max_abs_diff(jax.device_get(state.params), saved["params"]),
+      ema_diff=max_abs_diff(jax.device_get(state.ema_params), jax.device_get(saved["state"].ema_params)),
+      devices=sorted({len(leaf.sharding.device_set) for leaf in leaves}),
+      on_target_mesh=all(leaf.sharding.mesh.shape == exp.mesh.shape for leaf in leaves),
+    )
   return out
 
 

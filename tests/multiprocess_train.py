@@ -36,10 +36,25 @@ def config_for(data_dir: str, steps: int = 4, sample_every: int | None = None, f
   from tests.helpers import tiny_config
 
   sample_every = steps if sample_every is None else sample_every
-  extra = {"eval.fid_every": steps, "eval.fid_num_samples": FID_SAMPLES, "eval.steps": 2, "eval.batch_size": 64,
-           "eval.features": f"classifier:{fid}"} if fid else {}
-  return tiny_config(data_dir, total_steps=steps, log_every=1, save_every=steps, sample_every=sample_every,
-                     **{"model.depth": 1, "optim.warmup_steps": 0, "sample.steps": 2, "sample.per_class": 1, **extra})
+  extra = (
+    {
+      "eval.fid_every": steps,
+      "eval.fid_num_samples": FID_SAMPLES,
+      "eval.steps": 2,
+      "eval.batch_size": 64,
+      "eval.features": f"classifier:{fid}",
+    }
+    if fid
+    else {}
+  )
+  return tiny_config(
+    data_dir,
+    total_steps=steps,
+    log_every=1,
+    save_every=steps,
+    sample_every=sample_every,
+    **{"model.depth": 1, "optim.warmup_steps": 0, "sample.steps": 2, "sample.per_class": 1, **extra},
+  )
 
 
 def reference_losses(config) -> list[float]:
@@ -56,10 +71,20 @@ def reference_losses(config) -> list[float]:
   exp = build_experiment(config, spec)
   graphdef, state, shardings = create_train_state(exp.model_fn, exp.tx, config.seed, exp.mesh, exp.rules)
   bsh = batch_shardings_for(exp)
-  step = jit_train_step(graphdef, exp.task, exp.tx, config.optim.ema_decay, shardings, bsh,
-                        ema_warmup=config.optim.ema_warmup)
-  iters = [pipeline.make_train_iterator(source, batch_size=config.batch_size // SHARDS, image_size=None,
-                                        seed=config.seed, shard_index=i, shard_count=SHARDS) for i in range(SHARDS)]
+  step = jit_train_step(
+    graphdef, exp.task, exp.tx, config.optim.ema_decay, shardings, bsh, ema_warmup=config.optim.ema_warmup
+  )
+  iters = [
+    pipeline.make_train_iterator(
+      source,
+      batch_size=config.batch_size // SHARDS,
+      image_size=None,
+      seed=config.seed,
+      shard_index=i,
+      shard_count=SHARDS,
+    )
+    for i in range(SHARDS)
+  ]
   losses = []
   for _ in range(config.total_steps):
     parts = [next(it) for it in iters]
@@ -79,8 +104,9 @@ def evaluate_checkpoint(workdir: str, out_dir: str, fid: str) -> dict:
   write_samples(trained.experiment, trained.graphdef, trained.params, trained.step, out_dir, None)
   if not fid:
     return {}
-  scorer = FidDuringTraining(trained.experiment.config, trained.experiment, os.path.join(out_dir, "fid"),
-                             log=lambda msg: None)
+  scorer = FidDuringTraining(
+    trained.experiment.config, trained.experiment, os.path.join(out_dir, "fid"), log=lambda msg: None
+  )
   try:
     metrics = scorer(trained.graphdef, trained.params, trained.step, lambda checkpointer: None)
   finally:
@@ -104,8 +130,12 @@ def main():
   jax.config.update("jax_platforms", "cpu")
   started = initialize_distributed(coordinator, num_processes, process_id)
   assert started == (num_processes > 1)
-  out = {"process_index": jax.process_index(), "process_count": jax.process_count(),
-         "device_count": jax.device_count(), "local_device_count": jax.local_device_count()}
+  out = {
+    "process_index": jax.process_index(),
+    "process_count": jax.process_count(),
+    "device_count": jax.device_count(),
+    "local_device_count": jax.local_device_count(),
+  }
   config = config_for(data_dir, args.steps, args.sample_every, args.fid)
   if args.eval:
     out["fid"] = evaluate_checkpoint(workdir, os.path.dirname(os.path.abspath(out_path)), args.fid)

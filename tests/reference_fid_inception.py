@@ -14,7 +14,6 @@ from torch import nn
 
 
 class BasicConv2d(nn.Module):
-
   def __init__(self, in_channels, out_channels, **kwargs):
     super().__init__()
     self.conv = nn.Conv2d(in_channels, out_channels, bias=False, **kwargs)
@@ -25,7 +24,6 @@ class BasicConv2d(nn.Module):
 
 
 class FIDInceptionA(nn.Module):
-
   def __init__(self, in_channels, pool_features):
     super().__init__()
     self.branch1x1 = BasicConv2d(in_channels, 64, kernel_size=1)
@@ -46,7 +44,6 @@ class FIDInceptionA(nn.Module):
 
 
 class InceptionB(nn.Module):
-
   def __init__(self, in_channels):
     super().__init__()
     self.branch3x3 = BasicConv2d(in_channels, 384, kernel_size=3, stride=2)
@@ -62,7 +59,6 @@ class InceptionB(nn.Module):
 
 
 class FIDInceptionC(nn.Module):
-
   def __init__(self, in_channels, channels_7x7):
     super().__init__()
     c7 = channels_7x7
@@ -91,7 +87,6 @@ class FIDInceptionC(nn.Module):
 
 
 class InceptionD(nn.Module):
-
   def __init__(self, in_channels):
     super().__init__()
     self.branch3x3_1 = BasicConv2d(in_channels, 192, kernel_size=1)
@@ -170,8 +165,19 @@ class FIDInceptionV3(nn.Module):
     x = self.Conv2d_3b_1x1(x)
     x = self.Conv2d_4a_3x3(x)
     x = F.max_pool2d(x, kernel_size=3, stride=2)
-    for name in ("Mixed_5b", "Mixed_5c", "Mixed_5d", "Mixed_6a", "Mixed_6b", "Mixed_6c", "Mixed_6d", "Mixed_6e",
-                 "Mixed_7a", "Mixed_7b", "Mixed_7c"):
+    for name in (
+      "Mixed_5b",
+      "Mixed_5c",
+      "Mixed_5d",
+      "Mixed_6a",
+      "Mixed_6b",
+      "Mixed_6c",
+      "Mixed_6d",
+      "Mixed_6e",
+      "Mixed_7a",
+      "Mixed_7b",
+      "Mixed_7c",
+    ):
       x = getattr(self, name)(x)
     return F.adaptive_avg_pool2d(x, (1, 1))
 

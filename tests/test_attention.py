@@ -44,15 +44,17 @@ def _keys_as_mask(key_mask, length=L):
 @pytest.mark.parametrize("implementation", ["xla", "auto"])
 def test_cpu_paths_match_naive_softmax_with_and_without_key_padding(implementation):
   q, k, v = _qkv()
-  np.testing.assert_allclose(dot_product_attention(q, k, v, implementation=implementation), naive(q, k, v),
-                             atol=1e-5, rtol=1e-5)
+  np.testing.assert_allclose(
+    dot_product_attention(q, k, v, implementation=implementation), naive(q, k, v), atol=1e-5, rtol=1e-5
+  )
   km = _key_mask()
   out = dot_product_attention(q, k, v, implementation=implementation, key_mask=km)
   np.testing.assert_allclose(out, naive(q, k, v, _keys_as_mask(km)), atol=1e-5, rtol=1e-5)
   # Masked keys really are ignored: changing them changes nothing.
   k2, v2 = k.at[0, 3:].set(100.0), v.at[0, 3:].set(-100.0)
-  np.testing.assert_allclose(dot_product_attention(q, k2, v2, implementation=implementation, key_mask=km), out,
-                             atol=1e-5, rtol=1e-5)
+  np.testing.assert_allclose(
+    dot_product_attention(q, k2, v2, implementation=implementation, key_mask=km), out, atol=1e-5, rtol=1e-5
+  )
 
 
 def test_general_mask_bias_and_scale_on_xla():
@@ -61,8 +63,9 @@ def test_general_mask_bias_and_scale_on_xla():
   bias = _normal(3, (1, N, L, S))
   km = _key_mask()
   out = dot_product_attention(q, k, v, implementation="xla", mask=causal, key_mask=km, bias=bias, scale=1.0)
-  np.testing.assert_allclose(out, naive(q, k, v, causal & _keys_as_mask(km), bias=bias, scale=1.0),
-                             atol=1e-5, rtol=1e-5)
+  np.testing.assert_allclose(
+    out, naive(q, k, v, causal & _keys_as_mask(km), bias=bias, scale=1.0), atol=1e-5, rtol=1e-5
+  )
 
 
 def test_auto_is_xla_on_cpu_and_gpu_kernels_refuse_clearly():
@@ -142,8 +145,9 @@ def test_chunked_cpu_path_forward_and_gradients_match_naive_softmax(monkeypatch,
     out = dot_product_attention(q, k, v, implementation="xla", key_mask=km)
     np.testing.assert_allclose(out, naive(q, k, v, keep), atol=1e-5, rtol=1e-5)
     grads = jax.grad(
-        lambda *a, km=km: (dot_product_attention(*a, implementation="xla", key_mask=km) * weights).sum(),
-        argnums=(0, 1, 2))(q, k, v)
+      lambda *a, km=km: (dot_product_attention(*a, implementation="xla", key_mask=km) * weights).sum(),
+      argnums=(0, 1, 2),
+    )(q, k, v)
     want = jax.grad(lambda *a, keep=keep: (naive(*a, keep) * weights).sum(), argnums=(0, 1, 2))(q, k, v)
     for got, ref in zip(grads, want):
       np.testing.assert_allclose(got, ref, atol=2e-5, rtol=1e-4)

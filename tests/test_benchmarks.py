@@ -11,12 +11,17 @@ from crossflow_jax.models.factory import backbone_config, build_backbone
 
 
 def _xla_forward_flops(model_cfg, shape, cond) -> float:
-  graphdef, params = nnx.split(nnx.eval_shape(lambda: build_backbone(model_cfg, image_shape=shape, rngs=nnx.Rngs(0),
-                                                                      **cond)))
+  graphdef, params = nnx.split(
+    nnx.eval_shape(lambda: build_backbone(model_cfg, image_shape=shape, rngs=nnx.Rngs(0), **cond))
+  )
   b = 2
   fwd = jax.jit(lambda p, x, t, labels: nnx.merge(graphdef, p)(x, t, labels=labels))
-  compiled = fwd.lower(params, jax.ShapeDtypeStruct((b, *shape), jnp.float32), jax.ShapeDtypeStruct((b,), jnp.float32),
-                       jax.ShapeDtypeStruct((b,), jnp.int32)).compile()
+  compiled = fwd.lower(
+    params,
+    jax.ShapeDtypeStruct((b, *shape), jnp.float32),
+    jax.ShapeDtypeStruct((b,), jnp.float32),
+    jax.ShapeDtypeStruct((b,), jnp.int32),
+  ).compile()
   cost = compiled.cost_analysis()
   cost = cost[0] if isinstance(cost, list | tuple) else cost
   return float(cost["flops"]) / b
@@ -55,8 +60,20 @@ def test_compiled_memory_reports_state_and_remat_savings(tmp_path):
   out = {}
   for remat in ("none", "full"):
     path = tmp_path / f"{remat}.json"
-    r = run_cli(["benchmarks/compiled_memory.py", "--config", "configs/digits_c2i.py", "--batch_size", "16",
-                 "--remat", remat, "--json_out", str(path)] + ([] if remat == "none" else ["--nocompile"]))
+    r = run_cli(
+      [
+        "benchmarks/compiled_memory.py",
+        "--config",
+        "configs/digits_c2i.py",
+        "--batch_size",
+        "16",
+        "--remat",
+        remat,
+        "--json_out",
+        str(path),
+      ]
+      + ([] if remat == "none" else ["--nocompile"])
+    )
     assert r.returncode == 0, r.stderr[-3000:]
     out[remat] = json.loads(path.read_text())
   none, full = out["none"], out["full"]
@@ -75,9 +92,25 @@ def test_fault_injection_kills_resume_and_match_the_unbroken_run(tmp_path):
   from tests.helpers import run_cli
 
   out = tmp_path / "fi.json"
-  r = run_cli(["benchmarks/fault_injection.py", "--config", "configs/digits_c2i.py:smoke", "--kills", "2",
-               "--total_steps", "30", "--save_every", "5", "--data_dir", str(tmp_path / "data"), "--workdir",
-               str(tmp_path / "runs"), "--json_out", str(out)])
+  r = run_cli(
+    [
+      "benchmarks/fault_injection.py",
+      "--config",
+      "configs/digits_c2i.py:smoke",
+      "--kills",
+      "2",
+      "--total_steps",
+      "30",
+      "--save_every",
+      "5",
+      "--data_dir",
+      str(tmp_path / "data"),
+      "--workdir",
+      str(tmp_path / "runs"),
+      "--json_out",
+      str(out),
+    ]
+  )
   assert r.returncode == 0, r.stderr[-3000:] + r.stdout[-3000:]
   result = json.loads(out.read_text())
   assert result["kills"] >= 1 and len(result["kill_log"]) == result["kills"], result

@@ -14,8 +14,9 @@ from crossflow_jax.data.text_cache import decode_caption
 from crossflow_jax.errors import ConfigError, DataError
 from tfds_builders.image_text_folder.image_text_folder import load_image
 
-SHARED_DATA = os.environ.get("CROSSFLOW_SHARED_DATA",
-                             os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data"))
+SHARED_DATA = os.environ.get(
+  "CROSSFLOW_SHARED_DATA", os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data")
+)
 needs_shared = pytest.mark.skipif(not os.path.isdir(SHARED_DATA), reason=f"{SHARED_DATA} (../shared/data) is absent")
 
 
@@ -220,15 +221,21 @@ def test_image_text_folder_keeps_img_paths_inside_the_folder(tmp_path, capsys):
   # `../` out of the folder: refused naming the line and the flag, with or without the flag.
   _jsonl(manual, "imgs/0.png", "../elsewhere.png")
   for options in ({}, {"options": {"allow_absolute_paths": True}}):
-    with pytest.raises(DataError, match=rf"captions.jsonl line 2: img_path '../elsewhere.png' .*outside the manual "
-                       rf"directory.*{flag}"):
+    with pytest.raises(
+      DataError,
+      match=rf"captions.jsonl line 2: img_path '../elsewhere.png' .*outside the manual "
+      rf"directory.*{flag}",
+    ):
       _build_folder(manual, tmp_path / "d1", **options)
   # A symlink inside the folder that points out of it: refused; one that stays inside: read.
   os.symlink(outside, manual / "imgs" / "escape.png")
   os.symlink(manual / "imgs" / "1.png", manual / "imgs" / "alias.png")
   _jsonl(manual, "imgs/alias.png", "imgs/escape.png")
-  with pytest.raises(DataError, match=rf"line 2: img_path 'imgs/escape.png' resolves to .*elsewhere.png, outside"
-                     rf".*{flag}"):
+  with pytest.raises(
+    DataError,
+    match=rf"line 2: img_path 'imgs/escape.png' resolves to .*elsewhere.png, outside"
+    rf".*{flag}",
+  ):
     _build_folder(manual, tmp_path / "d2")
   _jsonl(manual, "imgs/alias.png")
   source = _build_folder(manual, tmp_path / "d3").as_data_source("train")
@@ -255,8 +262,11 @@ def test_image_text_folder_unreadable_images_name_the_line_and_file(tmp_path, mo
   with monkeypatch.context() as m:
     m.setattr(Image, "MAX_IMAGE_PIXELS", 500)
     _jsonl(manual, "imgs/1.png")
-    with pytest.raises(DataError, match=r"captions.jsonl line 1: image .*imgs/1.png is too large to decode safely .*"
-                       r"MAX_IMAGE_PIXELS = 500"):
+    with pytest.raises(
+      DataError,
+      match=r"captions.jsonl line 1: image .*imgs/1.png is too large to decode safely .*"
+      r"MAX_IMAGE_PIXELS = 500",
+    ):
       _build_folder(manual, tmp_path / "d_bomb")
   Image.fromarray(np.zeros((30, 40, 3), np.uint8)).save(manual / "imgs" / "whole.jpg")
   for name in ("0.png", "whole.jpg"):  # Truncated PNG and JPEG: Pillow stops at the missing bytes.

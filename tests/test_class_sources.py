@@ -24,8 +24,9 @@ E = 10
 
 
 @pytest.mark.parametrize("kind", FIXED_KINDS + ("learned",))
-@pytest.mark.parametrize("num_classes,shape", [(10, (8, 8, 1)), (2, (8, 8, 1)), (10, (28, 28, 1)), (7, (6, 10, 3)),
-                                               (10, (4, 4, 1))])
+@pytest.mark.parametrize(
+  "num_classes,shape", [(10, (8, 8, 1)), (2, (8, 8, 1)), (10, (28, 28, 1)), (7, (6, 10, 3)), (10, (4, 4, 1))]
+)
 def test_class_means(kind, num_classes, shape):
   means = class_means(kind, num_classes, shape)
   assert means.shape == (num_classes, *shape) and means.dtype == np.float32
@@ -76,20 +77,20 @@ def _task(name="class_to_image", **kw) -> ClassImageTask:
 
 
 @pytest.mark.parametrize(
-    "kwargs,match",
-    [
-        (dict(name="text_to_image"), "task.name"),
-        (dict(guidance="perceptual"), "task.guidance"),
-        (dict(name="noise_to_image", source="smoothrand"), "source='gaussian'"),
-        (dict(name="noise_to_image", source="gaussian", guidance="indicator"), "null_class"),
-        (dict(name="class_to_image", source="gaussian"), "gaussian"),
-        (dict(name="image_to_class", source="gaussian"), "gaussian"),
-        (dict(name="bidirectional", guidance="null_class"), "null_class"),
-        (dict(guidance_p=1.0), "guidance_p"),
-        (dict(guidance_p=-0.1), "guidance_p"),
-        (dict(name="bidirectional", lambda_b=1.5), "lambda_b"),
-        (dict(std_scale=-1.0), "std_scale"),
-    ],
+  "kwargs,match",
+  [
+    (dict(name="text_to_image"), "task.name"),
+    (dict(guidance="perceptual"), "task.guidance"),
+    (dict(name="noise_to_image", source="smoothrand"), "source='gaussian'"),
+    (dict(name="noise_to_image", source="gaussian", guidance="indicator"), "null_class"),
+    (dict(name="class_to_image", source="gaussian"), "gaussian"),
+    (dict(name="image_to_class", source="gaussian"), "gaussian"),
+    (dict(name="bidirectional", guidance="null_class"), "null_class"),
+    (dict(guidance_p=1.0), "guidance_p"),
+    (dict(guidance_p=-0.1), "guidance_p"),
+    (dict(name="bidirectional", lambda_b=1.5), "lambda_b"),
+    (dict(std_scale=-1.0), "std_scale"),
+  ],
 )
 def test_invalid_task_config(kwargs, match):
   kwargs = dict(kwargs)
@@ -110,12 +111,11 @@ def test_valid_task_configs():
 
 
 def test_backbone_conditioning():
-  assert _task("class_to_image").backbone_conditioning == dict(num_classes=0, use_indicator=True,
-                                                               use_direction=False)
-  assert _task("bidirectional", guidance="none").backbone_conditioning == dict(num_classes=0, use_indicator=False,
-                                                                               use_direction=True)
-  assert _task("noise_to_image").backbone_conditioning == dict(num_classes=E, use_indicator=False,
-                                                               use_direction=False)
+  assert _task("class_to_image").backbone_conditioning == dict(num_classes=0, use_indicator=True, use_direction=False)
+  assert _task("bidirectional", guidance="none").backbone_conditioning == dict(
+    num_classes=0, use_indicator=False, use_direction=True
+  )
+  assert _task("noise_to_image").backbone_conditioning == dict(num_classes=E, use_indicator=False, use_direction=False)
 
 
 # ---- fake backbone ------------------------------------------------------------------------
@@ -134,7 +134,6 @@ class FakeBackbone:
 
 
 class ZeroBackbone:
-
   def __init__(self):
     self.kwargs = []
 
@@ -145,23 +144,25 @@ class ZeroBackbone:
 
 def _batch(b=8, seed=0):
   rng = np.random.default_rng(seed)
-  return {"image": jnp.asarray(rng.uniform(-1, 1, (b, *SHAPE)), jnp.float32),
-          "label": jnp.asarray(np.arange(b) % E, jnp.int32)}
+  return {
+    "image": jnp.asarray(rng.uniform(-1, 1, (b, *SHAPE)), jnp.float32),
+    "label": jnp.asarray(np.arange(b) % E, jnp.int32),
+  }
 
 
 # ---- ClassImageTask: loss -----------------------------------------------------------------
 
 
 @pytest.mark.parametrize(
-    "name,guidance,expected_kwargs",
-    [
-        ("class_to_image", "indicator", ["indicator"]),
-        ("class_to_image", "none", []),
-        ("image_to_class", "indicator", ["indicator"]),
-        ("bidirectional", "indicator", ["direction", "indicator"]),
-        ("noise_to_image", "null_class", ["labels"]),
-        ("noise_to_image", "none", ["labels"]),
-    ],
+  "name,guidance,expected_kwargs",
+  [
+    ("class_to_image", "indicator", ["indicator"]),
+    ("class_to_image", "none", []),
+    ("image_to_class", "indicator", ["indicator"]),
+    ("bidirectional", "indicator", ["direction", "indicator"]),
+    ("noise_to_image", "null_class", ["labels"]),
+    ("noise_to_image", "none", ["labels"]),
+  ],
 )
 def test_loss_with_fake_backbone(name, guidance, expected_kwargs):
   task = _task(name, guidance=guidance)
@@ -305,8 +306,9 @@ def test_velocity_fn_guided_runs_backbone_once_on_2b(name, direction):
   b, s = 3, 2.5
   task = _task(name)
   backbone = FakeBackbone()
-  v = task.velocity_fn(types.SimpleNamespace(backbone=backbone), {"labels": jnp.zeros((b,), jnp.int32)},
-                       direction=direction, cfg_scale=s)
+  v = task.velocity_fn(
+    types.SimpleNamespace(backbone=backbone), {"labels": jnp.zeros((b,), jnp.int32)}, direction=direction, cfg_scale=s
+  )
   x = jnp.asarray(np.random.default_rng(0).standard_normal((b, *SHAPE)), jnp.float32)
   t = jnp.full((b,), 0.25)
   out = np.asarray(v(x, t))
@@ -330,8 +332,12 @@ def test_velocity_fn_unguided_runs_backbone_on_b():
   t = jnp.zeros((b,))
   for task, cfg_scale in ((_task("class_to_image"), 1.0), (_task("class_to_image", guidance="none"), 3.0)):
     backbone = FakeBackbone()
-    v = task.velocity_fn(types.SimpleNamespace(backbone=backbone), {"labels": jnp.zeros((b,), jnp.int32)},
-                         direction=TO_IMAGE, cfg_scale=cfg_scale)
+    v = task.velocity_fn(
+      types.SimpleNamespace(backbone=backbone),
+      {"labels": jnp.zeros((b,), jnp.int32)},
+      direction=TO_IMAGE,
+      cfg_scale=cfg_scale,
+    )
     np.testing.assert_allclose(v(x, t), x)  # conditional pass only
     assert len(backbone.calls) == 1 and backbone.calls[0]["x"] == (b, *SHAPE)
     if task.guidance == "indicator":

@@ -10,8 +10,11 @@ from crossflow_jax.errors import ConfigError
 from crossflow_jax.train.dry_run import abstract_data_spec
 from crossflow_jax.train.experiment import build_experiment
 
-RECIPES = sorted(p.stem for p in pathlib.Path(__file__).parent.parent.joinpath("configs").glob("*.py")
-                 if p.stem not in ("__init__", "base"))
+RECIPES = sorted(
+  p.stem
+  for p in pathlib.Path(__file__).parent.parent.joinpath("configs").glob("*.py")
+  if p.stem not in ("__init__", "base")
+)
 # The `:variant`s each recipe accepts besides none; the published-model recipes are shrunk by overrides instead.
 VARIANTS = {name: () if name.startswith("t2i_") else ("smoke",) for name in RECIPES}
 
@@ -30,6 +33,7 @@ def test_recipe_builds(name, arg):
 
 def test_reference_settings():
   from configs import cifar10_c2i, mnist_c2i
+
   m, c = mnist_c2i.get_config(), cifar10_c2i.get_config()
   assert (m.model.hidden_size, m.model.depth, m.model.num_heads, m.model.patch_size) == (128, 8, 4, 2)
   assert (c.model.hidden_size, c.model.depth, c.model.num_heads, c.model.patch_size) == (256, 12, 4, 2)
@@ -45,8 +49,9 @@ def test_unknown_variant_is_refused(name):
   for arg in ("smok", "Smoke", "full", "smoke " if VARIANTS[name] else "smoke"):
     with pytest.raises(ConfigError) as e:
       get_config(arg)
-    assert str(e.value).startswith(f"configs/{name}.py has no variant '{arg}'; valid: {listed}. Fix: --config "
-                                   f"configs/{name}.py"), str(e.value)
+    assert str(e.value).startswith(
+      f"configs/{name}.py has no variant '{arg}'; valid: {listed}. Fix: --config configs/{name}.py"
+    ), str(e.value)
   for arg in (None, "", *VARIANTS[name]):
     assert get_config(arg).batch_size > 0  # the full recipe and each listed variant load
   if VARIANTS[name]:

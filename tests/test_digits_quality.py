@@ -22,8 +22,9 @@ from tests.helpers import OPTIMIZED, run_cli
 @pytest.fixture(scope="module")
 def judge():
   digits = load_digits()  # [1797, 64] in 0..16
-  x_train, x_test, y_train, y_test = train_test_split(digits.data, digits.target, test_size=0.25, random_state=0,
-                                                      stratify=digits.target)
+  x_train, x_test, y_train, y_test = train_test_split(
+    digits.data, digits.target, test_size=0.25, random_state=0, stratify=digits.target
+  )
   clf = SVC(gamma=0.001, C=10.0).fit(x_train, y_train)
   assert clf.score(x_test, y_test) > 0.98  # the judge itself is reliable (99.3% on held-out real digits)
   return clf
@@ -35,9 +36,21 @@ def test_digits_c2i_run_draws_every_class(tmp_path, judge):
   data = tmp_path / "data"
   # 1,500 of the recipe's 2,000 steps (the cosine schedule over 1,500), to keep CI short: the full recipe's
   # figures are in BENCHMARKS.md (97.8% judged, 93.3% image -> class).
-  r = run_cli(["train_flow.py", "--config", "configs/digits_c2i.py", "--workdir", str(workdir),
-               "--config.total_steps", "1500", "--config.sample_every", "750"], timeout=1800,
-              env_extra={"CROSSFLOW_DATA_DIR": str(data), **OPTIMIZED})
+  r = run_cli(
+    [
+      "train_flow.py",
+      "--config",
+      "configs/digits_c2i.py",
+      "--workdir",
+      str(workdir),
+      "--config.total_steps",
+      "1500",
+      "--config.sample_every",
+      "750",
+    ],
+    timeout=1800,
+    env_extra={"CROSSFLOW_DATA_DIR": str(data), **OPTIMIZED},
+  )
   assert r.returncode == 0, r.stderr[-3000:]
   assert (workdir / "loss.png").exists() and (workdir / "samples" / "step_0001500.png").exists()
 
@@ -46,9 +59,28 @@ def test_digits_c2i_run_draws_every_class(tmp_path, judge):
   env = {"CROSSFLOW_DATA_DIR": str(data)}
   space = "classifier:digits"
   sweep = tmp_path / "eval" / "sweep.json"
-  r = run_cli(["eval_fid.py", "--workdir", str(workdir), "--num_samples", "300", "--steps", "20", "--cfg_scale",
-               "2,1", "--seed", "3", "--save_samples", "--num_classify", "300", "--out", str(sweep)],
-              env_extra={**env, **OPTIMIZED}, timeout=900)
+  r = run_cli(
+    [
+      "eval_fid.py",
+      "--workdir",
+      str(workdir),
+      "--num_samples",
+      "300",
+      "--steps",
+      "20",
+      "--cfg_scale",
+      "2,1",
+      "--seed",
+      "3",
+      "--save_samples",
+      "--num_classify",
+      "300",
+      "--out",
+      str(sweep),
+    ],
+    env_extra={**env, **OPTIMIZED},
+    timeout=900,
+  )
   assert r.returncode == 0, r.stderr[-3000:]
   metrics = json.loads(sweep.read_text())
   rows = metrics["results"]
@@ -77,8 +109,25 @@ def test_digits_c2i_run_draws_every_class(tmp_path, judge):
   assert metrics["image_to_class"]["num_images"] == 300 and metrics["image_to_class_accuracy"] >= 0.85
 
   out = tmp_path / "eval" / "metrics.json"
-  r = run_cli(["eval_fid.py", "--workdir", str(workdir), "--num_samples", "300", "--steps", "20", "--seed", "3",
-               "--num_classify", "0", "--out", str(out)], env_extra={**env, **OPTIMIZED}, timeout=900)
+  r = run_cli(
+    [
+      "eval_fid.py",
+      "--workdir",
+      str(workdir),
+      "--num_samples",
+      "300",
+      "--steps",
+      "20",
+      "--seed",
+      "3",
+      "--num_classify",
+      "0",
+      "--out",
+      str(out),
+    ],
+    env_extra={**env, **OPTIMIZED},
+    timeout=900,
+  )
   assert r.returncode == 0, r.stderr[-3000:]
   again = json.loads(out.read_text())["results"][0]
   assert again[f"fid[{space}]"] == row[f"fid[{space}]"]

@@ -58,13 +58,14 @@ def test_crossflow_256px_backbone_has_the_published_size():
   """CrossFlow's 256 px DiMR (4x32x32 latent): 950.8M parameters; ours within 0.5%."""
   cfg = _model_cfg("DiMR-256")
   with fast_init_tracing():
-    model = nnx.eval_shape(lambda: build_backbone(cfg, image_shape=(32, 32, 4), rngs=nnx.Rngs(0),
-                                                  use_indicator=True))
+    model = nnx.eval_shape(lambda: build_backbone(cfg, image_shape=(32, 32, 4), rngs=nnx.Rngs(0), use_indicator=True))
   n = count_params(nnx.split(model, nnx.Param)[1])
   assert abs(n - 950.8e6) / 950.8e6 < 0.005, n
   stages = model.cfg.stages
   assert [(s.block_type, s.num_blocks, s.dim, s.mlp_dim) for s in stages] == [
-      ("transformer", 65, 1024, 2048), ("convnext", 33, 512, 1024)]
+    ("transformer", 65, 1024, 2048),
+    ("convnext", 33, 512, 1024),
+  ]
   assert model.cfg.stage_resolutions() == [(16, 16), (32, 32)]
   assert model.stages[0].feature_dim == 66 * 1024  # the input and every block output, concatenated
 
@@ -169,16 +170,20 @@ def test_time_parameters_are_not_weight_decayed():
   assert any("'kernel'" in k for k in on)
 
 
-@pytest.mark.parametrize("overrides, match", [
+@pytest.mark.parametrize(
+  "overrides, match",
+  [
     ({"stage_patch_sizes": (3, 1)}, "patch size 3 does not divide"),
     ({"stage_blocks": (4, 1)}, "must be odd"),
     ({"stage_patch_sizes": (2, 2)}, "must divide the previous stage|full resolution"),
     ({"stage_types": ("convnext", "convnext")}, "first stage is a transformer"),
     ({"stage_dims": (32,)}, "one entry per stage"),
-])
+  ],
+)
 def test_bad_stage_configs_are_named(overrides, match):
-  c = _model_cfg("", stage_dims=(32, 16), stage_mlp_dims=(64, 32), stage_blocks=(3, 1), stage_patch_sizes=(2, 1),
-                 stage_heads=(2, 0))
+  c = _model_cfg(
+    "", stage_dims=(32, 16), stage_mlp_dims=(64, 32), stage_blocks=(3, 1), stage_patch_sizes=(2, 1), stage_heads=(2, 0)
+  )
   for k, v in overrides.items():
     c.dimr[k] = v
   with pytest.raises(ConfigError, match=match):
@@ -189,8 +194,13 @@ def test_bad_stage_configs_are_named(overrides, match):
 def test_tiny_dimr_trains_on_digits(tmp_path):
   from crossflow_jax.train.loop import train
 
-  c = tiny_config(str(tmp_path / "data"), total_steps=150, log_every=10, save_every=150,
-                  **{"optim.learning_rate": 2e-3, "model.name": "dimr", "model.preset": "DiMR-micro"})
+  c = tiny_config(
+    str(tmp_path / "data"),
+    total_steps=150,
+    log_every=10,
+    save_every=150,
+    **{"optim.learning_rate": 2e-3, "model.name": "dimr", "model.preset": "DiMR-micro"},
+  )
   record = train(c, str(tmp_path / "run"))
   rows = read_metrics(tmp_path / "run" / "metrics.jsonl")
   losses = [r["loss"] for r in rows]
@@ -203,6 +213,12 @@ def test_depthwise_conv_equals_a_grouped_conv():
   conv = dimr.DepthwiseConv(6, 7, rngs=nnx.Rngs(0), dtype=jnp.float32)
   conv.bias[...] = jnp.arange(6.0)
   x = jnp.asarray(np.random.default_rng(4).standard_normal((2, 9, 10, 6)), jnp.float32)
-  ref = jax.lax.conv_general_dilated(x, conv.kernel[...][:, :, None, :], (1, 1), "SAME",
-                                     dimension_numbers=("NHWC", "HWIO", "NHWC"), feature_group_count=6)
+  ref = jax.lax.conv_general_dilated(
+    x,
+    conv.kernel[...][:, :, None, :],
+    (1, 1),
+    "SAME",
+    dimension_numbers=("NHWC", "HWIO", "NHWC"),
+    feature_group_count=6,
+  )
   np.testing.assert_allclose(nnx.jit(lambda m, x: m(x))(conv, x), ref + conv.bias[...], atol=1e-5)

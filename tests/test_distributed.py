@@ -71,11 +71,28 @@ def test_bad_settings_name_the_values(calls, monkeypatch):
 def test_train_flow_declares_the_multihost_flags():
   from crossflow_jax.command_line import DISTRIBUTED_FLAGS, normalize_argv
 
-  argv = ["train_flow.py", "--coordinator_address", "h:1", "--num_processes", "2", "--process_id", "1",
-          "--batch_size", "64", "--max_steps", "5"]
+  argv = [
+    "train_flow.py",
+    "--coordinator_address",
+    "h:1",
+    "--num_processes",
+    "2",
+    "--process_id",
+    "1",
+    "--batch_size",
+    "64",
+    "--max_steps",
+    "5",
+  ]
   entry = {"config", "workdir", "dry_run", *DISTRIBUTED_FLAGS}
-  assert normalize_argv(argv, entry) == ["train_flow.py", "--coordinator_address=h:1", "--num_processes=2",
-                                         "--process_id=1", "--config.batch_size=64", "--config.total_steps=5"]
+  assert normalize_argv(argv, entry) == [
+    "train_flow.py",
+    "--coordinator_address=h:1",
+    "--num_processes=2",
+    "--process_id=1",
+    "--config.batch_size=64",
+    "--config.total_steps=5",
+  ]
   source = open(os.path.join(REPO, "train_flow.py")).read()
   assert "define_distributed_flags()" in source and "initialize_distributed_from_flags()" in source
 
@@ -97,10 +114,20 @@ def _free_port() -> int:
 
 def _launch(tmp_path, out: str, devices: int, args: list[str]) -> subprocess.Popen:
   """tests/multiprocess_train.py OUT ... with `devices` simulated CPU devices; OUT goes under tmp_path."""
-  env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONUNBUFFERED="1",
-             XLA_FLAGS=f"--xla_force_host_platform_device_count={devices} --xla_backend_optimization_level=0")
-  return subprocess.Popen([sys.executable, os.path.join(TESTS_DIR, "multiprocess_train.py"), str(tmp_path / out)]
-                          + args, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+  env = dict(
+    os.environ,
+    JAX_PLATFORMS="cpu",
+    PYTHONUNBUFFERED="1",
+    XLA_FLAGS=f"--xla_force_host_platform_device_count={devices} --xla_backend_optimization_level=0",
+  )
+  return subprocess.Popen(
+    [sys.executable, os.path.join(TESTS_DIR, "multiprocess_train.py"), str(tmp_path / out)] + args,
+    cwd=REPO,
+    env=env,
+    stdout=subprocess.PIPE,
+    stderr=subprocess.PIPE,
+    text=True,
+  )
 
 
 def _wait(procs: list[subprocess.Popen], timeout: float = 600) -> list[tuple[str, str]]:
@@ -137,8 +164,9 @@ def test_two_processes_run_the_real_loop_like_one_process(tmp_path):
   clf = train_classifier("digits", data_dir=data_dir, out_dir=str(tmp_path / "clf"), epochs=1)
   workdir, port = tmp_path / "run", _free_port()
   common = [str(workdir), data_dir]
-  procs = [_launch(tmp_path, f"p{i}.json", 2, common + [f"localhost:{port}", "2", str(i), "--fid", clf.path])
-           for i in range(2)]
+  procs = [
+    _launch(tmp_path, f"p{i}.json", 2, common + [f"localhost:{port}", "2", str(i), "--fid", clf.path]) for i in range(2)
+  ]
   procs.append(_launch(tmp_path, "single.json", 4, common + ["", "1", "0"]))
   outputs = _wait(procs)
   for p, (_, err) in zip(procs, outputs):
@@ -190,9 +218,15 @@ def test_sigterm_makes_every_process_save_the_same_step(tmp_path):
 
   def pair(workdir) -> list[subprocess.Popen]:
     port = _free_port()
-    return [_launch(tmp_path, f"{workdir.name}_{port}_p{i}.json", 2, [str(workdir), data_dir, f"localhost:{port}",
-                                                                      "2", str(i), "--steps", str(steps),
-                                                                      "--sample_every", "0"]) for i in range(2)]
+    return [
+      _launch(
+        tmp_path,
+        f"{workdir.name}_{port}_p{i}.json",
+        2,
+        [str(workdir), data_dir, f"localhost:{port}", "2", str(i), "--steps", str(steps), "--sample_every", "0"],
+      )
+      for i in range(2)
+    ]
 
   def finish(procs) -> list[str]:
     outputs = _wait(procs, timeout=240)

@@ -76,9 +76,14 @@ def full():
 
 
 @pytest.mark.parametrize(
-    "patch_size,image_size,channels,pos_embed",
-    [(1, (4, 4), 1, "sincos"), (2, (8, 8), 3, "learned"), (4, (8, 12), 3, "sincos"), (8, (8, 16), 1, "learned"),
-     (2, (6, 10), 3, "learned")],
+  "patch_size,image_size,channels,pos_embed",
+  [
+    (1, (4, 4), 1, "sincos"),
+    (2, (8, 8), 3, "learned"),
+    (4, (8, 12), 3, "sincos"),
+    (8, (8, 16), 1, "learned"),
+    (2, (6, 10), 3, "learned"),
+  ],
 )
 def test_output_shape(patch_size, image_size, channels, pos_embed):
   """Shapes by abstract evaluation (no compile); test_output_values runs real forwards."""
@@ -92,8 +97,9 @@ def test_output_shape(patch_size, image_size, channels, pos_embed):
     assert p.dtype == jnp.float32
 
 
-@pytest.mark.parametrize("patch_size,image_size,channels,pos_embed", [(4, (8, 12), 3, "sincos"),
-                                                                      (8, (8, 16), 1, "learned")])
+@pytest.mark.parametrize(
+  "patch_size,image_size,channels,pos_embed", [(4, (8, 12), 3, "sincos"), (8, (8, 16), 1, "learned")]
+)
 def test_output_values(patch_size, image_size, channels, pos_embed):
   cfg = _cfg(patch_size=patch_size, image_size=image_size, channels=channels, pos_embed=pos_embed)
   model = _perturb(DiT(cfg, rngs=nnx.Rngs(0)))
@@ -198,8 +204,9 @@ def test_remat_policies_give_the_same_gradients(full):
   cond = dict(labels=jnp.arange(4), indicator=jnp.array([0, 1, 0, 1]), direction=jnp.array([0, 0, 1, 1]))
   grads = {}
   for policy in ("none", "full", "dots_no_batch"):
-    graphdef, _ = nnx.split(nnx.eval_shape(lambda p=policy: DiT(dataclasses.replace(FULL_CFG, remat=p),
-                                                                   rngs=nnx.Rngs(0))))
+    graphdef, _ = nnx.split(
+      nnx.eval_shape(lambda p=policy: DiT(dataclasses.replace(FULL_CFG, remat=p), rngs=nnx.Rngs(0)))
+    )
     grads[policy] = jax.jit(jax.grad(lambda p, g=graphdef: jnp.sum(nnx.merge(g, p)(x, t, **cond) ** 2)))(perturbed)
   for policy in ("full", "dots_no_batch"):
     for a, b in zip(jax.tree.leaves(grads["none"]), jax.tree.leaves(grads[policy])):
@@ -238,7 +245,7 @@ def test_patchify_unpatchify_inverse(p):
   np.testing.assert_array_equal(layers.unpatchify(tokens, p, h, w, c), x)
   # Token k is the row-major k-th patch.
   row, col = divmod(1, w // p)
-  np.testing.assert_array_equal(tokens[:, 1], x[:, row * p:(row + 1) * p, col * p:(col + 1) * p].reshape(2, -1))
+  np.testing.assert_array_equal(tokens[:, 1], x[:, row * p : (row + 1) * p, col * p : (col + 1) * p].reshape(2, -1))
   y = _normal(10 + p, tokens.shape)
   np.testing.assert_array_equal(layers.patchify(layers.unpatchify(y, p, h, w, c), p), y)
 
@@ -390,9 +397,13 @@ def test_context_gradients_under_jit(ctx):
   flat = {jax.tree_util.keystr(k): g for k, g in jax.tree_util.tree_flatten_with_path(grads)[0]}
   for key, g in flat.items():
     assert np.all(np.isfinite(g)), key
-  for key in ("['context_embed']['null_token']", "['context_embed']['fc1']['kernel']",
-              "['context_embed']['pool_fc1']['kernel']", "['blocks'][0]['cross_attn']['k']['kernel']",
-              "['blocks'][1]['cross_attn']['proj']['kernel']"):
+  for key in (
+    "['context_embed']['null_token']",
+    "['context_embed']['fc1']['kernel']",
+    "['context_embed']['pool_fc1']['kernel']",
+    "['blocks'][0]['cross_attn']['k']['kernel']",
+    "['blocks'][1]['cross_attn']['proj']['kernel']",
+  ):
     assert max(np.max(np.abs(g)) for k, g in flat.items() if k.startswith(key)) > 0, key
 
 
@@ -424,8 +435,18 @@ def test_context_missing_or_misshapen_raises(ctx):
 
 
 def test_factory_passes_context_through():
-  model_cfg = SimpleNamespace(preset="", depth=1, hidden_size=32, num_heads=2, patch_size=2, mlp_ratio=4.0,
-                              pos_embed="sincos", compute_dtype="float32", attention_impl="auto", remat="none")
+  model_cfg = SimpleNamespace(
+    preset="",
+    depth=1,
+    hidden_size=32,
+    num_heads=2,
+    patch_size=2,
+    mlp_ratio=4.0,
+    pos_embed="sincos",
+    compute_dtype="float32",
+    attention_impl="auto",
+    remat="none",
+  )
   cfg = dit_config(model_cfg, image_shape=(8, 8, 3), context_dim=16, context_len=7)
   assert (cfg.context_dim, cfg.context_len) == (16, 7)
   assert dit_config(model_cfg, image_shape=(8, 8, 3)).context_dim == 0

@@ -38,8 +38,11 @@ def mnist_classifier(tmp_path_factory):
   tfds_builders.build("mnist", data_dir=data_dir, manual_dir=SHARED_DATA, max_examples_per_split=12_000)
   # Trained by its command line, with full XLA optimisation (the in-process default compiles quickly but
   # runs this CNN at half speed).
-  r = run_cli(["-m", "crossflow_jax.eval.feature_classifier", "--dataset", "mnist", "--data_dir", data_dir,
-               "--epochs", "2"], env_extra=OPTIMIZED, timeout=900)
+  r = run_cli(
+    ["-m", "crossflow_jax.eval.feature_classifier", "--dataset", "mnist", "--data_dir", data_dir, "--epochs", "2"],
+    env_extra=OPTIMIZED,
+    timeout=900,
+  )
   assert r.returncode == 0, r.stderr[-3000:]
   return load_classifier(classifier_dir(data_dir, "mnist")), data_dir
 
@@ -84,8 +87,7 @@ def test_reference_statistics_cached_once_and_checked(mnist_classifier, monkeypa
   assert len(calls) == 1  # the second call read the cache
   np.testing.assert_array_equal(stats.sigma, stats2.sigma)
   # A file from another feature space or resolution is refused, naming both.
-  other = FeatureStats(mu=stats.mu, sigma=stats.sigma, num_samples=10, feature_space="classifier:mnist",
-                       resolution=32)
+  other = FeatureStats(mu=stats.mu, sigma=stats.sigma, num_samples=10, feature_space="classifier:mnist", resolution=32)
   other.save(str(path) + ".other.npz")
   with pytest.raises(DataError, match=r"32 px.*28 px|28 px.*32 px"):
     features_lib.load_reference_stats_file(str(path) + ".other.npz", clf)
@@ -100,8 +102,9 @@ def _untrained_digits_classifier(path: str, seed: int):
 
   config = ClassifierConfig(image_shape=(8, 8, 1), heads=(("label", 10),), widths=(8, 16), feature_dim=16)
   model = ImageClassifier(config, rngs=nnx.Rngs(seed))
-  save_classifier(path, nnx.state(model), {"dataset": "digits", "config": config.to_dict(),
-                                           "test_accuracy": {"label": 0.1}})
+  save_classifier(
+    path, nnx.state(model), {"dataset": "digits", "config": config.to_dict(), "test_accuracy": {"label": 0.1}}
+  )
   return load_classifier(path)
 
 
@@ -205,10 +208,18 @@ def test_generation_is_the_same_on_1_and_8_devices():
   import subprocess
   import sys
 
-  env = dict(os.environ, JAX_PLATFORMS="cpu",
-             XLA_FLAGS="--xla_force_host_platform_device_count=8 --xla_backend_optimization_level=0")
-  proc = subprocess.run([sys.executable, os.path.join(REPO, "tests", "multidevice_generate.py")], env=env,
-                        capture_output=True, text=True, timeout=600)
+  env = dict(
+    os.environ,
+    JAX_PLATFORMS="cpu",
+    XLA_FLAGS="--xla_force_host_platform_device_count=8 --xla_backend_optimization_level=0",
+  )
+  proc = subprocess.run(
+    [sys.executable, os.path.join(REPO, "tests", "multidevice_generate.py")],
+    env=env,
+    capture_output=True,
+    text=True,
+    timeout=600,
+  )
   assert proc.returncode == 0, proc.stderr[-3000:]
   out = json.loads(proc.stdout.strip().splitlines()[-1])
   print(out)
@@ -222,8 +233,12 @@ def test_training_scores_fid_and_keeps_the_best_checkpoint(tmp_path):
 
   data = str(tmp_path / "data")
   clf = train_classifier("digits", data_dir=data, out_dir=str(tmp_path / "clf"), epochs=3)
-  config = tiny_config(data, total_steps=20, save_every=20, **{
-      "eval.fid_every": 10, "eval.fid_num_samples": 200, "eval.steps": 4, "eval.features": f"classifier:{clf.path}"})
+  config = tiny_config(
+    data,
+    total_steps=20,
+    save_every=20,
+    **{"eval.fid_every": 10, "eval.fid_num_samples": 200, "eval.steps": 4, "eval.features": f"classifier:{clf.path}"},
+  )
   record = train(config, str(tmp_path / "run"))
   assert np.isfinite(record["fid[classifier:digits]"]) and "precision[classifier:digits]" in record
   assert record["best_fid[classifier:digits]"] <= record["fid[classifier:digits]"]

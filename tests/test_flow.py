@@ -9,10 +9,10 @@ from crossflow_jax.errors import ConfigError
 from crossflow_jax.flow import guidance
 from crossflow_jax.flow.paths import CondOTPath, per_sample_mse
 from crossflow_jax.flow.time_samplers import (
-    TIME_SAMPLERS,
-    LogitNormalTimeSampler,
-    UniformTimeSampler,
-    build_time_sampler,
+  TIME_SAMPLERS,
+  LogitNormalTimeSampler,
+  UniformTimeSampler,
+  build_time_sampler,
 )
 
 

@@ -116,8 +116,9 @@ def test_too_few_samples_says_how_many_are_needed():
 def _stats(feature_space="classifier:mnist", resolution=28, feature_dim=4, **kwargs):
   rng = np.random.default_rng(5)
   mu, sigma = _random_stats(rng, 20, feature_dim)
-  return frechet.FeatureStats(mu=mu, sigma=sigma, num_samples=20, feature_space=feature_space,
-                              resolution=resolution, **kwargs)
+  return frechet.FeatureStats(
+    mu=mu, sigma=sigma, num_samples=20, feature_space=feature_space, resolution=resolution, **kwargs
+  )
 
 
 def test_save_load_roundtrip_without_pickles(tmp_path):
@@ -130,7 +131,12 @@ def test_save_load_roundtrip_without_pickles(tmp_path):
   np.testing.assert_array_equal(loaded.mu, stats.mu)
   np.testing.assert_array_equal(loaded.sigma, stats.sigma)
   assert (loaded.num_samples, loaded.feature_space, loaded.dataset, loaded.split, loaded.resolution) == (
-      20, "classifier:mnist", "mnist", "test", 28)
+    20,
+    "classifier:mnist",
+    "mnist",
+    "test",
+    28,
+  )
   with pytest.raises(DataError, match="does not exist"):
     frechet.FeatureStats.load(tmp_path / "missing.npz")
   np.savez(tmp_path / "other.npz", mu=stats.mu)
@@ -165,6 +171,7 @@ def test_incompatible_stats_are_refused():
     frechet.frechet_distance_from_stats(_stats(), _stats(feature_dim=5))
   # Dataset, split and sample count may differ.
   assert frechet.frechet_distance_from_stats(_stats(dataset="mnist"), _stats(dataset="model")) == pytest.approx(
-      0.0, abs=1e-10)
+    0.0, abs=1e-10
+  )
   with pytest.raises(DataError, match="sigma2 has shape"):
     frechet.frechet_distance(np.zeros(3), np.eye(3), np.zeros(3), np.eye(4))

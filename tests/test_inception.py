@@ -25,8 +25,9 @@ WEIGHTS_ENV = "CROSSFLOW_FID_INCEPTION"
 
 
 def _load_converter():
-  spec = importlib.util.spec_from_file_location("convert_fid_inception",
-                                                os.path.join(REPO, "tools", "convert_fid_inception.py"))
+  spec = importlib.util.spec_from_file_location(
+    "convert_fid_inception", os.path.join(REPO, "tools", "convert_fid_inception.py")
+  )
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
   return module
@@ -88,11 +89,13 @@ def test_preprocess_matches_torch_interpolate():
 def _weights_path(tmp_path) -> str:
   path = os.environ.get(WEIGHTS_ENV, "")
   if not path:  # a path that is set but wrong fails in load_fid_inception with WeightsError
-    pytest.skip(f"Real FID Inception weights are absent ({WEIGHTS_ENV} is not set). Download "
-                f"{inception.FID_WEIGHTS_URL}, convert it with `python tools/convert_fid_inception.py --pth "
-                f"pt_inception-2015-12-05-6726825d.pth --out fid_inception.safetensors` and set "
-                f"{WEIGHTS_ENV}=/abs/path/fid_inception.safetensors (a .npz, or the .pth itself, which is converted "
-                "to a temporary file and needs torch, also work).")
+    pytest.skip(
+      f"Real FID Inception weights are absent ({WEIGHTS_ENV} is not set). Download "
+      f"{inception.FID_WEIGHTS_URL}, convert it with `python tools/convert_fid_inception.py --pth "
+      f"pt_inception-2015-12-05-6726825d.pth --out fid_inception.safetensors` and set "
+      f"{WEIGHTS_ENV}=/abs/path/fid_inception.safetensors (a .npz, or the .pth itself, which is converted "
+      "to a temporary file and needs torch, also work)."
+    )
   if path.endswith(".pth") and os.path.isfile(path):
     pytest.importorskip("torch")
     out = str(tmp_path / "fid_inception.safetensors")

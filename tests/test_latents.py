@@ -38,8 +38,9 @@ def dirs(tmp_path_factory):
 
 
 def _config(dirs, vae: str = "vae", **overrides):
-  return tiny_config(dirs["data"], **{"latent.vae": dirs[vae], "latent.image_size": IMAGE_SIZE,
-                                      "model.patch_size": 1, **overrides})
+  return tiny_config(
+    dirs["data"], **{"latent.vae": dirs[vae], "latent.image_size": IMAGE_SIZE, "model.patch_size": 1, **overrides}
+  )
 
 
 class _EchoTask:
@@ -54,13 +55,23 @@ def test_each_step_draws_a_fresh_posterior_sample():
   model = nnx.Linear(1, 1, rngs=nnx.Rngs(0))
   graphdef, params = nnx.split(model, nnx.Param)
   tx = optax.sgd(0.0)
-  state = TrainState(step=jnp.zeros((), jnp.int32), params=params, ema_params=params, opt_state=tx.init(params),
-                     rng=jax.random.PRNGKey(0), nonfinite_step=jnp.full((), -1, jnp.int32))
+  state = TrainState(
+    step=jnp.zeros((), jnp.int32),
+    params=params,
+    ema_params=params,
+    opt_state=tx.init(params),
+    rng=jax.random.PRNGKey(0),
+    nonfinite_step=jnp.full((), -1, jnp.int32),
+  )
   shape = (16, 4, 4, 4)
-  batch = {"latent_mean": jnp.full(shape, 2.0), "latent_logvar": jnp.full(shape, np.log(0.25)),
-           "label": jnp.zeros(16, jnp.int32)}
-  step = jax.jit(lambda s, b: train_step(s, b, graphdef=graphdef, task=_EchoTask(), tx=tx, ema_decay=0.9,
-                                         latent_scale_factor=0.5))
+  batch = {
+    "latent_mean": jnp.full(shape, 2.0),
+    "latent_logvar": jnp.full(shape, np.log(0.25)),
+    "label": jnp.zeros(16, jnp.int32),
+  }
+  step = jax.jit(
+    lambda s, b: train_step(s, b, graphdef=graphdef, task=_EchoTask(), tx=tx, ema_decay=0.9, latent_scale_factor=0.5)
+  )
   state1, m0 = step(state, batch)
   _, m1 = step(state1, batch)
   _, again = step(state, batch)
@@ -73,9 +84,21 @@ def test_each_step_draws_a_fresh_posterior_sample():
 
 @pytest.mark.slow
 def test_latent_cache_training_and_decoded_samples(dirs, tmp_path):
-  c = _config(dirs, total_steps=30, log_every=5, save_every=30, sample_every=30,
-              **{"optim.learning_rate": 3e-3, "optim.warmup_steps": 0, "optim.schedule": "constant",
-                 "sample.steps": 2, "sample.solver": "euler", "sample.per_class": 2})
+  c = _config(
+    dirs,
+    total_steps=30,
+    log_every=5,
+    save_every=30,
+    sample_every=30,
+    **{
+      "optim.learning_rate": 3e-3,
+      "optim.warmup_steps": 0,
+      "optim.schedule": "constant",
+      "sample.steps": 2,
+      "sample.solver": "euler",
+      "sample.per_class": 2,
+    },
+  )
   _, info, spec = open_data(c, "train")
   assert spec.image_shape == (4, 4, 4) and spec.pixel_shape == (IMAGE_SIZE, IMAGE_SIZE, 1)
   workdir = str(tmp_path / "w")
@@ -84,7 +107,11 @@ def test_latent_cache_training_and_decoded_samples(dirs, tmp_path):
   index = json.load(open(os.path.join(latents.cache_dir(info.dataset_dir, IMAGE_SIZE), "train.json")))
   assert index["vae_identity"] == spec.latent_vae and index["scale_factor"] == pytest.approx(0.18215)
   assert (index["image_size"], index["dataset"], index["num_examples"], index["latent_shape"]) == (
-      IMAGE_SIZE, "digits", 1497, [4, 4, 4])
+    IMAGE_SIZE,
+    "digits",
+    1497,
+    [4, 4, 4],
+  )
   losses = [r["loss"] for r in read_metrics(os.path.join(workdir, "metrics.jsonl"))]
   assert len(losses) == 6 and np.all(np.isfinite(losses))
   assert np.mean(losses[-2:]) < 0.8 * np.mean(losses[:2]), losses  # measured: 0.38 -> 0.26
@@ -110,8 +137,11 @@ def test_latent_cache_training_and_decoded_samples(dirs, tmp_path):
 
   trained = load_trained(workdir)
   trained.experiment.data.latent_vae = "AutoencoderKL-0123456789abcdef"  # as if trained with another VAE
-  with pytest.raises(WeightsError, match=r"trained in the latent space of VAE AutoencoderKL-0123456789abcdef, but "
-                     r".* now holds VAE AutoencoderKL-"):
+  with pytest.raises(
+    WeightsError,
+    match=r"trained in the latent space of VAE AutoencoderKL-0123456789abcdef, but "
+    r".* now holds VAE AutoencoderKL-",
+  ):
     decode_to_pixels(trained.experiment, np.zeros((1, 4, 4, 4), np.float32))
 
   # The checkpoint records the VAE and scale: resuming with another scale is refused before any work.
@@ -124,9 +154,12 @@ def test_cache_of_another_vae_or_scale_is_refused(dirs):
   _, info, _ = open_data(c, "test")
   latents.open_or_build(c, info, "test", log=lambda msg: None)  # built once with VAE 'vae', scale 0.18215
   built = latents.load_vae_for(dirs["vae"]).identity
-  with pytest.raises(DataError, match=rf"built with VAE {built} .*scale_factor 0.18215, but config.latent asks "
-                     r"for VAE \S+ and scale_factor 0.2301\. Rebuild it with `python -m tfds_builders digits .*"
-                     r"--latent_scale_factor 0.2301 --rebuild_latents`"):
+  with pytest.raises(
+    DataError,
+    match=rf"built with VAE {built} .*scale_factor 0.18215, but config.latent asks "
+    r"for VAE \S+ and scale_factor 0.2301\. Rebuild it with `python -m tfds_builders digits .*"
+    r"--latent_scale_factor 0.2301 --rebuild_latents`",
+  ):
     latents.open_or_build(_config(dirs, **{"latent.scale_factor": 0.2301}), info, "test")
   other = latents.load_vae_for(dirs["other_vae"]).identity
   assert other != built

@@ -16,12 +16,17 @@ def _brute_force_prdc(real, fake, k, inclusive=True):
   real_fake = dist(real, fake)  # [N, M]
   within = np.less_equal if inclusive else np.less
   in_real_balls = within(real_fake, real_radii[:, None])
-  return {
+  return (
+    {
       "precision": in_real_balls.any(axis=0).mean(),
       "recall": within(real_fake, fake_radii[None, :]).any(axis=1).mean(),
       "density": (1.0 / k) * in_real_balls.sum(axis=0).mean(),
       "coverage": within(real_fake.min(axis=1), real_radii).mean(),
-  }, real_fake, real_radii, fake_radii
+    },
+    real_fake,
+    real_radii,
+    fake_radii,
+  )
 
 
 @pytest.mark.parametrize("k, chunk_size", [(3, 64), (5, 37)])
@@ -31,9 +36,12 @@ def test_matches_brute_force_definitions(k, chunk_size):
   fake = (1.3 * rng.standard_normal((150, 16)) + 0.4).astype(np.float32)  # Partly overlapping.
   expected, real_fake, real_radii, fake_radii = _brute_force_prdc(real, fake, k)
   # No comparison is within float32 rounding of a tie, so exact equality is meaningful.
-  relative_gaps = np.concatenate([
+  relative_gaps = np.concatenate(
+    [
       (np.abs(real_fake - real_radii[:, None]) / real_radii[:, None]).ravel(),
-      (np.abs(real_fake - fake_radii[None, :]) / fake_radii[None, :]).ravel()])
+      (np.abs(real_fake - fake_radii[None, :]) / fake_radii[None, :]).ravel(),
+    ]
+  )
   assert relative_gaps.min() > 1e-5
   assert 200 % chunk_size and 150 % chunk_size  # The last chunk of each set is padded.
 

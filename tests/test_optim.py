@@ -41,16 +41,33 @@ def test_only_dense_conv_and_attention_kernels_are_decayed(text_model):
   params = nnx.state(model, nnx.Param)
   on, off = _decayed(params)
   # The kernels of every dense / conv layer (attention q, k, v and out projections are dense layers), by type.
-  layers = {"/".join(map(str, path)) + "/kernel" for path, node in nnx.iter_graph(model)
-            if isinstance(node, (nnx.Linear, nnx.Conv, nnx.ConvTranspose, nnx.LinearGeneral))}
+  layers = {
+    "/".join(map(str, path)) + "/kernel"
+    for path, node in nnx.iter_graph(model)
+    if isinstance(node, (nnx.Linear, nnx.Conv, nnx.ConvTranspose, nnx.LinearGeneral))
+  }
   assert on == layers and len(on) == 42
-  assert {"backbone/blocks/0/attn/q/kernel", "backbone/blocks/0/attn/proj/kernel", "backbone/patch_embed/kernel",
-          "tve/blocks/0/mlp/fc1/kernel", "image_encoder/head/kernel", "tve/head/kernel"} <= on
+  assert {
+    "backbone/blocks/0/attn/q/kernel",
+    "backbone/blocks/0/attn/proj/kernel",
+    "backbone/patch_embed/kernel",
+    "tve/blocks/0/mlp/fc1/kernel",
+    "image_encoder/head/kernel",
+    "tve/head/kernel",
+  } <= on
   # Nothing else: biases, norm scales, embedding tables, positional embeddings, the logit scale.
-  assert all(n.endswith(("/bias", "/scale")) for n in off - {"logit_scale", "tve/pos_embed",
-                                                             "backbone/indicator_embed/embedding"})
-  assert {"logit_scale", "tve/pos_embed", "backbone/indicator_embed/embedding", "tve/head/bias",
-          "tve/blocks/0/norm1/scale", "backbone/blocks/0/ada_ln/bias"} <= off
+  assert all(
+    n.endswith(("/bias", "/scale"))
+    for n in off - {"logit_scale", "tve/pos_embed", "backbone/indicator_embed/embedding"}
+  )
+  assert {
+    "logit_scale",
+    "tve/pos_embed",
+    "backbone/indicator_embed/embedding",
+    "tve/head/bias",
+    "tve/blocks/0/norm1/scale",
+    "backbone/blocks/0/ada_ln/bias",
+  } <= off
   assert len(on) + len(off) == len(jax.tree.leaves(params))
 
 
@@ -59,8 +76,20 @@ def test_learned_class_table_and_class_embeddings_are_not_decayed():
   from crossflow_jax.tasks.class_image import ClassImageTask
 
   task = ClassImageTask(name="bidirectional", num_classes=3, image_shape=(8, 8, 1), source="learned")
-  backbone = DiT(DiTConfig(image_size=(8, 8), channels=1, patch_size=2, hidden_size=16, depth=1, num_heads=2,
-                           num_classes=3, use_indicator=True, use_direction=True), rngs=nnx.Rngs(0))
+  backbone = DiT(
+    DiTConfig(
+      image_size=(8, 8),
+      channels=1,
+      patch_size=2,
+      hidden_size=16,
+      depth=1,
+      num_heads=2,
+      num_classes=3,
+      use_indicator=True,
+      use_direction=True,
+    ),
+    rngs=nnx.Rngs(0),
+  )
   on, off = _decayed(nnx.state(task.build_model(backbone), nnx.Param))
   assert {"class_table", "backbone/class_embed/embedding", "backbone/direction_embed/embedding"} <= off
   assert all(n.endswith("/kernel") for n in on)
@@ -84,8 +113,7 @@ def test_adamw_leaves_undecayed_parameters_alone(text_model):
   new = step(params)
   flat_old = dict((_name(p), np.asarray(v)) for p, v in jax.tree_util.tree_flatten_with_path(params)[0])
   flat_new = dict((_name(p), np.asarray(v)) for p, v in jax.tree_util.tree_flatten_with_path(new)[0])
-  for name in ("tve/head/bias", "logit_scale", "backbone/blocks/0/attn/q/bias", "tve/out_norm/scale",
-               "tve/pos_embed"):
+  for name in ("tve/head/bias", "logit_scale", "backbone/blocks/0/attn/q/bias", "tve/out_norm/scale", "tve/pos_embed"):
     np.testing.assert_array_equal(flat_new[name], flat_old[name], err_msg=name)
   for name in ("tve/head/kernel", "backbone/blocks/0/attn/q/kernel"):
     np.testing.assert_allclose(flat_new[name], flat_old[name] * (1 - 0.1 * 0.5), rtol=1e-6, err_msg=name)

@@ -41,12 +41,15 @@ def test_dry_run_cli_reports_the_published_dimr_size():
     assert name in table, table
 
 
-@pytest.mark.parametrize("recipe, backbone_m, text_m, shape", [
-    ("t2i_256px_t5_dimr", 950.2, 4762.3, [32, 32, 4]),      # T5 v1.1 XXL encoder: 4.76B
+@pytest.mark.parametrize(
+  "recipe, backbone_m, text_m, shape",
+  [
+    ("t2i_256px_t5_dimr", 950.2, 4762.3, [32, 32, 4]),  # T5 v1.1 XXL encoder: 4.76B
     ("t2i_512px_clip_dimr", 977.2, 123.1, [64, 64, 4]),
-    ("t2i_512px_t5_dit", 1067.7, 4762.3, [64, 64, 4]),      # DiT-H/2: depth 36, width 1280
-    ("imagenet256_dit_b", 130.3, 0.0, [32, 32, 4]),         # DiT-B/2 with 1000 classes
-])
+    ("t2i_512px_t5_dit", 1067.7, 4762.3, [64, 64, 4]),  # DiT-H/2: depth 36, width 1280
+    ("imagenet256_dit_b", 130.3, 0.0, [32, 32, 4]),  # DiT-B/2 with 1000 classes
+  ],
+)
 def test_dry_runs_of_the_other_recipes(recipe, backbone_m, text_m, shape):
   out = dry_run(_load(recipe), print_fn=lambda *_: None)
   assert out["image_shape"] == shape
@@ -67,8 +70,10 @@ def test_dry_run_needs_the_class_count_of_an_unbuilt_folder(tmp_path):
 def tiny_inputs(tmp_path_factory):
   """A tiny random KL-f8 VAE and 24 captioned / class-foldered 40x48 images."""
   root = tmp_path_factory.mktemp("recipes")
-  vae = save_vae(AutoencoderKL(VAEConfig(block_out_channels=(8, 8, 8, 8), layers_per_block=1, norm_num_groups=4),
-                               rngs=nnx.Rngs(0)), str(root / "vae"))
+  vae = save_vae(
+    AutoencoderKL(VAEConfig(block_out_channels=(8, 8, 8, 8), layers_per_block=1, norm_num_groups=4), rngs=nnx.Rngs(0)),
+    str(root / "vae"),
+  )
   rng = np.random.default_rng(0)
   colours = ("red", "green", "blue")
   lines = []
@@ -85,30 +90,106 @@ def tiny_inputs(tmp_path_factory):
   return {"vae": vae, "text": str(root), "classes": str(root / "classes"), "data": str(root / "data")}
 
 
-SHRINK = ["--config.total_steps", "2", "--config.batch_size", "4", "--config.log_every", "1", "--config.save_every",
-          "2", "--config.sample_every", "0", "--config.latent.image_size", "32", "--config.mesh.fsdp", "1",
-          "--config.mesh.data", "-1", "--config.model.compute_dtype", "float32", "--config.model.remat", "none"]
-TEXT_SHRINK = ["--config.data.name", "image_text_folder/s32", "--config.text.encoder", "minilm",
-               "--config.text.max_length", "16", "--config.text.compute_dtype", "float32", "--config.tve.width", "32",
-               "--config.tve.depth", "1", "--config.tve.num_heads", "2", "--config.tve.bottleneck", "4",
-               "--config.tve.compute_dtype", "float32", "--config.image_encoder.width", "32",
-               "--config.image_encoder.depth", "1", "--config.image_encoder.num_heads", "2"]
-DIMR_SHRINK = ["--config.model.dimr.stage_dims", "(16, 8)", "--config.model.dimr.stage_mlp_dims", "(32, 16)",
-               "--config.model.dimr.stage_blocks", "(1, 1)", "--config.model.dimr.stage_heads", "(2, 0)",
-               "--config.model.dimr.stage_patch_sizes", "(2, 1)"]
-DIMR3_SHRINK = ["--config.model.dimr.stage_dims", "(16, 8, 8)", "--config.model.dimr.stage_mlp_dims", "(32, 16, 16)",
-                "--config.model.dimr.stage_blocks", "(1, 1, 1)", "--config.model.dimr.stage_heads", "(2, 0, 0)",
-                "--config.model.dimr.stage_patch_sizes", "(4, 2, 1)"]
-DIT_SHRINK = ["--config.model.preset", "", "--config.model.depth", "1", "--config.model.hidden_size", "32",
-              "--config.model.num_heads", "2"]
+SHRINK = [
+  "--config.total_steps",
+  "2",
+  "--config.batch_size",
+  "4",
+  "--config.log_every",
+  "1",
+  "--config.save_every",
+  "2",
+  "--config.sample_every",
+  "0",
+  "--config.latent.image_size",
+  "32",
+  "--config.mesh.fsdp",
+  "1",
+  "--config.mesh.data",
+  "-1",
+  "--config.model.compute_dtype",
+  "float32",
+  "--config.model.remat",
+  "none",
+]
+TEXT_SHRINK = [
+  "--config.data.name",
+  "image_text_folder/s32",
+  "--config.text.encoder",
+  "minilm",
+  "--config.text.max_length",
+  "16",
+  "--config.text.compute_dtype",
+  "float32",
+  "--config.tve.width",
+  "32",
+  "--config.tve.depth",
+  "1",
+  "--config.tve.num_heads",
+  "2",
+  "--config.tve.bottleneck",
+  "4",
+  "--config.tve.compute_dtype",
+  "float32",
+  "--config.image_encoder.width",
+  "32",
+  "--config.image_encoder.depth",
+  "1",
+  "--config.image_encoder.num_heads",
+  "2",
+]
+DIMR_SHRINK = [
+  "--config.model.dimr.stage_dims",
+  "(16, 8)",
+  "--config.model.dimr.stage_mlp_dims",
+  "(32, 16)",
+  "--config.model.dimr.stage_blocks",
+  "(1, 1)",
+  "--config.model.dimr.stage_heads",
+  "(2, 0)",
+  "--config.model.dimr.stage_patch_sizes",
+  "(2, 1)",
+]
+DIMR3_SHRINK = [
+  "--config.model.dimr.stage_dims",
+  "(16, 8, 8)",
+  "--config.model.dimr.stage_mlp_dims",
+  "(32, 16, 16)",
+  "--config.model.dimr.stage_blocks",
+  "(1, 1, 1)",
+  "--config.model.dimr.stage_heads",
+  "(2, 0, 0)",
+  "--config.model.dimr.stage_patch_sizes",
+  "(4, 2, 1)",
+]
+DIT_SHRINK = [
+  "--config.model.preset",
+  "",
+  "--config.model.depth",
+  "1",
+  "--config.model.hidden_size",
+  "32",
+  "--config.model.num_heads",
+  "2",
+]
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("recipe", RECIPES)
 def test_each_recipe_shrunk_on_the_command_line_trains_on_cpu(recipe, tiny_inputs, tmp_path):
   text = recipe.startswith("t2i")
-  args = ["train_flow.py", "--config", f"configs/{recipe}.py", "--workdir", str(tmp_path / "run"),
-          "--config.data.data_dir", tiny_inputs["data"], "--config.latent.vae", tiny_inputs["vae"], *SHRINK]
+  args = [
+    "train_flow.py",
+    "--config",
+    f"configs/{recipe}.py",
+    "--workdir",
+    str(tmp_path / "run"),
+    "--config.data.data_dir",
+    tiny_inputs["data"],
+    "--config.latent.vae",
+    tiny_inputs["vae"],
+    *SHRINK,
+  ]
   args += ["--config.data.manual_dir", tiny_inputs["text" if text else "classes"]]
   args += TEXT_SHRINK if text else ["--config.data.name", "image_folder/s32"]
   if recipe == "t2i_512px_clip_dimr":  # three stages, patch sizes 4, 2, 1 on the 4x4 latent

@@ -56,8 +56,7 @@ def test_judge_outputs_and_blank_images():
   image = shapes.render(colour=6, shape=2, size=1, position=8, image_size=32, rng=rng)
   assert image.dtype == np.uint8 and image.shape == (32, 32, 3)
   got = shapes_judge.judge(image)  # One [S, S, 3] image, uint8.
-  assert {k: got[k].tolist() for k in shapes.ATTRIBUTES} == {"colour": [6], "shape": [2], "size": [1],
-                                                              "position": [8]}
+  assert {k: got[k].tolist() for k in shapes.ATTRIBUTES} == {"colour": [6], "shape": [2], "size": [1], "position": [8]}
   assert all(got[k].dtype == np.int64 for k in shapes.ATTRIBUTES)
   assert got["abstain"].tolist() == [False] and got["reason"].tolist() == [""]
   blank = shapes_judge.judge(-np.ones((2, 16, 16, 3), np.float32))
@@ -94,8 +93,9 @@ def _not_rendered(kind, size, n, rng):
   renders = shapes.render_batch(attrs["colour"], attrs["shape"], attrs["size"], attrs["position"], size, rng)
   if kind.startswith("blob"):  # A Gaussian blob of width sigma = kind's fraction of S, anywhere, any colour.
     sigma = float(kind.split()[1]) * size
-    return np.stack([_gaussian_blob(size, sigma, int(rng.integers(8)), *rng.uniform(0.25, 0.75, 2) * size)
-                     for _ in range(n)])
+    return np.stack(
+      [_gaussian_blob(size, sigma, int(rng.integers(8)), *rng.uniform(0.25, 0.75, 2) * size) for _ in range(n)]
+    )
   if kind == "uniform noise":
     return rng.integers(0, 256, (n, size, size, 3)).astype(np.uint8)
   if kind == "gaussian noise":  # The flow's source distribution.
@@ -120,13 +120,13 @@ def _not_rendered(kind, size, n, rng):
 # as a circle in 1-11% of cases at 16 px, up to 1.4% at 32 px and never at 64 px.
 BLOB_WIDTHS = tuple(f"blob {w}" for w in (0.04, 0.05, 0.06, 0.07, 0.08, 0.1, 0.12, 0.16, 0.2))
 NOT_RENDERED = {  # kind -> the reasons it may abstain with (None: any).
-    **{kind: None for kind in BLOB_WIDTHS},
-    "uniform noise": {"background", "blank"},
-    "gaussian noise": {"background", "blank"},
-    "dark gaussian noise": {"objects", "blank"},
-    "two objects": None,
-    "grey background": {"background"},
-    "faint object": {"faint"},
+  **{kind: None for kind in BLOB_WIDTHS},
+  "uniform noise": {"background", "blank"},
+  "gaussian noise": {"background", "blank"},
+  "dark gaussian noise": {"objects", "blank"},
+  "two objects": None,
+  "grey background": {"background"},
+  "faint object": {"faint"},
 }
 
 
@@ -155,8 +155,12 @@ def test_gates_follow_the_renderers_specification():
   assert large_hi > 0.495
   palette = shapes.COLOUR_RGB / 255.0
   # Distance of each palette colour from every other one scaled by its best gain (0.30: orange, dimmed yellow).
-  closest = min(np.linalg.norm(np.clip(q @ p / (q @ q), 0, 1.25) * q - p)
-                for i, p in enumerate(palette) for j, q in enumerate(palette) if i != j)
+  closest = min(
+    np.linalg.norm(np.clip(q @ p / (q @ q), 0, 1.25) * q - p)
+    for i, p in enumerate(palette)
+    for j, q in enumerate(palette)
+    if i != j
+  )
   assert 2 * shapes_judge.MAX_COLOUR_DISTANCE < closest
 
 
@@ -180,8 +184,9 @@ def test_judge_abstention_reaches_the_cli_and_the_training_metrics(monkeypatch):
     drawn[tuple(emb)] = images
     return images
 
-  exp = SimpleNamespace(data=SimpleNamespace(name="shapes/s16"),
-                        config=SimpleNamespace(data=SimpleNamespace(holdout_pairs="red:triangle")))
+  exp = SimpleNamespace(
+    data=SimpleNamespace(name="shapes/s16"), config=SimpleNamespace(data=SimpleNamespace(holdout_pairs="red:triangle"))
+  )
   monkeypatch.setattr(sample_text, "load_text_model", lambda *a, **k: SimpleNamespace(experiment=exp, step=7))
   monkeypatch.setattr(sample_text, "_temperature", lambda trained, t: 0.25)
   monkeypatch.setattr(sample_text, "guidance_scale", lambda trained, c: 2.0)
@@ -242,10 +247,10 @@ def test_spread_is_zero_for_copies_and_matches_the_renderers_jitter():
   """Identical images do not vary; renders of one caption vary by the renderer's jitter (0.04 S, 10%)."""
   rng = np.random.default_rng(0)
   one = shapes.render_batch([0], [1], [1], [4], 32, rng)
-  assert shapes_judge.spread(np.repeat(one, 8, 0)) == {'centre_std_px': 0.0, 'area_cv': 0.0}
-  r = shapes_judge.rendered_spread(['a big blue box at the center', 'a small red circle in the top left'], 64, 32)
+  assert shapes_judge.spread(np.repeat(one, 8, 0)) == {"centre_std_px": 0.0, "area_cv": 0.0}
+  r = shapes_judge.rendered_spread(["a big blue box at the center", "a small red circle in the top left"], 64, 32)
   # Position jitter is uniform in +-0.04 S = +-1.28 px (std 0.74 px) and the extent's in +-10% (area cv ~0.12),
   # blurred a little by the pixel grid and the foreground threshold.
-  assert 0.4 < r['centre_std_px'] < 1.0 and 0.06 < r['area_cv'] < 0.2, r
-  with pytest.raises(ValueError, match='K >= 2'):
+  assert 0.4 < r["centre_std_px"] < 1.0 and 0.06 < r["area_cv"] < 0.2, r
+  with pytest.raises(ValueError, match="K >= 2"):
     shapes_judge.spread(one)

@@ -17,10 +17,10 @@ from crossflow_jax.models.dit import DiT, DiTConfig
 from crossflow_jax.parallel import axes
 from crossflow_jax.parallel.mesh import make_mesh, mesh_shape
 from crossflow_jax.parallel.sharding import (
-    batch_sharding,
-    data_parallel_size,
-    logical_to_spec,
-    state_shardings,
+  batch_sharding,
+  data_parallel_size,
+  logical_to_spec,
+  state_shardings,
 )
 
 RULES = axes.DEFAULT_RULES
@@ -36,9 +36,15 @@ def _mesh(data, fsdp, tensor) -> AbstractMesh:
 
 
 @pytest.mark.parametrize(
-    "sizes,devices,expected",
-    [((-1, 1, 1), 8, (8, 1, 1)), ((2, -1, 2), 8, (2, 2, 2)), ((1, 1, -1), 4, (1, 1, 4)), ((2, 4, 1), 8, (2, 4, 1)),
-     ((-1, 1, 1), 1, (1, 1, 1)), ((3, -1, 1), 6, (3, 2, 1))],
+  "sizes,devices,expected",
+  [
+    ((-1, 1, 1), 8, (8, 1, 1)),
+    ((2, -1, 2), 8, (2, 2, 2)),
+    ((1, 1, -1), 4, (1, 1, 4)),
+    ((2, 4, 1), 8, (2, 4, 1)),
+    ((-1, 1, 1), 1, (1, 1, 1)),
+    ((3, -1, 1), 6, (3, 2, 1)),
+  ],
 )
 def test_mesh_shape_resolves(sizes, devices, expected):
   assert mesh_shape(*sizes, devices) == expected
@@ -120,8 +126,9 @@ def test_logical_to_spec_custom_rules():
 
 
 def _abstract_dit_params(hidden=32, heads=2):
-  cfg = DiTConfig(image_size=(8, 8), channels=1, patch_size=2, hidden_size=hidden, depth=1, num_heads=heads,
-                  use_indicator=True)
+  cfg = DiTConfig(
+    image_size=(8, 8), channels=1, patch_size=2, hidden_size=hidden, depth=1, num_heads=heads, use_indicator=True
+  )
   return nnx.split(nnx.eval_shape(lambda: DiT(cfg, rngs=nnx.Rngs(0))), nnx.Param)[1]
 
 
@@ -155,8 +162,12 @@ def test_state_shardings_indivisible_names_parameter_and_sizes():
 
 
 def test_batch_sharding_and_data_parallel_size():
-  for sizes, spec, dp in [((8, 1, 1), P("data", None, None, None), 8), ((2, 2, 2), P(("data", "fsdp"), None), 4),
-                          ((1, 1, 8), P(None), 1), ((1, 4, 2), P("fsdp", None, None), 4)]:
+  for sizes, spec, dp in [
+    ((8, 1, 1), P("data", None, None, None), 8),
+    ((2, 2, 2), P(("data", "fsdp"), None), 4),
+    ((1, 1, 8), P(None), 1),
+    ((1, 4, 2), P("fsdp", None, None), 4),
+  ]:
     mesh = _mesh(*sizes)
     assert batch_sharding(mesh, RULES, len(spec)).spec == spec
     assert data_parallel_size(mesh, RULES) == dp
@@ -168,10 +179,19 @@ def test_batch_sharding_and_data_parallel_size():
 @pytest.mark.slow
 def test_training_matches_single_device_on_8_device_meshes(tmp_path):
   """DiT, and DiMR + TVE (text task), train alike on 1 and 8 devices; a checkpoint restores on other meshes."""
-  env = dict(os.environ, JAX_PLATFORMS="cpu",
-             XLA_FLAGS="--xla_force_host_platform_device_count=8 --xla_backend_optimization_level=0")
-  proc = subprocess.run([sys.executable, os.path.join(TESTS_DIR, "multidevice_train.py"), str(tmp_path)], env=env,
-                        capture_output=True, text=True, timeout=900, cwd=os.path.dirname(TESTS_DIR))
+  env = dict(
+    os.environ,
+    JAX_PLATFORMS="cpu",
+    XLA_FLAGS="--xla_force_host_platform_device_count=8 --xla_backend_optimization_level=0",
+  )
+  proc = subprocess.run(
+    [sys.executable, os.path.join(TESTS_DIR, "multidevice_train.py"), str(tmp_path)],
+    env=env,
+    capture_output=True,
+    text=True,
+    timeout=900,
+    cwd=os.path.dirname(TESTS_DIR),
+  )
   assert proc.returncode == 0, proc.stderr[-5000:]
   result = json.loads(proc.stdout.strip().splitlines()[-1])
   assert result["device_count"] == 8
@@ -217,8 +237,19 @@ def test_cli_on_8_devices_with_data_and_fsdp_logs_the_one_device_losses(tmp_path
 
   data_dir = str(tmp_path / "data")
   load_source("digits", "train", data_dir=data_dir)
-  common = ["train_flow.py", "--config", "configs/digits_c2i.py:smoke", "--data.data_dir", data_dir,
-            "--total_steps", "20", "--log_every", "1", "--save_every", "20"]
+  common = [
+    "train_flow.py",
+    "--config",
+    "configs/digits_c2i.py:smoke",
+    "--data.data_dir",
+    data_dir,
+    "--total_steps",
+    "20",
+    "--log_every",
+    "1",
+    "--save_every",
+    "20",
+  ]
   runs = {}
   for name, devices, mesh in (("one", 1, []), ("eight", 8, ["--mesh.data", "2", "--mesh.fsdp", "4"])):
     flags = f"--xla_force_host_platform_device_count={devices} --xla_backend_optimization_level=0"

@@ -18,16 +18,21 @@ class FakeEncoder:
 
   def encode(self, texts):
     self.calls += 1
-    emb = np.stack([np.full((4, 3), len(t), np.float32) + np.arange(12, dtype=np.float32).reshape(4, 3) / 7
-                    for t in texts])
+    emb = np.stack(
+      [np.full((4, 3), len(t), np.float32) + np.arange(12, dtype=np.float32).reshape(4, 3) / 7 for t in texts]
+    )
     mask = np.stack([(np.arange(4) < min(len(t.split()) + 1, 4)).astype(np.int32) for t in texts])
     return emb, mask
 
 
 def test_cache_round_trip_and_reuse(tmp_path):
-  sources = [[{"captions": np.asarray([b"a red circle", b"a blue box"], dtype=object)},
-              {"captions": np.asarray([b"a red circle", "caf\u00e9 au lait".encode()], dtype=object)}],
-             [{"captions": np.asarray([b"one more"], dtype=object)}]]
+  sources = [
+    [
+      {"captions": np.asarray([b"a red circle", b"a blue box"], dtype=object)},
+      {"captions": np.asarray([b"a red circle", "caf\u00e9 au lait".encode()], dtype=object)},
+    ],
+    [{"captions": np.asarray([b"one more"], dtype=object)}],
+  ]
   enc = FakeEncoder()
   cache = text_cache.open_or_build(str(tmp_path), sources, enc, log=lambda m: None)
   assert len(cache) == 4 and enc.calls == 1

@@ -29,9 +29,21 @@ def data_dir(tmp_path_factory):
 def trained(tmp_path_factory, data_dir):
   """A CrossFlow text -> image model trained for 120 steps on 16x16 shapes (cached MiniLM embeddings)."""
   workdir = tmp_path_factory.mktemp("t2i")
-  c = _config(data_dir, **{"data.name": "shapes/s16", "total_steps": 120, "log_every": 10, "save_every": 120,
-                           "sample_every": 120, "sample.judge_num": 4, "sample.num_prompts": 2, "sample.per_class": 2,
-                           "sample.steps": 4, "optim.learning_rate": 2e-3})
+  c = _config(
+    data_dir,
+    **{
+      "data.name": "shapes/s16",
+      "total_steps": 120,
+      "log_every": 10,
+      "save_every": 120,
+      "sample_every": 120,
+      "sample.judge_num": 4,
+      "sample.num_prompts": 2,
+      "sample.per_class": 2,
+      "sample.steps": 4,
+      "optim.learning_rate": 2e-3,
+    },
+  )
   train(c, str(workdir))
   return workdir
 
@@ -54,26 +66,53 @@ def test_prompt_cli_png_and_npz(trained, tmp_path):
   """--prompts_file keeps file order, --num_samples per prompt; an over-long prompt is cut to 24 tokens and said so."""
   from crossflow_jax import sample_text
 
-  out = sample_text.prompts_to_file(str(trained), str(tmp_path / "one.png"), ["a small red circle in the top left"],
-                                    num_samples=3, steps=4)
+  out = sample_text.prompts_to_file(
+    str(trained), str(tmp_path / "one.png"), ["a small red circle in the top left"], num_samples=3, steps=4
+  )
   assert out["num_images"] == 3 and (tmp_path / "one.png").exists()
   # The source temperature: T = 0 draws the TVE mean (the same image every time), T = 1 varies.
   for temperature in (0.0, 1.0):
-    sample_text.prompts_to_file(str(trained), str(tmp_path / f"t{temperature}.npz"), ["a big blue box at the center"],
-                                num_samples=3, steps=4, temperature=temperature)
+    sample_text.prompts_to_file(
+      str(trained),
+      str(tmp_path / f"t{temperature}.npz"),
+      ["a big blue box at the center"],
+      num_samples=3,
+      steps=4,
+      temperature=temperature,
+    )
   same, varied = (np.load(tmp_path / f"t{t}.npz")["images"] for t in (0.0, 1.0))
   assert (same == same[0]).all() and not (varied == varied[0]).all()
   # Guidance defaults to the recipe's sample.cfg_scale (2 for shapes_t2i), not to 1.
   for name, cfg_scale in (("default", None), ("two", 2.0), ("one", 1.0)):
-    sample_text.prompts_to_file(str(trained), str(tmp_path / f"cfg_{name}.npz"), ["a big blue box at the center"],
-                                num_samples=2, steps=4, cfg_scale=cfg_scale)
+    sample_text.prompts_to_file(
+      str(trained),
+      str(tmp_path / f"cfg_{name}.npz"),
+      ["a big blue box at the center"],
+      num_samples=2,
+      steps=4,
+      cfg_scale=cfg_scale,
+    )
   default, two, one = (np.load(tmp_path / f"cfg_{n}.npz")["images"] for n in ("default", "two", "one"))
   assert np.array_equal(default, two) and not np.array_equal(default, one)
   long = " ".join(["a small red circle in the top left"] * 10)
   prompts = tmp_path / "prompts.txt"
   prompts.write_text(f"a big blue box at the center\n\n{long}\n")
-  r = run_cli(["-m", "crossflow_jax.sample", "--workdir", str(trained), "--prompts_file", str(prompts),
-               "--num_samples", "2", "--steps", "4", "--out", str(tmp_path / "many.npz")])
+  r = run_cli(
+    [
+      "-m",
+      "crossflow_jax.sample",
+      "--workdir",
+      str(trained),
+      "--prompts_file",
+      str(prompts),
+      "--num_samples",
+      "2",
+      "--steps",
+      "4",
+      "--out",
+      str(tmp_path / "many.npz"),
+    ]
+  )
   assert r.returncode == 0, r.stderr[-3000:]
   assert "truncated" in r.stderr.lower() and "24" in r.stderr
   z = np.load(tmp_path / "many.npz")
@@ -84,13 +123,21 @@ def test_prompt_cli_png_and_npz(trained, tmp_path):
 def test_interpolation_arithmetic_and_retrieval(trained, tmp_path):
   from crossflow_jax import sample_text
 
-  out = sample_text.interpolation_to_file(str(trained), str(tmp_path / "interp.npz"),
-                                          ["a small red circle in the top left", "a big blue box at the center"],
-                                          num_samples=5, steps=4)
+  out = sample_text.interpolation_to_file(
+    str(trained),
+    str(tmp_path / "interp.npz"),
+    ["a small red circle in the top left", "a big blue box at the center"],
+    num_samples=5,
+    steps=4,
+  )
   assert out["num_images"] == 5 and np.load(tmp_path / "interp.npz")["images"].shape == (5, 16, 16, 3)
-  out = sample_text.arithmetic_to_file(str(trained), str(tmp_path / "arith.png"),
-                                       ["a red circle in the center", "a blue box in the center",
-                                        "a red box in the center"], num_samples=2, steps=4)
+  out = sample_text.arithmetic_to_file(
+    str(trained),
+    str(tmp_path / "arith.png"),
+    ["a red circle in the center", "a blue box in the center", "a red box in the center"],
+    num_samples=2,
+    steps=4,
+  )
   assert out["num_images"] == 8 and (tmp_path / "arith.png").exists()
   result = sample_text.retrieve_split(str(trained), "test", num_eval=32, steps=4)
   assert result["num_candidates"] == 432 and result["num_images"] == 32
@@ -104,20 +151,25 @@ def test_bad_prompts(trained, tmp_path):
   with pytest.raises(PromptError, match="empty"):
     sample_text.prompts_to_file(str(trained), str(tmp_path / "x.png"), ["  "], num_samples=1, steps=2)
   with pytest.raises(ConfigError, match="--temperature must be >= 0.*got -1.0"):
-    sample_text.prompts_to_file(str(trained), str(tmp_path / "x.png"), ["a red box"], num_samples=1, steps=2,
-                                temperature=-1.0)
+    sample_text.prompts_to_file(
+      str(trained), str(tmp_path / "x.png"), ["a red box"], num_samples=1, steps=2, temperature=-1.0
+    )
   with pytest.raises(ConfigError, match="--cfg_scale must be >= 0.*got -2.0"):
-    sample_text.prompts_to_file(str(trained), str(tmp_path / "x.png"), ["a red box"], num_samples=1, steps=2,
-                                cfg_scale=-2.0)
+    sample_text.prompts_to_file(
+      str(trained), str(tmp_path / "x.png"), ["a red box"], num_samples=1, steps=2, cfg_scale=-2.0
+    )
   with pytest.raises(ConfigError, match="exactly two"):
     sample_text.interpolation_to_file(str(trained), str(tmp_path / "x.png"), ["a"], steps=2)
-  r = run_cli(["-m", "crossflow_jax.sample", "--workdir", str(trained), "--prompt", "", "--out",
-               str(tmp_path / "e.png")])
+  r = run_cli(
+    ["-m", "crossflow_jax.sample", "--workdir", str(trained), "--prompt", "", "--out", str(tmp_path / "e.png")]
+  )
   assert r.returncode != 0 and "Traceback" not in r.stderr and "empty" in r.stderr.lower(), r.stderr[-2000:]
-  r = run_cli(["-m", "crossflow_jax.sample", "--workdir", str(trained), "--retrieve_split", "test", "--temperature",
-               "0.5"])
-  assert r.returncode != 0 and "Traceback" not in r.stderr and "--temperature is for drawing" in r.stderr, \
-      r.stderr[-2000:]
+  r = run_cli(
+    ["-m", "crossflow_jax.sample", "--workdir", str(trained), "--retrieve_split", "test", "--temperature", "0.5"]
+  )
+  assert r.returncode != 0 and "Traceback" not in r.stderr and "--temperature is for drawing" in r.stderr, r.stderr[
+    -2000:
+  ]
 
 
 class _PooledPixels:
@@ -180,15 +232,17 @@ def test_resume_with_another_image_size_is_refused(trained, data_dir, tmp_path):
 
 
 def test_noise_baseline_trains_and_samples(data_dir, tmp_path):
-  c = _config(data_dir, "shapes_noise2img", **{"data.name": "shapes/s16", "total_steps": 30,
-                                                         "log_every": 10, "save_every": 30})
+  c = _config(
+    data_dir, "shapes_noise2img", **{"data.name": "shapes/s16", "total_steps": 30, "log_every": 10, "save_every": 30}
+  )
   train(c, str(tmp_path))
   records = read_metrics(tmp_path / "metrics.jsonl")
   assert all(np.isfinite(r["loss"]) for r in records) and "kl" not in records[-1]
   from crossflow_jax import sample_text
 
-  out = sample_text.prompts_to_file(str(tmp_path), str(tmp_path / "b.npz"), ["a big white square in the center"],
-                                    num_samples=2, steps=3, cfg_scale=2.0)
+  out = sample_text.prompts_to_file(
+    str(tmp_path), str(tmp_path / "b.npz"), ["a big white square in the center"], num_samples=2, steps=3, cfg_scale=2.0
+  )
   assert out["num_images"] == 2
   with pytest.raises(ConfigError, match="baseline"):
     sample_text.retrieve_split(str(tmp_path), "test", num_eval=4, steps=2)

@@ -20,10 +20,10 @@ from crossflow_jax.models.text_encoder.t5 import relative_position_buckets  # no
 
 TOL = 1e-4
 SENTENCES = [
-    "a photo of a cat",
-    "An astronaut riding a horse on the surface of the moon, digital art, highly detailed.",
-    "ok",
-    "Two dogs play in the snow; one carries a red ball while the other chases it across the frozen lake.",
+  "a photo of a cat",
+  "An astronaut riding a horse on the surface of the moon, digital art, highly detailed.",
+  "ok",
+  "Two dogs play in the snow; one carries a red ball while the other chases it across the frozen lake.",
 ]
 
 
@@ -54,9 +54,17 @@ def minilm():
 @pytest.fixture(scope="module")
 def tiny_clip(tmp_path_factory):
   torch.manual_seed(0)
-  config = transformers.CLIPTextConfig(vocab_size=1000, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                                       num_attention_heads=4, max_position_embeddings=77, bos_token_id=998,
-                                       eos_token_id=999, pad_token_id=0)
+  config = transformers.CLIPTextConfig(
+    vocab_size=1000,
+    hidden_size=64,
+    intermediate_size=128,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    max_position_embeddings=77,
+    bos_token_id=998,
+    eos_token_id=999,
+    pad_token_id=0,
+  )
   model = _perturb(transformers.CLIPTextModel(config), 1)
   folder = str(tmp_path_factory.mktemp("tiny_clip"))
   model.save_pretrained(folder, safe_serialization=True)
@@ -66,9 +74,17 @@ def tiny_clip(tmp_path_factory):
 @pytest.fixture(scope="module")
 def tiny_t5(tmp_path_factory):
   torch.manual_seed(0)
-  config = transformers.T5Config(vocab_size=1000, d_model=64, d_kv=16, d_ff=96, num_layers=2, num_heads=4,
-                                 feed_forward_proj="gated-gelu", relative_attention_num_buckets=32,
-                                 relative_attention_max_distance=128)
+  config = transformers.T5Config(
+    vocab_size=1000,
+    d_model=64,
+    d_kv=16,
+    d_ff=96,
+    num_layers=2,
+    num_heads=4,
+    feed_forward_proj="gated-gelu",
+    relative_attention_num_buckets=32,
+    relative_attention_max_distance=128,
+  )
   model = _perturb(transformers.T5EncoderModel(config), 2)
   folder = str(tmp_path_factory.mktemp("tiny_t5"))
   model.save_pretrained(folder, safe_serialization=True)
@@ -78,7 +94,8 @@ def tiny_t5(tmp_path_factory):
 def test_minilm_matches_transformers(minilm):
   ids, mask = minilm.tokenize(SENTENCES)
   ref_tok = transformers.AutoTokenizer.from_pretrained(minilm.folder)(
-      SENTENCES, padding="max_length", max_length=77, truncation=True, return_tensors="np")
+    SENTENCES, padding="max_length", max_length=77, truncation=True, return_tensors="np"
+  )
   np.testing.assert_array_equal(ids, ref_tok["input_ids"])
   np.testing.assert_array_equal(mask, ref_tok["attention_mask"])
   assert ids.dtype == mask.dtype == np.int32 and ids.shape == (4, 77)
@@ -139,10 +156,20 @@ def test_clip_text_matches_transformers(tiny_clip):
 def test_full_clip_model_folder_loads_its_text_tower(tmp_path):
   """A CLIPModel checkpoint (text_model.* prefix, vision tower, projections) as openai/clip-vit-large-patch14."""
   torch.manual_seed(0)
-  text = dict(vocab_size=1000, hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
-              max_position_embeddings=77, bos_token_id=998, eos_token_id=999, pad_token_id=0)
-  vision = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2, image_size=32,
-                patch_size=16)
+  text = dict(
+    vocab_size=1000,
+    hidden_size=32,
+    intermediate_size=64,
+    num_hidden_layers=1,
+    num_attention_heads=2,
+    max_position_embeddings=77,
+    bos_token_id=998,
+    eos_token_id=999,
+    pad_token_id=0,
+  )
+  vision = dict(
+    hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2, image_size=32, patch_size=16
+  )
   ref = _perturb(transformers.CLIPModel(transformers.CLIPConfig(text_config=text, vision_config=vision)), 3)
   ref.save_pretrained(str(tmp_path), safe_serialization=True)
   enc = load_text_encoder(str(tmp_path), max_length=20)
@@ -251,8 +278,10 @@ def test_long_prompt_is_truncated_with_a_warning(minilm, caplog):
   warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
   count = len(transformers.AutoTokenizer.from_pretrained(minilm.folder)(long_prompt)["input_ids"])
   assert count > 77
-  assert any(w.startswith("Prompt 'a very long caption") and f"has {count} tokens" in w and "max_length=77" in w
-             for w in warnings), warnings
+  assert any(
+    w.startswith("Prompt 'a very long caption") and f"has {count} tokens" in w and "max_length=77" in w
+    for w in warnings
+  ), warnings
 
 
 def test_tokenizer_of_a_bigger_vocab_raises(tiny_clip, tmp_path):

@@ -33,20 +33,27 @@ L, D = 6, 16
 
 def _task(name="text_to_image", **kw):
   defaults = dict(
-      name=name, image_shape=SHAPE, text_dim=D, num_tokens=L,
-      tve=TextVEConfig(text_dim=D, num_tokens=L, target_shape=SHAPE, width=16, depth=1, num_heads=2, bottleneck=4),
-      image_encoder=ImageEncoderConfig(image_shape=SHAPE, out_dim=int(np.prod(SHAPE)), width=16, depth=1,
-                                       patch_size=4, num_heads=2),
-      guidance="null_text" if name == "noise_to_image_text" else "indicator",
-      time_sampler=build_time_sampler("uniform"))
+    name=name,
+    image_shape=SHAPE,
+    text_dim=D,
+    num_tokens=L,
+    tve=TextVEConfig(text_dim=D, num_tokens=L, target_shape=SHAPE, width=16, depth=1, num_heads=2, bottleneck=4),
+    image_encoder=ImageEncoderConfig(
+      image_shape=SHAPE, out_dim=int(np.prod(SHAPE)), width=16, depth=1, patch_size=4, num_heads=2
+    ),
+    guidance="null_text" if name == "noise_to_image_text" else "indicator",
+    time_sampler=build_time_sampler("uniform"),
+  )
   defaults.update(kw)
   return TextImageTask(**defaults)
 
 
 def _model(task, seed=0):
   cond = task.backbone_conditioning
-  backbone = DiT(DiTConfig(image_size=SHAPE[:2], channels=3, patch_size=2, hidden_size=32, depth=1, num_heads=2,
-                           **cond), rngs=nnx.Rngs(seed))
+  backbone = DiT(
+    DiTConfig(image_size=SHAPE[:2], channels=3, patch_size=2, hidden_size=32, depth=1, num_heads=2, **cond),
+    rngs=nnx.Rngs(seed),
+  )
   return task.build_model(backbone, rngs=nnx.Rngs(seed + 1))
 
 
@@ -54,9 +61,12 @@ def _batch(b=8, seed=0):
   rng = np.random.default_rng(seed)
   mask = np.zeros((b, L), np.int32)
   for i in range(b):
-    mask[i, :rng.integers(2, L + 1)] = 1
-  return {"image": jnp.asarray(rng.uniform(-1, 1, (b, *SHAPE)), jnp.float32),
-          "text_emb": jnp.asarray(rng.standard_normal((b, L, D)), jnp.float32), "text_mask": jnp.asarray(mask)}
+    mask[i, : rng.integers(2, L + 1)] = 1
+  return {
+    "image": jnp.asarray(rng.uniform(-1, 1, (b, *SHAPE)), jnp.float32),
+    "text_emb": jnp.asarray(rng.standard_normal((b, L, D)), jnp.float32),
+    "text_mask": jnp.asarray(mask),
+  }
 
 
 def test_kl_forms_match_closed_form():
@@ -98,15 +108,23 @@ def test_contrastive_loss_matches_numpy_and_rewards_alignment():
   big, _ = contrastive_loss(jnp.asarray(a), jnp.asarray(b), jnp.asarray(20.0), max_logit_scale=10.0)
   np.testing.assert_allclose(float(big), float(loss), rtol=1e-5)
   # 'raw' (CrossFlow): the parameter itself is the scale, unclamped.
-  raw, _ = contrastive_loss(jnp.asarray(a), jnp.asarray(b), jnp.asarray(10.0), max_logit_scale=5.0,
-                            logit_scale_form="raw")
+  raw, _ = contrastive_loss(
+    jnp.asarray(a), jnp.asarray(b), jnp.asarray(10.0), max_logit_scale=5.0, logit_scale_form="raw"
+  )
   np.testing.assert_allclose(float(raw), float(loss), rtol=1e-5)
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name,prediction", [("text_to_image", "velocity"), ("image_to_text", "velocity"),
-                                             ("bidirectional_text", "velocity"), ("noise_to_image_text", "velocity"),
-                                             ("text_to_image", "target")])
+@pytest.mark.parametrize(
+  "name,prediction",
+  [
+    ("text_to_image", "velocity"),
+    ("image_to_text", "velocity"),
+    ("bidirectional_text", "velocity"),
+    ("noise_to_image_text", "velocity"),
+    ("text_to_image", "target"),
+  ],
+)
 def test_loss_is_finite_and_trains_every_part(name, prediction):
   task = _task(name, path=CondOTPath(prediction=prediction))
   model = _model(task)
@@ -156,10 +174,15 @@ def test_source_is_the_tve_sample_and_padding_is_ignored():
   z2 = task.sample_source(model, garbage, batch["text_mask"], key)
   np.testing.assert_allclose(z2, z, rtol=1e-5, atol=1e-5)
   # Sampling temperature T: mu + T sigma eps with the same eps; T = 0 is the mean.
-  np.testing.assert_allclose(task.sample_source(model, batch["text_emb"], batch["text_mask"], key, 0.0), mu,
-                             rtol=1e-6, atol=1e-6)
-  np.testing.assert_allclose(task.sample_source(model, batch["text_emb"], batch["text_mask"], key, 0.5),
-                             mu + 0.5 * (z - mu), rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(
+    task.sample_source(model, batch["text_emb"], batch["text_mask"], key, 0.0), mu, rtol=1e-6, atol=1e-6
+  )
+  np.testing.assert_allclose(
+    task.sample_source(model, batch["text_emb"], batch["text_mask"], key, 0.5),
+    mu + 0.5 * (z - mu),
+    rtol=1e-5,
+    atol=1e-5,
+  )
 
 
 class FakeBackbone:
@@ -176,8 +199,9 @@ class FakeBackbone:
     return out
 
 
-@pytest.mark.parametrize("name,direction", [("text_to_image", TO_IMAGE), ("bidirectional_text", TO_SOURCE),
-                                            ("noise_to_image_text", TO_IMAGE)])
+@pytest.mark.parametrize(
+  "name,direction", [("text_to_image", TO_IMAGE), ("bidirectional_text", TO_SOURCE), ("noise_to_image_text", TO_IMAGE)]
+)
 def test_guided_velocity_is_one_2b_pass(name, direction):
   task = _task(name)
   backbone = FakeBackbone()
@@ -238,8 +262,12 @@ def test_bidirectional_indicator_rolls_targets_within_each_direction():
 
 
 # CrossFlow's t2i recipes and its cfg_indicator in each of its configs (configs/t2i_*.py of qihao067/CrossFlow).
-CROSSFLOW_RECIPES = {"t2i_256px_clip_dimr": 0.1, "t2i_256px_t5_dimr": 0.1, "t2i_512px_clip_dimr": 0.15,
-                     "t2i_512px_t5_dit": 0.1}
+CROSSFLOW_RECIPES = {
+  "t2i_256px_clip_dimr": 0.1,
+  "t2i_256px_t5_dimr": 0.1,
+  "t2i_512px_clip_dimr": 0.15,
+  "t2i_512px_t5_dit": 0.1,
+}
 
 
 def _recipe_task(recipe):
@@ -282,7 +310,7 @@ def _crossflow_reference_loss(model, batch, key, cfg_indicator):
   b = images.shape[0]
   mu, log_var = (np.asarray(v, np.float64).reshape(b, -1) for v in model.tve(batch["text_emb"], batch["text_mask"]))
   eps = np.asarray(jax.random.normal(k_z, images.shape, jnp.float32), np.float64).reshape(b, -1)
-  x0 = eps * np.exp(0.5 * log_var) + mu                       # _reparameterize
+  x0 = eps * np.exp(0.5 * log_var) + mu  # _reparameterize
   # Text VE losses: ClipLoss(image_features, text_features, logit_scale) with the raw open_clip logit_scale.
   recon_gt_clip = np.asarray(model.image_encoder(batch["image"]), np.float64)
   logit_scale = float(model.logit_scale[...])
@@ -298,7 +326,7 @@ def _crossflow_reference_loss(model, batch, key, cfg_indicator):
   recons_loss = (cross_entropy(logits_per_image) + cross_entropy(logits_per_text)) / 2
   kld_loss = -0.5 * np.sum(1 + log_var - (0.3 * mu) ** 6 - np.exp(log_var), axis=1)
   kld_loss_weight = 1e-2
-  loss_mlp = recons_loss + kld_loss * kld_loss_weight         # [B]
+  loss_mlp = recons_loss + kld_loss * kld_loss_weight  # [B]
   # Flow matching: indicator roll, psi / Dt_psi with sigma_min 1e-5, t logit-normal(0, 1).
   noise = x0.reshape(images.shape)
   x_start = images.copy()
@@ -313,8 +341,12 @@ def _crossflow_reference_loss(model, batch, key, cfg_indicator):
   te = t[:, None, None, None]
   x_noisy = (te * (sigma_min / sigma_max - 1) + 1) * noise + te * x_start
   target_velocity = (sigma_min / sigma_max - 1) * noise + x_start
-  prediction = np.asarray(model.backbone(jnp.asarray(x_noisy, jnp.float32), jnp.asarray(t, jnp.float32),
-                                         indicator=jnp.asarray(null_indicator, jnp.int32)), np.float64)
+  prediction = np.asarray(
+    model.backbone(
+      jnp.asarray(x_noisy, jnp.float32), jnp.asarray(t, jnp.float32), indicator=jnp.asarray(null_indicator, jnp.int32)
+    ),
+    np.float64,
+  )
   loss_diff = np.mean((prediction - target_velocity).reshape(b, -1) ** 2, axis=-1)
   return np.mean(loss_diff + loss_mlp), int(null_indicator.sum())  # accelerator.backward(loss.mean())
 
@@ -365,8 +397,9 @@ def test_retrieval_and_latent_helpers():
   rng = np.random.default_rng(0)
   a, b, c = (jnp.asarray(rng.standard_normal((4, 4, 3)) * 2 + 1) for _ in range(3))
   z = latent_arithmetic(a, b, c)
-  np.testing.assert_allclose([float(jnp.mean(z)), float(jnp.std(z))], [float(jnp.mean(a)), float(jnp.std(a))],
-                             rtol=1e-5)
+  np.testing.assert_allclose(
+    [float(jnp.mean(z)), float(jnp.std(z))], [float(jnp.mean(a)), float(jnp.std(a))], rtol=1e-5
+  )
 
 
 _SHARDED_SCRIPT = r"""
@@ -393,8 +426,13 @@ print(json.dumps({k: [float(one[k]), float(eight[k])] for k in ("loss", "contras
 def test_contrastive_negatives_span_all_devices():
   """The loss on a batch sharded over 8 devices equals the 1-device loss: InfoNCE sees the global batch."""
   repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-  out = subprocess.run([sys.executable, "-c", _SHARDED_SCRIPT, repo], capture_output=True, text=True, timeout=300,
-                       env=dict(os.environ, JAX_PLATFORMS="cpu"))
+  out = subprocess.run(
+    [sys.executable, "-c", _SHARDED_SCRIPT, repo],
+    capture_output=True,
+    text=True,
+    timeout=300,
+    env=dict(os.environ, JAX_PLATFORMS="cpu"),
+  )
   assert out.returncode == 0, out.stderr[-3000:]
   import json
 

@@ -14,8 +14,7 @@ from crossflow_jax.models.text_ve import TextVariationalEncoder, TextVEConfig
 from crossflow_jax.parallel import axes
 
 B, L, D_TEXT = 4, 8, 24
-CFG = TextVEConfig(text_dim=D_TEXT, num_tokens=L, target_shape=(8, 8, 3), width=32, depth=2, num_heads=2,
-                   bottleneck=8)
+CFG = TextVEConfig(text_dim=D_TEXT, num_tokens=L, target_shape=(8, 8, 3), width=32, depth=2, num_heads=2, bottleneck=8)
 LENGTHS = np.array([1, 3, 5, 8])  # real tokens per caption, incl. a full one and a one-token one
 
 
@@ -130,8 +129,9 @@ def test_outputs_depend_on_the_text(tve):
 
 def test_bfloat16_compute_close_to_float32(tve):
   _, _, perturbed, fwd32 = tve
-  m16 = nnx.eval_shape(lambda: TextVariationalEncoder(dataclasses.replace(CFG, compute_dtype="bfloat16"),
-                                                      rngs=nnx.Rngs(0)))
+  m16 = nnx.eval_shape(
+    lambda: TextVariationalEncoder(dataclasses.replace(CFG, compute_dtype="bfloat16"), rngs=nnx.Rngs(0))
+  )
   graphdef16, params16 = nnx.split(m16, nnx.Param)
   assert jax.tree.structure(params16) == jax.tree.structure(perturbed)
   emb, mask = _normal(0, (B, L, D_TEXT)), _mask()
@@ -151,6 +151,7 @@ def test_gradients_finite(tve):
     def loss(p):
       z0, mu, logvar = nnx.merge(graphdef, p).sample(emb, mask, jax.random.key(0))
       return jnp.mean(jnp.square(z0 - 1.0)) + 1e-3 * jnp.mean(mu**2 + jnp.exp(logvar) - 1 - logvar)
+
     return jax.grad(loss)(p)
 
   grads = jax.device_get(grad_fn(params))

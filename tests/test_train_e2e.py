@@ -23,8 +23,13 @@ def data_dir(tmp_path_factory):
 
 @pytest.mark.parametrize("prediction", ["velocity", "target"])
 def test_loss_goes_down_on_digits(tmp_path, data_dir, prediction):
-  c = tiny_config(data_dir, total_steps=150, log_every=10, save_every=150,
-                  **{"optim.learning_rate": 2e-3, "flow.prediction": prediction})
+  c = tiny_config(
+    data_dir,
+    total_steps=150,
+    log_every=10,
+    save_every=150,
+    **{"optim.learning_rate": 2e-3, "flow.prediction": prediction},
+  )
   train(c, str(tmp_path))
   losses = [r["loss"] for r in read_metrics(tmp_path / "metrics.jsonl")]
   assert len(losses) == 15
@@ -40,8 +45,18 @@ def _losses(path):
 @pytest.mark.slow
 def test_exact_resume_after_sigterm(tmp_path, data_dir):
   """A run stopped by SIGTERM and restarted logs the same losses, bit for bit, as an uninterrupted run."""
-  common = ["--config", "configs/digits_c2i.py:smoke", "--data.data_dir", data_dir, "--total_steps", "250",
-            "--log_every", "1", "--save_every", "150"]
+  common = [
+    "--config",
+    "configs/digits_c2i.py:smoke",
+    "--data.data_dir",
+    data_dir,
+    "--total_steps",
+    "250",
+    "--log_every",
+    "1",
+    "--save_every",
+    "150",
+  ]
   full = run_cli(["train_flow.py", "--workdir", str(tmp_path / "full")] + common)
   assert full.returncode == 0, full.stderr[-3000:]
 
@@ -115,8 +130,17 @@ def test_kill_9_during_saves_leaves_a_loadable_checkpoint(tmp_path, data_dir):
   """kill -9 while an (async) save is in flight: the last finished checkpoint loads and training resumes from
   it; metrics.jsonl then holds every step exactly once."""
   workdir = tmp_path / "w"
-  common = ["train_flow.py", "--workdir", str(workdir), "--config", "configs/digits_c2i.py:smoke", "--data.data_dir",
-            data_dir, "--log_every", "1"]
+  common = [
+    "train_flow.py",
+    "--workdir",
+    str(workdir),
+    "--config",
+    "configs/digits_c2i.py:smoke",
+    "--data.data_dir",
+    data_dir,
+    "--log_every",
+    "1",
+  ]
   proc = popen_cli(common + ["--total_steps", "100000", "--save_every", "1"])
   ckdir = workdir / "checkpoints"
   in_flight = kill_9_during_a_save(proc, ckdir, min_saved=3)
@@ -127,6 +151,7 @@ def test_kill_9_during_saves_leaves_a_loadable_checkpoint(tmp_path, data_dir):
   ck.close()
   assert all(int(d.split(".")[0]) > latest for d in in_flight), (in_flight, latest)
   from crossflow_jax.train.restore import load_trained
+
   trained = load_trained(str(workdir))
   assert trained.step == latest
   # Training resumes from it.
@@ -147,7 +172,7 @@ def test_resume_skips_a_torn_last_metrics_line(tmp_path, data_dir, capsys):
   # What a kill -9 during step 5's append leaves: checkpoint 4, whole lines for steps 1..4, half of step 5's.
   shutil.rmtree(tmp_path / "checkpoints" / "6")
   lines = path.read_bytes().splitlines(keepends=True)
-  torn = lines[4][:len(lines[4]) // 2]
+  torn = lines[4][: len(lines[4]) // 2]
   path.write_bytes(b"".join(lines[:4]) + torn)
   shutil.copy(path, tmp_path / "torn.jsonl")
   capsys.readouterr()
@@ -164,8 +189,11 @@ def test_resume_skips_a_torn_last_metrics_line(tmp_path, data_dir, capsys):
 def test_checkpoint_of_another_model_is_refused(tmp_path, data_dir):
   train(tiny_config(data_dir, total_steps=2, save_every=2), str(tmp_path))
   before = sorted(os.listdir(tmp_path / "checkpoints"))
-  with pytest.raises(CheckpointError, match=r"different model:[\s\S]*model.hidden_size: checkpoint has 32, config "
-                     r"has 64"):
+  with pytest.raises(
+    CheckpointError,
+    match=r"different model:[\s\S]*model.hidden_size: checkpoint has 32, config "
+    r"has 64",
+  ):
     train(tiny_config(data_dir, total_steps=4, **{"model.hidden_size": 64}), str(tmp_path))
   assert sorted(os.listdir(tmp_path / "checkpoints")) == before
 
@@ -182,13 +210,31 @@ def test_resume_with_another_flow_prediction_is_refused(tmp_path, data_dir):
   """The fingerprint holds flow.*: a velocity checkpoint resumed with --flow.prediction target stops, saying how."""
   train(tiny_config(data_dir, total_steps=2, save_every=2), str(tmp_path))
   before = sorted(os.listdir(tmp_path / "checkpoints"))
-  with pytest.raises(CheckpointError, match=r"flow.prediction: checkpoint has 'velocity', config has 'target'"
-                     r"[\s\S]*trained with flow.prediction='velocity'; pass --flow.prediction velocity or use a new "
-                     r"--workdir"):
+  with pytest.raises(
+    CheckpointError,
+    match=r"flow.prediction: checkpoint has 'velocity', config has 'target'"
+    r"[\s\S]*trained with flow.prediction='velocity'; pass --flow.prediction velocity or use a new "
+    r"--workdir",
+  ):
     train(tiny_config(data_dir, total_steps=4, **{"flow.prediction": "target"}), str(tmp_path))
   # The same through train_flow.py's command line.
-  r = run_cli(["train_flow.py", "--config", "configs/digits_c2i.py:smoke", "--data.data_dir", data_dir, "--workdir",
-               str(tmp_path), "--total_steps", "4", "--flow.prediction", "target", "--flow.sigma_min", "0.01"])
+  r = run_cli(
+    [
+      "train_flow.py",
+      "--config",
+      "configs/digits_c2i.py:smoke",
+      "--data.data_dir",
+      data_dir,
+      "--workdir",
+      str(tmp_path),
+      "--total_steps",
+      "4",
+      "--flow.prediction",
+      "target",
+      "--flow.sigma_min",
+      "0.01",
+    ]
+  )
   assert r.returncode != 0 and "Traceback" not in r.stderr, r.stderr[-3000:]
   assert "flow.prediction: checkpoint has 'velocity', config has 'target'" in r.stderr, r.stderr[-3000:]
   assert "flow.sigma_min: checkpoint has 0.0, config has 0.01" in r.stderr
@@ -208,15 +254,22 @@ def test_load_trained_checks_the_model_it_builds(tmp_path, data_dir):
   assert Checkpointer(str(tmp_path), read_only=True).latest_step() == 3
   # A checkpoint whose fingerprint says its model differs from the one its config builds now is refused.
   _edit_saved_fingerprint(tmp_path, 3, lambda fp: fp.update({"flow.prediction": "target"}))
-  with pytest.raises(CheckpointError, match=r"flow.prediction: checkpoint has 'target', config has 'velocity'"
-                     r"[\s\S]*crossflow_jax version that trained it"):
+  with pytest.raises(
+    CheckpointError,
+    match=r"flow.prediction: checkpoint has 'target', config has 'velocity'"
+    r"[\s\S]*crossflow_jax version that trained it",
+  ):
     load_trained(str(tmp_path))
 
 
 def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path, data_dir):
-  c = tiny_config(data_dir, total_steps=200, log_every=1, save_every=3,
-                  **{"optim.learning_rate": 1e12, "optim.grad_clip_norm": 0.0, "optim.warmup_steps": 0,
-                     "optim.schedule": "constant"})
+  c = tiny_config(
+    data_dir,
+    total_steps=200,
+    log_every=1,
+    save_every=3,
+    **{"optim.learning_rate": 1e12, "optim.grad_clip_norm": 0.0, "optim.warmup_steps": 0, "optim.schedule": "constant"},
+  )
   with pytest.raises(TrainingDivergedError, match=r"NaN/inf at step (\d+)") as info:
     train(c, str(tmp_path))
   bad = int(info.value.args[0].split("at step ")[1].split(";")[0])
@@ -235,19 +288,52 @@ def test_missing_manual_data_is_reported(tmp_path):
 
 def test_cli_sample_outputs(tmp_path, data_dir):
   train(tiny_config(data_dir, total_steps=4, save_every=4), str(tmp_path))
-  r = run_cli(["-m", "crossflow_jax.sample", "--workdir", str(tmp_path), "--class_label", "0,1,2", "--num_samples",
-               "4", "--steps", "3", "--solver", "heun", "--cfg_scale", "2", "--seed", "0", "--out",
-               str(tmp_path / "s.npz")])
+  r = run_cli(
+    [
+      "-m",
+      "crossflow_jax.sample",
+      "--workdir",
+      str(tmp_path),
+      "--class_label",
+      "0,1,2",
+      "--num_samples",
+      "4",
+      "--steps",
+      "3",
+      "--solver",
+      "heun",
+      "--cfg_scale",
+      "2",
+      "--seed",
+      "0",
+      "--out",
+      str(tmp_path / "s.npz"),
+    ]
+  )
   assert r.returncode == 0, r.stderr[-3000:]
   z = np.load(tmp_path / "s.npz")
   assert z["images"].shape == (12, 8, 8, 1) and z["images"].dtype == np.uint8
   assert z["labels"].tolist() == [0] * 4 + [1] * 4 + [2] * 4
-  r = run_cli(["-m", "crossflow_jax.sample", "--workdir", str(tmp_path), "--num_samples", "2", "--steps", "2",
-               "--out", str(tmp_path / "g.png")])
+  r = run_cli(
+    [
+      "-m",
+      "crossflow_jax.sample",
+      "--workdir",
+      str(tmp_path),
+      "--num_samples",
+      "2",
+      "--steps",
+      "2",
+      "--out",
+      str(tmp_path / "g.png"),
+    ]
+  )
   assert r.returncode == 0, r.stderr[-3000:]
   assert json.loads(r.stdout.strip().splitlines()[-1])["num_images"] == 20
   from PIL import Image
+
   assert Image.open(tmp_path / "g.png").size[0] >= 2 * 8
-  r = run_cli(["-m", "crossflow_jax.sample", "--workdir", str(tmp_path), "--class_label", "11", "--out",
-               str(tmp_path / "x.png")])
+  r = run_cli(
+    ["-m", "crossflow_jax.sample", "--workdir", str(tmp_path), "--class_label", "11", "--out", str(tmp_path / "x.png")]
+  )
   assert r.returncode != 0 and "classes 0..9" in r.stderr

@@ -18,9 +18,19 @@ from crossflow_jax.train.restore import load_trained
 from tests.helpers import recipe_config
 
 # 8x8 -> 4x4 with attention on the 4x4 map (and in the middle), every conditioning.
-CFG = UNetConfig(image_size=(8, 8), channels=1, model_channels=16, channel_mult=(1, 2), num_res_blocks=1,
-                 attention_resolutions=(4,), num_heads=2, groups=8, num_classes=5, use_indicator=True,
-                 use_direction=True)
+CFG = UNetConfig(
+  image_size=(8, 8),
+  channels=1,
+  model_channels=16,
+  channel_mult=(1, 2),
+  num_res_blocks=1,
+  attention_resolutions=(4,),
+  num_heads=2,
+  groups=8,
+  num_classes=5,
+  use_indicator=True,
+  use_direction=True,
+)
 
 
 def _rngs(seed: int = 0) -> nnx.Rngs:
@@ -124,17 +134,22 @@ def test_variants_differentiate(kw):
   assert jax.tree.structure(grads) == jax.tree.structure(params)
 
 
-@pytest.mark.parametrize("kw,match", [
+@pytest.mark.parametrize(
+  "kw,match",
+  [
     (dict(attention_resolutions=(16,)), r"attention_resolutions=\(16,\): \[16\] never occurs.*\[8, 4\]"),
-    (dict(image_size=(10, 10), channel_mult=(1, 2, 2), attention_resolutions=()),
-     r"10x10 is not divisible by 2\^\(levels-1\) = 4"),
+    (
+      dict(image_size=(10, 10), channel_mult=(1, 2, 2), attention_resolutions=()),
+      r"10x10 is not divisible by 2\^\(levels-1\) = 4",
+    ),
     (dict(model_channels=12), r"groups=8 does not divide the widths \[12\] \(channels 12"),
     (dict(num_heads=3), r"num_heads=3 must be >= 1 and divide the width of every attention block, \[32\]"),
     (dict(channel_mult=()), r"channel_mult=\(\) must be a non-empty tuple"),
     (dict(dropout=1.0), r"dropout=1.0 must be in \[0, 1\)"),
     (dict(compute_dtype="float16"), r"Unknown model.compute_dtype 'float16'"),
     (dict(remat="some"), r"Unknown model.remat 'some'"),
-])
+  ],
+)
 def test_bad_config_raises(kw, match):
   with pytest.raises(ConfigError, match=match):
     dataclasses.replace(CFG, **kw).validate()
@@ -145,8 +160,9 @@ def test_factory_builds_and_fingerprints_the_unet():
   c.model.name = "unet"
   cfg = factory.backbone_config(c.model, image_shape=(32, 32, 3), num_classes=10, use_indicator=True)
   assert cfg == UNetConfig(image_size=(32, 32), channels=3, num_classes=10, use_indicator=True)
-  model = nnx.eval_shape(lambda: factory.build_backbone(c.model, image_shape=(32, 32, 3), rngs=_rngs(),
-                                                        num_classes=10, use_indicator=True))
+  model = nnx.eval_shape(
+    lambda: factory.build_backbone(c.model, image_shape=(32, 32, 3), rngs=_rngs(), num_classes=10, use_indicator=True)
+  )
   assert isinstance(model, UNet)
   fp = factory.fingerprint_keys(c.model)
   assert fp["model.name"] == "unet" and fp["model.unet.channel_mult"] == (1, 2, 2)
@@ -160,8 +176,14 @@ def test_factory_builds_and_fingerprints_the_unet():
 
 
 def test_parameter_counts():
-  count = lambda cfg: sum(p.size for p in jax.tree.leaves(nnx.state(  # noqa: E731
-      nnx.eval_shape(lambda: UNet(cfg, rngs=_rngs())), nnx.Param)))
+  count = lambda cfg: sum(
+    p.size
+    for p in jax.tree.leaves(
+      nnx.state(  # noqa: E731
+        nnx.eval_shape(lambda: UNet(cfg, rngs=_rngs())), nnx.Param
+      )
+    )
+  )
   c = base.get_config()
   c.model.name = "unet"
   assert count(factory.unet_config(c.model, image_shape=(32, 32, 3), num_classes=10)) == 6_952_003
@@ -174,8 +196,14 @@ def test_parameter_counts():
 def test_loss_goes_down_on_digits(tmp_path):
   """A tiny UNet (widths 16/32, attention on 4x4) through the real training loop: the loss falls, and every
   parameter was trained (a leaf that never got a gradient keeps its EMA exactly equal to itself)."""
-  c = recipe_config(str(tmp_path / "data"), "digits_c2i_unet", total_steps=150, log_every=5, save_every=150,
-                    **{"optim.learning_rate": 2e-3, "model.unet.channel_mult": (1, 2)})
+  c = recipe_config(
+    str(tmp_path / "data"),
+    "digits_c2i_unet",
+    total_steps=150,
+    log_every=5,
+    save_every=150,
+    **{"optim.learning_rate": 2e-3, "model.unet.channel_mult": (1, 2)},
+  )
   train(c, str(tmp_path / "run"))
   losses = [r["loss"] for r in read_metrics(tmp_path / "run" / "metrics.jsonl")]
   assert len(losses) == 30

@@ -21,9 +21,9 @@ from crossflow_jax.models import vae as vae_lib
 
 REL_TOL = 1e-4
 CONFIGS = {
-    # name: (diffusers kwargs, image size)
-    "f2": (dict(block_out_channels=(32, 64), layers_per_block=1, norm_num_groups=8), 32),
-    "f8": (dict(block_out_channels=(16, 16, 32, 32), layers_per_block=1, norm_num_groups=8), 64),
+  # name: (diffusers kwargs, image size)
+  "f2": (dict(block_out_channels=(32, 64), layers_per_block=1, norm_num_groups=8), 32),
+  "f8": (dict(block_out_channels=(16, 16, 32, 32), layers_per_block=1, norm_num_groups=8), 64),
 }
 
 
@@ -36,8 +36,9 @@ def _torch_vae(kwargs: dict, seed: int):
   diffusers = pytest.importorskip("diffusers")
   torch.manual_seed(seed)
   n = len(kwargs["block_out_channels"])
-  model = diffusers.AutoencoderKL(down_block_types=("DownEncoderBlock2D",) * n,
-                                  up_block_types=("UpDecoderBlock2D",) * n, latent_channels=4, **kwargs).eval()
+  model = diffusers.AutoencoderKL(
+    down_block_types=("DownEncoderBlock2D",) * n, up_block_types=("UpDecoderBlock2D",) * n, latent_channels=4, **kwargs
+  ).eval()
   with torch.no_grad():
     for name, p in model.named_parameters():
       if "norm" in name:
@@ -95,14 +96,24 @@ def test_parity_with_diffusers(saved):
   images, z = _inputs(size, vae.config.downsample_factor)
   ref_mean, ref_logvar, ref_dec = _torch_forward(model, images, z)
   (mean, logvar), decoded = _run(vae, images, z)
-  assert mean.shape == ref_mean.shape == (2, size // vae.config.downsample_factor,
-                                          size // vae.config.downsample_factor, 4)
+  assert (
+    mean.shape == ref_mean.shape == (2, size // vae.config.downsample_factor, size // vae.config.downsample_factor, 4)
+  )
   assert decoded.shape == ref_dec.shape == images.shape
-  errors = {"mean": _rel_err(mean, ref_mean), "logvar": _rel_err(logvar, ref_logvar),
-            "decoded": _rel_err(decoded, ref_dec)}
-  print(f"{folder}: max abs", {k: float(np.abs(np.asarray(a) - b).max()) for k, a, b in
-                               (("mean", mean, ref_mean), ("logvar", logvar, ref_logvar),
-                                ("decoded", decoded, ref_dec))}, "max rel", errors)
+  errors = {
+    "mean": _rel_err(mean, ref_mean),
+    "logvar": _rel_err(logvar, ref_logvar),
+    "decoded": _rel_err(decoded, ref_dec),
+  }
+  print(
+    f"{folder}: max abs",
+    {
+      k: float(np.abs(np.asarray(a) - b).max())
+      for k, a, b in (("mean", mean, ref_mean), ("logvar", logvar, ref_logvar), ("decoded", decoded, ref_dec))
+    },
+    "max rel",
+    errors,
+  )
   assert max(errors.values()) <= REL_TOL, errors
   assert vae.identity.startswith("AutoencoderKL-") and vae.config.scaling_factor == pytest.approx(0.18215)
 
@@ -131,8 +142,11 @@ def test_old_attention_names_and_conv_shaped_projections_load(saved, tmp_path):
   new = vae_lib.load_vae(folder)
   old_folder = _rewrite(folder, tmp_path / "old", _old_names)
   assert any(".attentions.0.query." in k for k in load_file(os.path.join(old_folder, vae_lib.WEIGHTS_NAME)))
-  conv_folder = _rewrite(folder, tmp_path / "conv", lambda t: {
-      k: (v[:, :, None, None] if ".attentions.0." in k and v.ndim == 2 else v) for k, v in t.items()})
+  conv_folder = _rewrite(
+    folder,
+    tmp_path / "conv",
+    lambda t: {k: (v[:, :, None, None] if ".attentions.0." in k and v.ndim == 2 else v) for k, v in t.items()},
+  )
   images, z = _inputs(size, new.config.downsample_factor)
   graphdef = nnx.split(new)[0]
   want = _run(new, images, z)
@@ -155,18 +169,28 @@ def test_bare_safetensors_file_and_round_trip(saved, tmp_path):
 
 def test_wrong_layout_names_the_keys(saved, tmp_path):
   _, folder, _ = saved
-  renamed = _rewrite(folder, tmp_path / "renamed", lambda t: {
-      (k.replace("encoder.conv_in.", "encoder.conv_input.")): v for k, v in t.items()})
-  with pytest.raises(WeightsError, match=r"Missing 2 keys, first: \['encoder.conv_in.bias', 'encoder.conv_in.weight'"
-                     r"\]; unexpected 2 keys, first: \['encoder.conv_input.bias', 'encoder.conv_input.weight'\]"):
+  renamed = _rewrite(
+    folder,
+    tmp_path / "renamed",
+    lambda t: {(k.replace("encoder.conv_in.", "encoder.conv_input.")): v for k, v in t.items()},
+  )
+  with pytest.raises(
+    WeightsError,
+    match=r"Missing 2 keys, first: \['encoder.conv_in.bias', 'encoder.conv_in.weight'"
+    r"\]; unexpected 2 keys, first: \['encoder.conv_input.bias', 'encoder.conv_input.weight'\]",
+  ):
     vae_lib.load_vae(renamed)
   extra = _rewrite(folder, tmp_path / "extra", lambda t: {**t, "encoder.extra.weight": np.zeros(3, np.float32)})
   with pytest.raises(WeightsError, match=r"Missing 0 keys.*unexpected 1 keys, first: \['encoder.extra.weight'\]"):
     vae_lib.load_vae(extra)
-  shape = _rewrite(folder, tmp_path / "shape", lambda t: {
-      **t, "decoder.conv_out.weight": np.zeros((3, 7, 3, 3), np.float32)})
-  with pytest.raises(WeightsError, match=r"decoder.conv_out.weight .* has shape \[3, 7, 3, 3\].*decoder/conv_out/"
-                     r"kernel \[3, 3, \d+, 3\]"):
+  shape = _rewrite(
+    folder, tmp_path / "shape", lambda t: {**t, "decoder.conv_out.weight": np.zeros((3, 7, 3, 3), np.float32)}
+  )
+  with pytest.raises(
+    WeightsError,
+    match=r"decoder.conv_out.weight .* has shape \[3, 7, 3, 3\].*decoder/conv_out/"
+    r"kernel \[3, 3, \d+, 3\]",
+  ):
     vae_lib.load_vae(shape)
   with open(os.path.join(folder, "config.json")) as f:
     config = json.load(f)

@@ -28,34 +28,33 @@ from tfds_builders.mnist import Mnist
 from tfds_builders.shapes import Shapes
 
 BUILDERS: dict[str, type[tfds.core.GeneratorBasedBuilder]] = {
-    'digits': Digits,
-    'mnist': Mnist,
-    'cifar10': Cifar10,
-    'shapes': Shapes,
-    'cifar10_captions': Cifar10Captions,
-    'flickr8k': Flickr8k,
-    'image_text_folder': ImageTextFolder,
-    'image_folder': ImageFolder,
+  "digits": Digits,
+  "mnist": Mnist,
+  "cifar10": Cifar10,
+  "shapes": Shapes,
+  "cifar10_captions": Cifar10Captions,
+  "flickr8k": Flickr8k,
+  "image_text_folder": ImageTextFolder,
+  "image_folder": ImageFolder,
 }
 # Files each builder reads from its manual directory (empty: needs no manual data).
-MANUAL_FILES: dict[str, tuple[str, ...]] = {
-    name: cls.MANUAL_FILES for name, cls in BUILDERS.items()
+MANUAL_FILES: dict[str, tuple[str, ...]] = {name: cls.MANUAL_FILES for name, cls in BUILDERS.items()}
+NEEDS_MANUAL_DIR: dict[str, bool] = {
+  name: bool(MANUAL_FILES[name]) or getattr(cls, "NEEDS_MANUAL_DIR", False) for name, cls in BUILDERS.items()
 }
-NEEDS_MANUAL_DIR: dict[str, bool] = {name: bool(MANUAL_FILES[name]) or getattr(cls, 'NEEDS_MANUAL_DIR', False)
-                                     for name, cls in BUILDERS.items()}
 
 
 def base_name(name: str) -> str:
   """'shapes/s16' -> 'shapes' (a dataset name may carry a builder config after a slash)."""
-  return name.split('/')[0]
+  return name.split("/")[0]
 
 
 def builder_class(name: str) -> type[tfds.core.GeneratorBasedBuilder]:
   """The builder class of dataset `name` ('name' or 'name/config'); raises `DataError` listing the known names."""
   if base_name(name) not in BUILDERS:
     raise DataError(
-        f"No TFDS builder named '{base_name(name)}' in tfds_builders; available: {sorted(BUILDERS)}. "
-        'Pick one of those or add a builder to tfds_builders.BUILDERS.'
+      f"No TFDS builder named '{base_name(name)}' in tfds_builders; available: {sorted(BUILDERS)}. "
+      "Pick one of those or add a builder to tfds_builders.BUILDERS."
     )
   return BUILDERS[base_name(name)]
 
@@ -67,18 +66,22 @@ def make_builder(name: str, data_dir: str, options: Mapping[str, Any] | None = N
   """
   cls = builder_class(name)
   options = dict(options or {})
-  known = getattr(cls, 'OPTIONS', ())
+  known = getattr(cls, "OPTIONS", ())
   unknown = sorted(set(options) - set(known))
   if unknown:
-    raise DataError(f"Dataset '{base_name(name)}' takes no option {unknown}; its options are {list(known) or 'none'}. "
-                    f'Drop {", ".join("--" + o for o in unknown)}.')
-  _, _, config = name.partition('/')
+    raise DataError(
+      f"Dataset '{base_name(name)}' takes no option {unknown}; its options are {list(known) or 'none'}. "
+      f"Drop {', '.join('--' + o for o in unknown)}."
+    )
+  _, _, config = name.partition("/")
   if not config:
     return cls(data_dir=data_dir, **options)
   names = [c.name for c in (cls.BUILDER_CONFIGS or [])]
   if config not in names:
-    raise DataError(f"Dataset '{base_name(name)}' has no config '{config}'; its configs are {names or 'none'} "
-                    f"(write e.g. '{base_name(name)}/{names[0] if names else ''}').")
+    raise DataError(
+      f"Dataset '{base_name(name)}' has no config '{config}'; its configs are {names or 'none'} "
+      f"(write e.g. '{base_name(name)}/{names[0] if names else ''}')."
+    )
   return cls(data_dir=data_dir, config=config, **options)
 
 
@@ -92,25 +95,23 @@ def check_manual_files(name: str, manual_dir: str) -> None:
   if not missing:
     return
   where = (
-      f"the manual directory '{manual_dir}' does not hold {missing}"
-      if manual_dir
-      else 'no manual directory was given'
+    f"the manual directory '{manual_dir}' does not hold {missing}" if manual_dir else "no manual directory was given"
   )
   raise DataError(
-      f"Cannot build dataset '{name}': it needs {list(files)} from a manual directory, but "
-      f'{where}. Fix: pass `--manual_dir <directory holding {", ".join(files)}>` to '
-      f'`python -m tfds_builders {name}` (or set config.data.manual_dir); in the project '
-      'checkout that directory is ../shared/data.'
+    f"Cannot build dataset '{name}': it needs {list(files)} from a manual directory, but "
+    f"{where}. Fix: pass `--manual_dir <directory holding {', '.join(files)}>` to "
+    f"`python -m tfds_builders {name}` (or set config.data.manual_dir); in the project "
+    "checkout that directory is ../shared/data."
   )
 
 
 def build(
-    name: str,
-    *,
-    data_dir: str,
-    manual_dir: str = '',
-    max_examples_per_split: int | None = None,
-    options: Mapping[str, Any] | None = None,
+  name: str,
+  *,
+  data_dir: str,
+  manual_dir: str = "",
+  max_examples_per_split: int | None = None,
+  options: Mapping[str, Any] | None = None,
 ) -> tfds.core.DatasetBuilder:
   """Builds dataset `name` into `data_dir` (no-op if already built) and returns its builder.
 
@@ -133,10 +134,10 @@ def build(
     return builder
   check_manual_files(name, manual_dir)
   builder.download_and_prepare(
-      download_config=tfds.download.DownloadConfig(
-          manual_dir=manual_dir or None,
-          max_examples_per_split=max_examples_per_split,
-          try_download_gcs=False,  # Otherwise TFDS asks GCS whether it hosts the name.
-      ),
+    download_config=tfds.download.DownloadConfig(
+      manual_dir=manual_dir or None,
+      max_examples_per_split=max_examples_per_split,
+      try_download_gcs=False,  # Otherwise TFDS asks GCS whether it hosts the name.
+    ),
   )
   return builder

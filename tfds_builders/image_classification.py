@@ -21,16 +21,16 @@ class ManualFileMixin:
     try:
       manual_dir = dl_manager.manual_dir
     except AssertionError as e:  # TFDS raises this when the directory is missing or empty.
-      where = str(e).split(' Create it')[0]
+      where = str(e).split(" Create it")[0]
     else:
       if (manual_dir / filename).exists():
         return manual_dir / filename
-      where = f'Manual directory {manual_dir} does not hold it.'
+      where = f"Manual directory {manual_dir} does not hold it."
     raise DataError(
-        f"Cannot build dataset '{self.name}': it needs the manual file '{filename}'. {where} "
-        f'Fix: pass `--manual_dir <directory holding {filename}>` to '
-        f'`python -m tfds_builders {self.name}` (or set config.data.manual_dir); '
-        'in the project checkout that directory is ../shared/data.'
+      f"Cannot build dataset '{self.name}': it needs the manual file '{filename}'. {where} "
+      f"Fix: pass `--manual_dir <directory holding {filename}>` to "
+      f"`python -m tfds_builders {self.name}` (or set config.data.manual_dir); "
+      "in the project checkout that directory is ../shared/data."
     )
 
 
@@ -39,25 +39,27 @@ class ImageClassificationBuilder(ManualFileMixin, tfds.core.GeneratorBasedBuilde
 
   IMAGE_SHAPE: ClassVar[tuple[int, int, int]]
   CLASS_NAMES: ClassVar[tuple[str, ...]]
-  DESCRIPTION: ClassVar[str] = ''
-  HOMEPAGE: ClassVar[str] = ''
+  DESCRIPTION: ClassVar[str] = ""
+  HOMEPAGE: ClassVar[str] = ""
   LICENSE: ClassVar[str | None] = None
   MANUAL_FILES: ClassVar[tuple[str, ...]] = ()
 
   def __init__(self, **kwargs):
-    kwargs.setdefault('file_format', 'array_record')
+    kwargs.setdefault("file_format", "array_record")
     super().__init__(**kwargs)
 
   def _info(self) -> tfds.core.DatasetInfo:
     return tfds.core.DatasetInfo(
-        builder=self,
-        description=self.DESCRIPTION,
-        features=tfds.features.FeaturesDict({
-            'image': tfds.features.Tensor(shape=self.IMAGE_SHAPE, dtype=np.uint8),
-            'label': tfds.features.ClassLabel(names=list(self.CLASS_NAMES)),
-        }),
-        supervised_keys=('image', 'label'),
-        disable_shuffling=True,
-        homepage=self.HOMEPAGE,
-        license=self.LICENSE,
+      builder=self,
+      description=self.DESCRIPTION,
+      features=tfds.features.FeaturesDict(
+        {
+          "image": tfds.features.Tensor(shape=self.IMAGE_SHAPE, dtype=np.uint8),
+          "label": tfds.features.ClassLabel(names=list(self.CLASS_NAMES)),
+        }
+      ),
+      supervised_keys=("image", "label"),
+      disable_shuffling=True,
+      homepage=self.HOMEPAGE,
+      license=self.LICENSE,
     )

@@ -47,6 +47,7 @@ def save_weights(arrays: dict[str, np.ndarray], out: str) -> None:
     np.savez(out, **arrays)
   else:
     from safetensors.numpy import save_file
+
     save_file(arrays, out)
 
 
@@ -74,14 +75,20 @@ def main(argv=None) -> int:
   from crossflow_jax.errors import CrossflowError
 
   if not os.path.isfile(args.pth):
-    print(f"{args.pth!r} does not exist. Download it first:\n  wget https://github.com/mseitzer/pytorch-fid/"
-          "releases/download/fid_weights/pt_inception-2015-12-05-6726825d.pth", file=sys.stderr)
+    print(
+      f"{args.pth!r} does not exist. Download it first:\n  wget https://github.com/mseitzer/pytorch-fid/"
+      "releases/download/fid_weights/pt_inception-2015-12-05-6726825d.pth",
+      file=sys.stderr,
+    )
     return 1
   digest = sha256(args.pth)
   if not digest.startswith(PUBLISHED_SHA256_PREFIX):
-    print(f"Warning: sha256 {digest[:16]}... of {args.pth!r} does not start with {PUBLISHED_SHA256_PREFIX}, so it is "
-          "not the published pt_inception-2015-12-05-6726825d.pth; FIDs computed with it are not comparable with "
-          "published ones.", file=sys.stderr)
+    print(
+      f"Warning: sha256 {digest[:16]}... of {args.pth!r} does not start with {PUBLISHED_SHA256_PREFIX}, so it is "
+      "not the published pt_inception-2015-12-05-6726825d.pth; FIDs computed with it are not comparable with "
+      "published ones.",
+      file=sys.stderr,
+    )
   try:
     convert_file(args.pth, args.out)
   except CrossflowError as e:

@@ -73,15 +73,21 @@ def check_latent_config(latent_cfg, data_image_size: int, vae) -> None:
   """Raises ConfigError unless `latent.image_size` suits the VAE and agrees with `data.image_size`."""
   size, f = int(latent_cfg.image_size), vae.config.downsample_factor
   if size < f or size % f:
-    raise ConfigError(f"config.latent.image_size={size} must be a positive multiple of the VAE's downsampling "
-                      f"factor {f} (e.g. 256 -> {256 // f}x{256 // f} latents).")
+    raise ConfigError(
+      f"config.latent.image_size={size} must be a positive multiple of the VAE's downsampling "
+      f"factor {f} (e.g. 256 -> {256 // f}x{256 // f} latents)."
+    )
   if data_image_size and int(data_image_size) != size:
-    raise ConfigError(f"config.data.image_size={data_image_size} and config.latent.image_size={size} disagree: in "
-                      "latent space the images are resized to latent.image_size for the VAE. Set data.image_size "
-                      "to 0 (or to the same size).")
+    raise ConfigError(
+      f"config.data.image_size={data_image_size} and config.latent.image_size={size} disagree: in "
+      "latent space the images are resized to latent.image_size for the VAE. Set data.image_size "
+      "to 0 (or to the same size)."
+    )
   if latent_cfg.scale_factor <= 0:
-    raise ConfigError(f"config.latent.scale_factor must be > 0, got {latent_cfg.scale_factor} (0.18215 for Stable "
-                      "Diffusion's VAE, 0.23010 as CrossFlow).")
+    raise ConfigError(
+      f"config.latent.scale_factor must be > 0, got {latent_cfg.scale_factor} (0.18215 for Stable "
+      "Diffusion's VAE, 0.23010 as CrossFlow)."
+    )
   if latent_cfg.decode_batch_size < 1:
     raise ConfigError(f"config.latent.decode_batch_size must be >= 1, got {latent_cfg.decode_batch_size}.")
 
@@ -91,11 +97,17 @@ def spec_fields(config, channels: int) -> dict:
   vae = load_vae_for(config.latent.vae)
   check_latent_config(config.latent, config.data.image_size, vae)
   if channels not in (1, vae.config.in_channels):
-    raise ConfigError(f"The dataset's images have {channels} channels; the VAE encodes {vae.config.in_channels} "
-                      "(grayscale images are repeated). Use an RGB or grayscale dataset, or set config.latent.vae=''.")
+    raise ConfigError(
+      f"The dataset's images have {channels} channels; the VAE encodes {vae.config.in_channels} "
+      "(grayscale images are repeated). Use an RGB or grayscale dataset, or set config.latent.vae=''."
+    )
   size = int(config.latent.image_size)
-  return {"image_shape": latent_shape(vae.config, size), "latent_vae": vae.identity,
-          "latent_scale_factor": float(config.latent.scale_factor), "pixel_shape": (size, size, int(channels))}
+  return {
+    "image_shape": latent_shape(vae.config, size),
+    "latent_vae": vae.identity,
+    "latent_scale_factor": float(config.latent.scale_factor),
+    "pixel_shape": (size, size, int(channels)),
+  }
 
 
 def to_vae_input(images: np.ndarray, in_channels: int) -> np.ndarray:
@@ -105,12 +117,25 @@ def to_vae_input(images: np.ndarray, in_channels: int) -> np.ndarray:
 
 
 def rebuild_command(dataset: str, data_dir: str, vae_path: str, image_size: int, scale_factor: float) -> str:
-  return (f"`python -m tfds_builders {dataset} --data_dir {data_dir} --vae {vae_path} --latent_image_size "
-          f"{image_size} --latent_scale_factor {scale_factor:g} --rebuild_latents`")
+  return (
+    f"`python -m tfds_builders {dataset} --data_dir {data_dir} --vae {vae_path} --latent_image_size "
+    f"{image_size} --latent_scale_factor {scale_factor:g} --rebuild_latents`"
+  )
 
 
-def encode_latent_cache(dataset_dir: str, source, *, dataset: str, split: str, vae, vae_path: str,
-                        scale_factor: float, image_size: int, batch_size: int = 64, log=print) -> "LatentSplit":
+def encode_latent_cache(
+  dataset_dir: str,
+  source,
+  *,
+  dataset: str,
+  split: str,
+  vae,
+  vae_path: str,
+  scale_factor: float,
+  image_size: int,
+  batch_size: int = 64,
+  log=print,
+) -> "LatentSplit":
   """Encodes every image of `source` (one split) to posterior moments in `cache_dir(dataset_dir, image_size)`.
 
   Args:
@@ -153,9 +178,17 @@ def encode_latent_cache(dataset_dir: str, source, *, dataset: str, split: str, v
       log(f"  {hi}/{n} images, {rate:.0f}/s, ETA {(n - hi) / rate:.0f} s")
   finally:
     writer.close()
-  index = {"vae_identity": vae.identity, "vae_path": os.path.abspath(os.path.expanduser(vae_path)),
-           "scale_factor": float(scale_factor), "image_size": int(image_size), "dataset": dataset, "split": split,
-           "num_examples": n, "latent_shape": [int(d) for d in shape], "dtype": np.dtype(CACHE_DTYPE).name}
+  index = {
+    "vae_identity": vae.identity,
+    "vae_path": os.path.abspath(os.path.expanduser(vae_path)),
+    "scale_factor": float(scale_factor),
+    "image_size": int(image_size),
+    "dataset": dataset,
+    "split": split,
+    "num_examples": n,
+    "latent_shape": [int(d) for d in shape],
+    "dtype": np.dtype(CACHE_DTYPE).name,
+  }
   if os.path.exists(final_index):
     os.remove(final_index)  # the old index goes first: rows without an index read as "no cache"
   os.replace(tmp_rows, final_rows)
@@ -174,9 +207,11 @@ class LatentSplit:
     self.index_path = os.path.join(folder, f"{key}.json")
     self.rows_path = os.path.join(folder, f"{key}.array_record")
     if not os.path.isfile(self.index_path):
-      raise DataError(f"No latent cache for split {split!r} in {folder} (missing {key}.json). Train again with "
-                      "config.latent.vae set (it encodes the split first) or run `python -m tfds_builders NAME "
-                      "--vae PATH --latent_image_size S`.")
+      raise DataError(
+        f"No latent cache for split {split!r} in {folder} (missing {key}.json). Train again with "
+        "config.latent.vae set (it encodes the split first) or run `python -m tfds_builders NAME "
+        "--vae PATH --latent_image_size S`."
+      )
     with open(self.index_path) as f:
       self.meta = json.load(f)
     self.folder, self.split = folder, split
@@ -197,14 +232,17 @@ class LatentSplit:
     m = self.meta
     if m["vae_identity"] != vae_identity or not np.isclose(float(m["scale_factor"]), scale_factor, rtol=0, atol=1e-9):
       raise DataError(
-          f"The latent cache {self.index_path} was built with VAE {m['vae_identity']} ({m['vae_path']}) and "
-          f"scale_factor {m['scale_factor']:g}, but config.latent asks for VAE {vae_identity} and scale_factor "
-          f"{scale_factor:g}. Rebuild it with {rebuild} (or delete {self.folder} and train again), or set "
-          "config.latent.vae / config.latent.scale_factor to what the cache was built with.")
+        f"The latent cache {self.index_path} was built with VAE {m['vae_identity']} ({m['vae_path']}) and "
+        f"scale_factor {m['scale_factor']:g}, but config.latent asks for VAE {vae_identity} and scale_factor "
+        f"{scale_factor:g}. Rebuild it with {rebuild} (or delete {self.folder} and train again), or set "
+        "config.latent.vae / config.latent.scale_factor to what the cache was built with."
+      )
     if m["dataset"] != dataset or int(m["num_examples"]) != num_examples:
-      raise DataError(f"The latent cache {self.index_path} holds {m['num_examples']} latents of {m['dataset']!r}, "
-                      f"but split {self.split!r} of {dataset!r} has {num_examples} images: the dataset changed after "
-                      f"the cache was built. Rebuild it with {rebuild}.")
+      raise DataError(
+        f"The latent cache {self.index_path} holds {m['num_examples']} latents of {m['dataset']!r}, "
+        f"but split {self.split!r} of {dataset!r} has {num_examples} images: the dataset changed after "
+        f"the cache was built. Rebuild it with {rebuild}."
+      )
 
   def read(self, index: int) -> tuple[np.ndarray, np.ndarray]:
     try:
@@ -212,14 +250,18 @@ class LatentSplit:
         self._source = array_record_data_source.ArrayRecordDataSource([self.rows_path])
       raw = self._source[index]
     except Exception as e:
-      raise DataError(f"Cannot read latent {index} of {self.rows_path}: {type(e).__name__}: {e}. Delete "
-                      f"{self.folder} and rebuild the latent cache.") from e
+      raise DataError(
+        f"Cannot read latent {index} of {self.rows_path}: {type(e).__name__}: {e}. Delete "
+        f"{self.folder} and rebuild the latent cache."
+      ) from e
     head = np.dtype(INDEX_DTYPE).itemsize
     if len(raw) != head + 2 * self._array_bytes or int(np.frombuffer(raw[:head], INDEX_DTYPE)[0]) != index:
-      raise DataError(f"Record {index} of the latent cache {self.rows_path} is corrupt ({len(raw)} bytes). Delete "
-                      f"{self.folder} and rebuild the latent cache.")
-    mean = np.frombuffer(raw[head:head + self._array_bytes], CACHE_DTYPE).reshape(self.shape)
-    logvar = np.frombuffer(raw[head + self._array_bytes:], CACHE_DTYPE).reshape(self.shape)
+      raise DataError(
+        f"Record {index} of the latent cache {self.rows_path} is corrupt ({len(raw)} bytes). Delete "
+        f"{self.folder} and rebuild the latent cache."
+      )
+    mean = np.frombuffer(raw[head : head + self._array_bytes], CACHE_DTYPE).reshape(self.shape)
+    logvar = np.frombuffer(raw[head + self._array_bytes :], CACHE_DTYPE).reshape(self.shape)
     return mean.astype(np.float32), logvar.astype(np.float32)
 
 
@@ -259,11 +301,24 @@ def open_or_build(config, info, split: str, *, log=print) -> LatentSplit:
   if os.path.isfile(os.path.join(folder, f"{split_key(split)}.json")):
     cache = LatentSplit(folder, split)
   else:
-    cache = encode_latent_cache(info.dataset_dir, source, dataset=config.data.name, split=split, vae=vae,
-                                vae_path=lat.vae, scale_factor=lat.scale_factor, image_size=lat.image_size, log=log)
-  cache.check(vae_identity=vae.identity, scale_factor=float(lat.scale_factor), dataset=config.data.name,
-              num_examples=len(source),
-              rebuild=rebuild_command(config.data.name, data_dir, lat.vae, lat.image_size, lat.scale_factor))
+    cache = encode_latent_cache(
+      info.dataset_dir,
+      source,
+      dataset=config.data.name,
+      split=split,
+      vae=vae,
+      vae_path=lat.vae,
+      scale_factor=lat.scale_factor,
+      image_size=lat.image_size,
+      log=log,
+    )
+  cache.check(
+    vae_identity=vae.identity,
+    scale_factor=float(lat.scale_factor),
+    dataset=config.data.name,
+    num_examples=len(source),
+    rebuild=rebuild_command(config.data.name, data_dir, lat.vae, lat.image_size, lat.scale_factor),
+  )
   return cache
 
 

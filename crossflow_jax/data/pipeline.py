@@ -35,12 +35,10 @@ def resize_image(image: np.ndarray, image_size: int) -> np.ndarray:
   float32 rounding.
   """
   channels = [
-      np.asarray(
-          Image.fromarray(image[:, :, c].astype(np.float32), mode='F').resize(
-              (image_size, image_size), Image.BILINEAR
-          )
-      )
-      for c in range(image.shape[-1])
+    np.asarray(
+      Image.fromarray(image[:, :, c].astype(np.float32), mode="F").resize((image_size, image_size), Image.BILINEAR)
+    )
+    for c in range(image.shape[-1])
   ]
   return np.stack(channels, axis=-1)
 
@@ -57,19 +55,19 @@ def _read_image(source: Sequence[dict[str, Any]], index: int, image_size: int | 
     raise
   except Exception as e:
     raise DataError(
-        f'Cannot read record {index} of {source!r}: {type(e).__name__}: {e}. The '
-        'dataset files may be corrupt: delete the prepared dataset folder and rebuild it '
-        '(python -m tfds_builders NAME).'
+      f"Cannot read record {index} of {source!r}: {type(e).__name__}: {e}. The "
+      "dataset files may be corrupt: delete the prepared dataset folder and rebuild it "
+      "(python -m tfds_builders NAME)."
     ) from e
-  if 'latent_mean' in record:
-    return record, {k: np.asarray(record[k], np.float32) for k in ('latent_mean', 'latent_logvar')}
-  image = np.asarray(record['image'])
+  if "latent_mean" in record:
+    return record, {k: np.asarray(record[k], np.float32) for k in ("latent_mean", "latent_logvar")}
+  image = np.asarray(record["image"])
   if image.dtype != np.uint8 or image.ndim != 3:
     raise DataError(
-        f'Record {index} of {source!r} has image {image.dtype} {image.shape}; '
-        'expected uint8 [H, W, C]. Rebuild the dataset with tfds_builders.'
+      f"Record {index} of {source!r} has image {image.dtype} {image.shape}; "
+      "expected uint8 [H, W, C]. Rebuild the dataset with tfds_builders."
     )
-  return record, {'image': resize_and_scale(image, image_size)}
+  return record, {"image": resize_and_scale(image, image_size)}
 
 
 def resize_and_scale(image: np.ndarray, image_size: int | None) -> np.ndarray:
@@ -91,7 +89,7 @@ class _ReadAndPreprocess(grain.transforms.Map):
 
   def map(self, index: int) -> dict[str, np.ndarray]:
     record, image = _read_image(self._source, index, self._image_size)
-    return {**image, 'label': np.asarray(record['label'], np.int32)}
+    return {**image, "label": np.asarray(record["label"], np.int32)}
 
 
 class _ReadCaptioned(grain.transforms.RandomMap):
@@ -108,56 +106,57 @@ class _ReadCaptioned(grain.transforms.RandomMap):
 
   def random_map(self, index: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
     record, image = _read_image(self._source, index, self._image_size)
-    captions = np.asarray(record['captions']).reshape(-1)
+    captions = np.asarray(record["captions"]).reshape(-1)
     caption = captions[rng.integers(len(captions))]
-    caption = caption.decode('utf-8') if isinstance(caption, bytes) else str(caption)
+    caption = caption.decode("utf-8") if isinstance(caption, bytes) else str(caption)
     return {**image, **self._text_features(caption)}
 
 
 def _read_map(source, image_size, text_features):
-  return _ReadAndPreprocess(source, image_size) if text_features is None else _ReadCaptioned(
-      source, image_size, text_features)
+  return (
+    _ReadAndPreprocess(source, image_size)
+    if text_features is None
+    else _ReadCaptioned(source, image_size, text_features)
+  )
 
 
 def _check_args(
-    source: Sequence[Any],
-    batch_size: int,
-    image_size: int | None,
-    shard_index: int,
-    shard_count: int,
+  source: Sequence[Any],
+  batch_size: int,
+  image_size: int | None,
+  shard_index: int,
+  shard_count: int,
 ) -> None:
   if batch_size < 1:
-    raise ConfigError(f'batch_size must be >= 1, got {batch_size}; fix config.data.batch_size.')
+    raise ConfigError(f"batch_size must be >= 1, got {batch_size}; fix config.data.batch_size.")
   if image_size is not None and image_size < 1:
-    raise ConfigError(f'image_size must be >= 1 or None, got {image_size}.')
+    raise ConfigError(f"image_size must be >= 1 or None, got {image_size}.")
   if shard_count < 1 or not 0 <= shard_index < shard_count:
     raise ConfigError(
-        f'shard_index={shard_index} must lie in [0, shard_count={shard_count}); pass '
-        'jax.process_index() and jax.process_count().'
+      f"shard_index={shard_index} must lie in [0, shard_count={shard_count}); pass "
+      "jax.process_index() and jax.process_count()."
     )
   if len(source) < shard_count:
-    raise DataError(
-        f'{source!r} has {len(source)} records, fewer than the {shard_count} shards.'
-    )
+    raise DataError(f"{source!r} has {len(source)} records, fewer than the {shard_count} shards.")
 
 
 def _resolve_shard(shard_index: int | None, shard_count: int | None) -> tuple[int, int]:
   return (
-      jax.process_index() if shard_index is None else shard_index,
-      jax.process_count() if shard_count is None else shard_count,
+    jax.process_index() if shard_index is None else shard_index,
+    jax.process_count() if shard_count is None else shard_count,
   )
 
 
 def make_train_iterator(
-    source: Sequence[dict[str, Any]],
-    *,
-    batch_size: int,
-    image_size: int | None,
-    seed: int,
-    shard_index: int | None = None,
-    shard_count: int | None = None,
-    worker_count: int = 0,
-    text_features=None,
+  source: Sequence[dict[str, Any]],
+  *,
+  batch_size: int,
+  image_size: int | None,
+  seed: int,
+  shard_index: int | None = None,
+  shard_count: int | None = None,
+  worker_count: int = 0,
+  text_features=None,
 ) -> grain.DatasetIterator:
   """Infinite, per-epoch reshuffled, sharded training batches with checkpointable state.
 
@@ -190,13 +189,13 @@ def make_train_iterator(
   shard_index, shard_count = _resolve_shard(shard_index, shard_count)
   _check_args(source, batch_size, image_size, shard_index, shard_count)
   if not 0 <= seed < 2**32:
-    raise ConfigError(f'seed must lie in [0, 2**32), got {seed}; fix config.seed.')
+    raise ConfigError(f"seed must lie in [0, 2**32), got {seed}; fix config.seed.")
   shard_len = len(source) // shard_count
   if shard_len < batch_size:
     raise ConfigError(
-        f'The per-process batch_size {batch_size} exceeds the {shard_len} records of this '
-        f'process\'s shard of {source!r} ({shard_count} shards), so an epoch has no full '
-        'batch. Lower config.data.batch_size or use a larger split.'
+      f"The per-process batch_size {batch_size} exceeds the {shard_len} records of this "
+      f"process's shard of {source!r} ({shard_count} shards), so an epoch has no full "
+      "batch. Lower config.data.batch_size or use a larger split."
     )
   ds = grain.MapDataset.range(shard_len * shard_count)[shard_index::shard_count]
   ds = ds.shuffle(seed=seed)
@@ -214,13 +213,13 @@ def make_train_iterator(
 
 
 def make_eval_iterator(
-    source: Sequence[dict[str, Any]],
-    *,
-    batch_size: int,
-    image_size: int | None,
-    shard_index: int | None = None,
-    shard_count: int | None = None,
-    text_features=None,
+  source: Sequence[dict[str, Any]],
+  *,
+  batch_size: int,
+  image_size: int | None,
+  shard_index: int | None = None,
+  shard_count: int | None = None,
+  text_features=None,
 ) -> grain.DatasetIterator:
   """One in-order pass over this process's shard; the last batch may be smaller.
 

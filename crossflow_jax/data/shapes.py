@@ -28,27 +28,36 @@ import numpy as np
 from crossflow_jax.errors import ConfigError
 
 COLOURS: tuple[tuple[str, tuple[int, int, int]], ...] = (
-    ('red', (230, 25, 25)),
-    ('green', (25, 200, 25)),
-    ('blue', (30, 60, 230)),
-    ('yellow', (235, 225, 20)),
-    ('magenta', (220, 30, 220)),
-    ('cyan', (20, 215, 230)),
-    ('white', (240, 240, 240)),
-    ('orange', (245, 130, 20)),
+  ("red", (230, 25, 25)),
+  ("green", (25, 200, 25)),
+  ("blue", (30, 60, 230)),
+  ("yellow", (235, 225, 20)),
+  ("magenta", (220, 30, 220)),
+  ("cyan", (20, 215, 230)),
+  ("white", (240, 240, 240)),
+  ("orange", (245, 130, 20)),
 )
 COLOUR_NAMES: tuple[str, ...] = tuple(name for name, _ in COLOURS)
 COLOUR_RGB: np.ndarray = np.array([rgb for _, rgb in COLOURS], np.uint8)  # [8, 3]
-SHAPES: tuple[str, ...] = ('circle', 'square', 'triangle')
-SIZES: tuple[str, ...] = ('small', 'large')
+SHAPES: tuple[str, ...] = ("circle", "square", "triangle")
+SIZES: tuple[str, ...] = ("small", "large")
 POSITIONS: tuple[str, ...] = (
-    'top left', 'top center', 'top right',
-    'middle left', 'center', 'middle right',
-    'bottom left', 'bottom center', 'bottom right',
+  "top left",
+  "top center",
+  "top right",
+  "middle left",
+  "center",
+  "middle right",
+  "bottom left",
+  "bottom center",
+  "bottom right",
 )  # Row-major cells of the 3x3 grid: position = 3 * row + column.
-ATTRIBUTES: tuple[str, ...] = ('colour', 'shape', 'size', 'position')
+ATTRIBUTES: tuple[str, ...] = ("colour", "shape", "size", "position")
 ATTRIBUTE_NAMES: dict[str, tuple[str, ...]] = {
-    'colour': COLOUR_NAMES, 'shape': SHAPES, 'size': SIZES, 'position': POSITIONS,
+  "colour": COLOUR_NAMES,
+  "shape": SHAPES,
+  "size": SIZES,
+  "position": POSITIONS,
 }
 
 IMAGE_SIZES: tuple[int, ...] = (16, 32, 64)
@@ -58,23 +67,23 @@ POSITION_JITTER = 0.04  # Centre jitter / S, uniform in [-0.04, 0.04] per axis.
 SUPERSAMPLE = 4
 
 # Synonyms; the first word of each is the canonical one.
-SIZE_WORDS: tuple[tuple[str, ...], ...] = (('small', 'little', 'tiny'), ('large', 'big'))
-SHAPE_WORDS: tuple[tuple[str, ...], ...] = (('circle', 'disk', 'disc'), ('square', 'box'), ('triangle',))
-ROW_WORDS: tuple[tuple[str, ...], ...] = (('top', 'upper'), ('middle',), ('bottom', 'lower'))
-COLUMN_WORDS: tuple[tuple[str, ...], ...] = (('left',), ('center', 'centre'), ('right',))
-CENTER_WORDS: tuple[str, ...] = ('center', 'middle')  # The middle cell is named by one word.
+SIZE_WORDS: tuple[tuple[str, ...], ...] = (("small", "little", "tiny"), ("large", "big"))
+SHAPE_WORDS: tuple[tuple[str, ...], ...] = (("circle", "disk", "disc"), ("square", "box"), ("triangle",))
+ROW_WORDS: tuple[tuple[str, ...], ...] = (("top", "upper"), ("middle",), ("bottom", "lower"))
+COLUMN_WORDS: tuple[tuple[str, ...], ...] = (("left",), ("center", "centre"), ("right",))
+CENTER_WORDS: tuple[str, ...] = ("center", "middle")  # The middle cell is named by one word.
 
 # {a} is the indefinite article of the word after it; {size} {colour} {shape} {position} are
 # filled with (synonyms of) the attribute names.
 TEMPLATES: tuple[str, ...] = (
-    '{a} {size} {colour} {shape} in the {position}',
-    '{a} {size} {colour} {shape} at the {position}',
-    '{position}: {a} {size} {colour} {shape}',
-    'there is {a} {size} {colour} {shape} in the {position}',
-    'in the {position}, {a} {size} {colour} {shape}',
-    '{a} {colour} {shape}, {size}, in the {position}',
-    'the {position} of the image shows {a} {size} {colour} {shape}',
-    '{size} {colour} {shape} in the {position} on a black background',
+  "{a} {size} {colour} {shape} in the {position}",
+  "{a} {size} {colour} {shape} at the {position}",
+  "{position}: {a} {size} {colour} {shape}",
+  "there is {a} {size} {colour} {shape} in the {position}",
+  "in the {position}, {a} {size} {colour} {shape}",
+  "{a} {colour} {shape}, {size}, in the {position}",
+  "the {position} of the image shows {a} {size} {colour} {shape}",
+  "{size} {colour} {shape} in the {position} on a black background",
 )
 
 _SIZE_OF = {w: i for i, words in enumerate(SIZE_WORDS) for w in words}
@@ -88,10 +97,10 @@ def _check_attrs(attrs: Mapping[str, int]) -> tuple[int, int, int, int]:
   values = []
   for key in ATTRIBUTES:
     if key not in attrs:
-      raise ValueError(f'Shapes attributes {dict(attrs)} lack {key!r}; expected keys {ATTRIBUTES}.')
+      raise ValueError(f"Shapes attributes {dict(attrs)} lack {key!r}; expected keys {ATTRIBUTES}.")
     value, names = int(attrs[key]), ATTRIBUTE_NAMES[key]
     if not 0 <= value < len(names):
-      raise ValueError(f'Shapes attribute {key}={value} out of range 0..{len(names) - 1} ({names}).')
+      raise ValueError(f"Shapes attribute {key}={value} out of range 0..{len(names) - 1} ({names}).")
     values.append(value)
   return tuple(values)
 
@@ -102,7 +111,7 @@ def sample_attributes(n: int, rng: np.random.Generator) -> dict[str, np.ndarray]
 
 
 def sample_geometry(
-    sizes: Sequence[int], positions: Sequence[int], image_size: int, rng: np.random.Generator
+  sizes: Sequence[int], positions: Sequence[int], image_size: int, rng: np.random.Generator
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
   """Jittered bounding boxes of objects with the given sizes and positions.
 
@@ -135,12 +144,12 @@ def _coverage(shape: int, dx: np.ndarray, dy: np.ndarray, half: np.ndarray) -> n
 
 
 def render_batch(
-    colours: Sequence[int],
-    shapes: Sequence[int],
-    sizes: Sequence[int],
-    positions: Sequence[int],
-    image_size: int,
-    rng: np.random.Generator,
+  colours: Sequence[int],
+  shapes: Sequence[int],
+  sizes: Sequence[int],
+  positions: Sequence[int],
+  image_size: int,
+  rng: np.random.Generator,
 ) -> np.ndarray:
   """Renders N images, one object each, with jittered size and position from `rng`.
 
@@ -155,17 +164,17 @@ def render_batch(
   colours, shapes, sizes, positions = (np.asarray(a, np.int64).reshape(-1) for a in (colours, shapes, sizes, positions))
   n = len(colours)
   if not len(shapes) == len(sizes) == len(positions) == n:
-    raise ValueError(f'Attribute arrays differ in length: {[len(a) for a in (colours, shapes, sizes, positions)]}.')
+    raise ValueError(f"Attribute arrays differ in length: {[len(a) for a in (colours, shapes, sizes, positions)]}.")
   for key, a in zip(ATTRIBUTES, (colours, shapes, sizes, positions)):
     if n and not (a.min() >= 0 and a.max() < len(ATTRIBUTE_NAMES[key])):
-      raise ValueError(f'Shapes {key} indices {a} outside 0..{len(ATTRIBUTE_NAMES[key]) - 1}.')
+      raise ValueError(f"Shapes {key} indices {a} outside 0..{len(ATTRIBUTE_NAMES[key]) - 1}.")
   if image_size < 8:
-    raise ValueError(f'Shapes image_size={image_size} is too small; use one of {IMAGE_SIZES}.')
+    raise ValueError(f"Shapes image_size={image_size} is too small; use one of {IMAGE_SIZES}.")
   return render_geometry(colours, shapes, *sample_geometry(sizes, positions, image_size, rng), image_size)
 
 
 def render_geometry(
-    colours: np.ndarray, shapes: np.ndarray, cx: np.ndarray, cy: np.ndarray, extent: np.ndarray, image_size: int
+  colours: np.ndarray, shapes: np.ndarray, cx: np.ndarray, cy: np.ndarray, extent: np.ndarray, image_size: int
 ) -> np.ndarray:
   """Renders N objects with the boxes of `sample_geometry`; colours, shapes: int [N]; returns uint8 [N, S, S, 3]."""
   n = len(colours)
@@ -180,7 +189,7 @@ def render_geometry(
   for shape in range(len(SHAPES)):
     (idx,) = np.nonzero(shapes == shape)
     for start in range(0, len(idx), chunk):
-      i = idx[start:start + chunk]
+      i = idx[start : start + chunk]
       dx = (sub[None, None, :] + x0[i, None, None]) - cx[i, None, None]
       dy = (sub[None, :, None] + y0[i, None, None]) - cy[i, None, None]
       inside = _coverage(shape, dx, dy, extent[i, None, None] / 2)
@@ -189,15 +198,13 @@ def render_geometry(
   rgb = COLOUR_RGB.astype(np.float32)[colours]  # [N, 3]
   patches = np.rint(cover[..., None] * rgb[:, None, None, :]).astype(np.uint8)
   for k in range(n):
-    images[k, y0[k]:y0[k] + win, x0[k]:x0[k] + win] = patches[k]
+    images[k, y0[k] : y0[k] + win, x0[k] : x0[k] + win] = patches[k]
   return images
 
 
-def render(
-    colour: int, shape: int, size: int, position: int, image_size: int, rng: np.random.Generator
-) -> np.ndarray:
+def render(colour: int, shape: int, size: int, position: int, image_size: int, rng: np.random.Generator) -> np.ndarray:
   """Renders one image (see `render_batch`); returns uint8 [S, S, 3]."""
-  _check_attrs({'colour': colour, 'shape': shape, 'size': size, 'position': position})
+  _check_attrs({"colour": colour, "shape": shape, "size": size, "position": position})
   return render_batch([colour], [shape], [size], [position], image_size, rng)[0]
 
 
@@ -220,7 +227,7 @@ def _pick(words: Sequence[str], rng: np.random.Generator) -> str:
 
 
 def _article(word: str) -> str:
-  return 'an' if word[0] in 'aeiou' else 'a'
+  return "an" if word[0] in "aeiou" else "a"
 
 
 def _position_phrase(position: int, rng: np.random.Generator) -> str:
@@ -228,7 +235,7 @@ def _position_phrase(position: int, rng: np.random.Generator) -> str:
   if (row, col) == (1, 1):
     return _pick(CENTER_WORDS, rng)
   column_word = COLUMN_WORDS[col][0]  # 'centre' is understood but not generated.
-  return f'{_pick(ROW_WORDS[row], rng)} {column_word}'
+  return f"{_pick(ROW_WORDS[row], rng)} {column_word}"
 
 
 def make_caption(attrs: Mapping[str, int], rng: np.random.Generator, template: int | None = None) -> str:
@@ -246,32 +253,31 @@ def make_caption(attrs: Mapping[str, int], rng: np.random.Generator, template: i
   if template is None:
     template = int(rng.integers(len(TEMPLATES)))
   words = {
-      'size': _pick(SIZE_WORDS[size], rng),
-      'colour': COLOUR_NAMES[colour],
-      'shape': _pick(SHAPE_WORDS[shape], rng),
-      'position': _position_phrase(position, rng),
+    "size": _pick(SIZE_WORDS[size], rng),
+    "colour": COLOUR_NAMES[colour],
+    "shape": _pick(SHAPE_WORDS[shape], rng),
+    "position": _position_phrase(position, rng),
   }
   text = TEMPLATES[template]
   # The article agrees with the word that follows it.
-  after = re.search(r'\{a\} \{(\w+)\}', text)
-  words['a'] = _article(words[after.group(1)]) if after else 'a'
+  after = re.search(r"\{a\} \{(\w+)\}", text)
+  words["a"] = _article(words[after.group(1)]) if after else "a"
   return text.format(**words)
 
 
 def make_captions(attrs: Mapping[str, int], rng: np.random.Generator, k: int) -> list[str]:
   """`k` captions of the same image from `k` different templates (`k <= len(TEMPLATES)`)."""
   if not 1 <= k <= len(TEMPLATES):
-    raise ValueError(f'k={k} captions need 1 <= k <= {len(TEMPLATES)} (the number of templates).')
+    raise ValueError(f"k={k} captions need 1 <= k <= {len(TEMPLATES)} (the number of templates).")
   templates = rng.choice(len(TEMPLATES), size=k, replace=False)
   return [make_caption(attrs, rng, int(t)) for t in templates]
 
 
 def _one(text: str, kind: str, found: set[int], names: Iterable[str]) -> int:
   if len(found) != 1:
-    problem = 'no' if not found else 'more than one'
+    problem = "no" if not found else "more than one"
     raise ValueError(
-        f'Cannot parse shapes prompt {text!r}: it names {problem} {kind} (expected exactly one of '
-        f'{", ".join(names)}).'
+      f"Cannot parse shapes prompt {text!r}: it names {problem} {kind} (expected exactly one of {', '.join(names)})."
     )
   return found.pop()
 
@@ -288,21 +294,21 @@ def parse_caption(text: str) -> dict[str, int]:
   Raises:
     ValueError: naming the prompt, when it lacks an attribute or names one twice.
   """
-  words = re.findall(r'[a-z]+', text.lower())
-  colour = _one(text, 'colour', {_COLOUR_OF[w] for w in words if w in _COLOUR_OF}, COLOUR_NAMES)
-  shape = _one(text, 'shape', {_SHAPE_OF[w] for w in words if w in _SHAPE_OF}, _SHAPE_OF)
-  size = _one(text, 'size', {_SIZE_OF[w] for w in words if w in _SIZE_OF}, _SIZE_OF)
+  words = re.findall(r"[a-z]+", text.lower())
+  colour = _one(text, "colour", {_COLOUR_OF[w] for w in words if w in _COLOUR_OF}, COLOUR_NAMES)
+  shape = _one(text, "shape", {_SHAPE_OF[w] for w in words if w in _SHAPE_OF}, _SHAPE_OF)
+  size = _one(text, "size", {_SIZE_OF[w] for w in words if w in _SIZE_OF}, _SIZE_OF)
   rows = {_ROW_OF[w] for w in words if w in _ROW_OF}
   columns = {_COLUMN_OF[w] for w in words if w in _COLUMN_OF}
   if not rows and not columns or len(rows) > 1 or len(columns) > 1:
     raise ValueError(
-        f'Cannot parse shapes prompt {text!r}: it names no position or more than one (expected one of '
-        f'{", ".join(POSITIONS)}; synonyms upper/lower/middle/centre).'
+      f"Cannot parse shapes prompt {text!r}: it names no position or more than one (expected one of "
+      f"{', '.join(POSITIONS)}; synonyms upper/lower/middle/centre)."
     )
   # A missing row or column word means the middle one: 'center' / 'middle' alone is the
   # centre cell, 'left' alone the middle-left cell.
   position = 3 * (rows.pop() if rows else 1) + (columns.pop() if columns else 1)
-  return {'colour': colour, 'shape': shape, 'size': size, 'position': position}
+  return {"colour": colour, "shape": shape, "size": size, "position": position}
 
 
 def parse_captions(texts: Sequence[str | bytes]) -> dict[str, np.ndarray]:
@@ -320,16 +326,16 @@ def parse_holdout_pairs(text: str) -> set[tuple[int, int]]:
     ConfigError: an item is not 'colour:shape' or names an unknown colour or shape.
   """
   pairs = set()
-  for item in text.split(','):
+  for item in text.split(","):
     item = item.strip().lower()
     if not item:
       continue
-    colour, sep, shape = (part.strip() for part in item.partition(':'))
+    colour, sep, shape = (part.strip() for part in item.partition(":"))
     if not sep or colour not in _COLOUR_OF or shape not in _SHAPE_OF:
       raise ConfigError(
-          f"Bad shapes holdout pair {item!r} in {text!r}: expected comma-separated 'colour:shape' items, "
-          f"e.g. 'red:triangle,blue:circle', with colours {', '.join(COLOUR_NAMES)} and shapes "
-          f'{", ".join(SHAPES)}.'
+        f"Bad shapes holdout pair {item!r} in {text!r}: expected comma-separated 'colour:shape' items, "
+        f"e.g. 'red:triangle,blue:circle', with colours {', '.join(COLOUR_NAMES)} and shapes "
+        f"{', '.join(SHAPES)}."
       )
     pairs.add((_COLOUR_OF[colour], _SHAPE_OF[shape]))
   return pairs
@@ -351,6 +357,6 @@ def prompts_for(pairs: Iterable[tuple[int, int]], rng: np.random.Generator, n: i
   for colour, shape in sorted(pairs):
     for size in range(len(SIZES)):
       for position in range(len(POSITIONS)):
-        attrs = {'colour': colour, 'shape': shape, 'size': size, 'position': position}
+        attrs = {"colour": colour, "shape": shape, "size": size, "position": position}
         prompts.extend(make_caption(attrs, rng) for _ in range(n))
   return prompts

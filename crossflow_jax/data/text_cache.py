@@ -54,8 +54,9 @@ def distinct_captions(sources: Iterable[Sequence[dict]]) -> list[str]:
   return list(seen)
 
 
-def build_cache(dataset_dir: str, captions: Sequence[str], encoder, *, batch_size: int = 256,
-                log=print) -> "TextEmbeddingCache":
+def build_cache(
+  dataset_dir: str, captions: Sequence[str], encoder, *, batch_size: int = 256, log=print
+) -> "TextEmbeddingCache":
   """Encodes `captions` with `encoder` (a FrozenTextEncoder) into `cache_dir(dataset_dir, encoder.identity)`.
 
   Written to a temporary folder and renamed, so an interrupted build leaves no partial cache.
@@ -72,7 +73,7 @@ def build_cache(dataset_dir: str, captions: Sequence[str], encoder, *, batch_siz
   n = len(captions)
   log(f"Encoding {n} distinct captions with {encoder.identity} into {final}")
   for lo in range(0, n, batch_size):
-    chunk = list(captions[lo:lo + batch_size])
+    chunk = list(captions[lo : lo + batch_size])
     emb, mask = encoder.encode(chunk)
     emb = np.asarray(emb).astype(CACHE_DTYPE)
     mask = np.asarray(mask).astype(np.uint8)
@@ -82,8 +83,13 @@ def build_cache(dataset_dir: str, captions: Sequence[str], encoder, *, batch_siz
     rate = done / max(time.time() - start, 1e-9)
     log(f"  {done}/{n} captions, {rate:.0f}/s, ETA {(n - done) / rate:.0f} s")
   writer.close()
-  index = {"identity": encoder.identity, "max_length": int(encoder.max_length), "embed_dim": int(encoder.embed_dim),
-           "dtype": np.dtype(CACHE_DTYPE).name, "captions": list(captions)}
+  index = {
+    "identity": encoder.identity,
+    "max_length": int(encoder.max_length),
+    "embed_dim": int(encoder.embed_dim),
+    "dtype": np.dtype(CACHE_DTYPE).name,
+    "captions": list(captions),
+  }
   with open(os.path.join(tmp, _INDEX), "w") as f:
     json.dump(index, f)
   shutil.rmtree(final, ignore_errors=True)
@@ -97,8 +103,10 @@ class TextEmbeddingCache:
   def __init__(self, path: str):
     index_path = os.path.join(path, _INDEX)
     if not os.path.isfile(index_path):
-      raise DataError(f"No text-embedding cache in {path} (missing {_INDEX}). Rebuild it by training again "
-                      "with config.text.use_cache=True, which encodes the captions first.")
+      raise DataError(
+        f"No text-embedding cache in {path} (missing {_INDEX}). Rebuild it by training again "
+        "with config.text.use_cache=True, which encodes the captions first."
+      )
     with open(index_path) as f:
       index = json.load(f)
     self.path = path
@@ -120,20 +128,26 @@ class TextEmbeddingCache:
   def lookup(self, caption: str) -> tuple[np.ndarray, np.ndarray]:
     row = self._row.get(caption)
     if row is None:
-      raise DataError(f"Caption {caption[:60]!r} is not in the text-embedding cache {self.path}; the dataset changed "
-                      "after the cache was built. Delete that folder and train again to rebuild it.")
+      raise DataError(
+        f"Caption {caption[:60]!r} is not in the text-embedding cache {self.path}; the dataset changed "
+        "after the cache was built. Delete that folder and train again to rebuild it."
+      )
     try:
       if self._source is None:
         self._source = array_record_data_source.ArrayRecordDataSource([os.path.join(self.path, _ROWS)])
       raw = self._source[row]
     except Exception as e:
-      raise DataError(f"Cannot read row {row} of the text-embedding cache {self.path}: {type(e).__name__}: {e}. "
-                      "Delete that folder and train again to rebuild it.") from e
+      raise DataError(
+        f"Cannot read row {row} of the text-embedding cache {self.path}: {type(e).__name__}: {e}. "
+        "Delete that folder and train again to rebuild it."
+      ) from e
     if len(raw) != self._emb_bytes + self.max_length:
-      raise DataError(f"Row {row} of the text-embedding cache {self.path} has {len(raw)} bytes, expected "
-                      f"{self._emb_bytes + self.max_length}: the cache is corrupt. Delete that folder and rebuild.")
-    emb = np.frombuffer(raw[:self._emb_bytes], CACHE_DTYPE).reshape(self.max_length, self.embed_dim)
-    mask = np.frombuffer(raw[self._emb_bytes:], np.uint8)
+      raise DataError(
+        f"Row {row} of the text-embedding cache {self.path} has {len(raw)} bytes, expected "
+        f"{self._emb_bytes + self.max_length}: the cache is corrupt. Delete that folder and rebuild."
+      )
+    emb = np.frombuffer(raw[: self._emb_bytes], CACHE_DTYPE).reshape(self.max_length, self.embed_dim)
+    mask = np.frombuffer(raw[self._emb_bytes :], np.uint8)
     return emb.astype(np.float32), mask.astype(np.int32)
 
   def __call__(self, caption: str) -> dict[str, np.ndarray]:

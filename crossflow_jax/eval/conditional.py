@@ -5,8 +5,18 @@ import numpy as np
 from crossflow_jax.errors import ConfigError
 
 
-def classify_split(workdir: str, split: str, *, steps: int = 50, solver: str = "heun", method: str = "auto",
-                   num_eval: int = 0, step: int | None = None, weights: str = "ema", batch_size: int = 256) -> dict:
+def classify_split(
+  workdir: str,
+  split: str,
+  *,
+  steps: int = 50,
+  solver: str = "heun",
+  method: str = "auto",
+  num_eval: int = 0,
+  step: int | None = None,
+  weights: str = "ema",
+  batch_size: int = 256,
+) -> dict:
   """Image -> class accuracy of a trained model on a split of its dataset."""
   import jax.numpy as jnp
 
@@ -27,15 +37,31 @@ def classify_split(workdir: str, split: str, *, steps: int = 50, solver: str = "
   for batch in it:
     images, labels = batch["image"], batch["label"]
     if num_eval:
-      images, labels = images[:num_eval - total], labels[:num_eval - total]
+      images, labels = images[: num_eval - total], labels[: num_eval - total]
     pad = batch_size - len(images)
     padded = np.concatenate([images, np.repeat(images[-1:], pad, 0)]) if pad else images
     padded = encode_from_pixels(exp, padded)  # latent models: the scaled posterior means
-    pred = np.asarray(classify_images(trained.graphdef, trained.params, jnp.asarray(padded), task=exp.task,
-                                      solver=solver, num_steps=steps, method=method))[:len(images)]
+    pred = np.asarray(
+      classify_images(
+        trained.graphdef,
+        trained.params,
+        jnp.asarray(padded),
+        task=exp.task,
+        solver=solver,
+        num_steps=steps,
+        method=method,
+      )
+    )[: len(images)]
     correct += int(np.sum(pred == labels))
     total += len(labels)
     if num_eval and total >= num_eval:
       break
-  return {"split": split, "accuracy": correct / max(total, 1), "num_images": total, "method": method,
-          "solver": solver, "steps": steps, "checkpoint_step": trained.step}
+  return {
+    "split": split,
+    "accuracy": correct / max(total, 1),
+    "num_images": total,
+    "method": method,
+    "solver": solver,
+    "steps": steps,
+    "checkpoint_step": trained.step,
+  }

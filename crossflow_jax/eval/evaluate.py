@@ -45,19 +45,26 @@ def parse_list(text: str, cast, name: str) -> list:
 def check_num_samples(num_samples: int, feature_dim: int, feature_space: str) -> None:
   need = min_samples_for_covariance(feature_dim)
   if num_samples < need:
-    raise ConfigError(f"--num_samples {num_samples} is too few for FID in {feature_space}: the covariance of "
-                      f"{feature_dim}-d features needs at least {need} samples. Raise --num_samples to {need} or "
-                      "more (10,000+ for numbers comparable across runs).")
+    raise ConfigError(
+      f"--num_samples {num_samples} is too few for FID in {feature_space}: the covariance of "
+      f"{feature_dim}-d features needs at least {need} samples. Raise --num_samples to {need} or "
+      "more (10,000+ for numbers comparable across runs)."
+    )
 
 
-def feature_metrics(extractor, reference, real_features: np.ndarray, fake_features: np.ndarray, *, k: int = 3
-                    ) -> dict[str, float]:
+def feature_metrics(
+  extractor, reference, real_features: np.ndarray, fake_features: np.ndarray, *, k: int = 3
+) -> dict[str, float]:
   """fid/precision/recall/density/coverage[space] of fake features against the real ones."""
   space = extractor.feature_space
   acc = StatsAccumulator(fake_features.shape[1])
   acc.update(fake_features)
-  stats = acc.finalize(feature_space=space, dataset="samples", resolution=extractor.resolution,
-                       extractor_id=features_lib.extractor_identity(extractor))
+  stats = acc.finalize(
+    feature_space=space,
+    dataset="samples",
+    resolution=extractor.resolution,
+    extractor_id=features_lib.extractor_identity(extractor),
+  )
   out = {f"fid[{space}]": frechet_distance_from_stats(reference, stats)}
   n = min(len(real_features), len(fake_features))  # equal-sized sets, as the k-NN estimates assume
   prdc = precision_recall_density_coverage(real_features[:n], fake_features[:n], k=k)
@@ -87,10 +94,27 @@ def text_metrics(exp, images: np.ndarray, prompts: list[str], classifier=None) -
   return out
 
 
-def evaluate_model(exp, graphdef, params, *, extractor, reference, real_features: np.ndarray, num_samples: int,
-                   solver: str, steps: int, cfg_scale: float, seed: int = 0, batch_size: int = 256, data_dir: str,
-                   split: str = "test", cond_classifier=None, k: int = 3, temperature: float = 1.0,
-                   log=print) -> tuple[dict, np.ndarray, dict]:
+def evaluate_model(
+  exp,
+  graphdef,
+  params,
+  *,
+  extractor,
+  reference,
+  real_features: np.ndarray,
+  num_samples: int,
+  solver: str,
+  steps: int,
+  cfg_scale: float,
+  seed: int = 0,
+  batch_size: int = 256,
+  data_dir: str,
+  split: str = "test",
+  cond_classifier=None,
+  k: int = 3,
+  temperature: float = 1.0,
+  log=print,
+) -> tuple[dict, np.ndarray, dict]:
   """(metrics, images float32 [N, H, W, C] in [-1, 1], conditions) for one (solver, steps, cfg_scale) setting.
 
   conditions: {'labels': int32 [N]} or {'prompts': [N] str}, what each image was asked to show.
@@ -98,8 +122,19 @@ def evaluate_model(exp, graphdef, params, *, extractor, reference, real_features
   """
   check_num_samples(num_samples, extractor.feature_dim, extractor.feature_space)
   cond = eval_conditions(exp, num_samples, data_dir=data_dir, split=split)
-  images, gen_rate = generate(exp, graphdef, params, cond, solver=solver, steps=steps, cfg_scale=cfg_scale,
-                              seed=seed, batch_size=batch_size, temperature=temperature, log=log)
+  images, gen_rate = generate(
+    exp,
+    graphdef,
+    params,
+    cond,
+    solver=solver,
+    steps=steps,
+    cfg_scale=cfg_scale,
+    seed=seed,
+    batch_size=batch_size,
+    temperature=temperature,
+    log=log,
+  )
   start = time.time()
   fake = extractor.features(images)
   feat_rate = len(images) / max(time.time() - start, 1e-9)
@@ -109,8 +144,9 @@ def evaluate_model(exp, graphdef, params, *, extractor, reference, real_features
   metrics.update({"generation_img_per_s": round(gen_rate, 2), "feature_img_per_s": round(feat_rate, 2)})
   metrics.update(feature_metrics(extractor, reference, real_features, fake, k=k))
   if "labels" in cond and cond_classifier is not None:
-    metrics[f"class_accuracy[{cond_classifier.feature_space}]"] = class_accuracy(cond_classifier, images,
-                                                                                 cond["labels"])
+    metrics[f"class_accuracy[{cond_classifier.feature_space}]"] = class_accuracy(
+      cond_classifier, images, cond["labels"]
+    )
   if "prompts" in cond:
     metrics.update(text_metrics(exp, images, cond["prompts"], cond_classifier))
   return metrics, images, cond
@@ -147,8 +183,9 @@ def sweep_table(rows: list[dict], metric: str) -> str:
   temps = _temperatures(rows)
   if len(temps) == 1:
     return _grid_table(rows, metric)
-  return "\n\n".join(f"temperature {t:g}\n\n" + _grid_table([r for r in rows if r.get("temperature") == t], metric)
-                      for t in temps)
+  return "\n\n".join(
+    f"temperature {t:g}\n\n" + _grid_table([r for r in rows if r.get("temperature") == t], metric) for t in temps
+  )
 
 
 def plot_sweep(rows: list[dict], metric: str, path: str) -> None:
@@ -186,11 +223,15 @@ def source_temperatures(exp, temperature: str | float | None = None) -> list:
   given = temperature is not None and str(temperature).strip() != ""
   if exp.task.modality != "text":
     if given:
-      raise ConfigError(f"--temperature is for text models; this {exp.task.name} model draws from labels. Drop "
-                        "--temperature.")
+      raise ConfigError(
+        f"--temperature is for text models; this {exp.task.name} model draws from labels. Drop --temperature."
+      )
     return [None]
-  values = (parse_list(temperature, float, "temperature") if given
-            else list(dict.fromkeys([1.0, float(exp.config.sample.temperature)])))
+  values = (
+    parse_list(temperature, float, "temperature")
+    if given
+    else list(dict.fromkeys([1.0, float(exp.config.sample.temperature)]))
+  )
   if any(v < 0 for v in values):
     raise ConfigError(f"--temperature must be >= 0 (1: the TVE's own spread, 0: its mean), got {values}.")
   return values
@@ -198,15 +239,35 @@ def source_temperatures(exp, temperature: str | float | None = None) -> list:
 
 def output_paths(out: str) -> dict[str, str]:
   stem = os.path.splitext(out)[0]
-  return {"json": out, "table": stem + "_sweep.md", "plot": stem + "_sweep.png", "grid": stem + "_samples.png",
-          "samples": stem + "_samples.npz"}
+  return {
+    "json": out,
+    "table": stem + "_sweep.md",
+    "plot": stem + "_sweep.png",
+    "grid": stem + "_samples.png",
+    "samples": stem + "_samples.npz",
+  }
 
 
-def evaluate_workdir(workdir: str, *, out: str, num_samples: int = 10_000, solver: str = "heun",
-                     steps: str | int = 50, cfg_scale: str | float = 1.0, features: str = "classifier", seed: int = 0,
-                     step: int | None = None, weights: str = "ema", batch_size: int = 256, split: str = "",
-                     num_classify: int = 1000, k: int = 3, save_samples: bool = False,
-                     temperature: str | float | None = None, log=print) -> dict:
+def evaluate_workdir(
+  workdir: str,
+  *,
+  out: str,
+  num_samples: int = 10_000,
+  solver: str = "heun",
+  steps: str | int = 50,
+  cfg_scale: str | float = 1.0,
+  features: str = "classifier",
+  seed: int = 0,
+  step: int | None = None,
+  weights: str = "ema",
+  batch_size: int = 256,
+  split: str = "",
+  num_classify: int = 1000,
+  k: int = 3,
+  save_samples: bool = False,
+  temperature: str | float | None = None,
+  log=print,
+) -> dict:
   """Evaluates the checkpoint of `workdir` at every (cfg_scale, steps[, temperature]) setting and writes `out` (JSON).
 
   Text models are scored at every source temperature of `temperature` (a comma-separated list), by default at
@@ -237,11 +298,24 @@ def evaluate_workdir(workdir: str, *, out: str, num_samples: int = 10_000, solve
   data_dir = cfg.data.data_dir or default_data_dir()
   split = split or cfg.data.eval_split
   resolution = int(exp.data.decoded_shape[0])  # of the images scored (decoded pixels for latent models)
-  result = {"workdir": os.path.abspath(workdir), "checkpoint_step": trained.step, "weights": weights,
-            "task": exp.task.name, "dataset": exp.data.name, "split": split, "resolution": resolution,
-            "devices": jax.device_count(), "backend": jax.default_backend(),
-            "settings": {"solver": solver, "steps": step_counts, "cfg_scale": cfg_scales, "seed": seed,
-                         "num_samples": num_samples}}
+  result = {
+    "workdir": os.path.abspath(workdir),
+    "checkpoint_step": trained.step,
+    "weights": weights,
+    "task": exp.task.name,
+    "dataset": exp.data.name,
+    "split": split,
+    "resolution": resolution,
+    "devices": jax.device_count(),
+    "backend": jax.default_backend(),
+    "settings": {
+      "solver": solver,
+      "steps": step_counts,
+      "cfg_scale": cfg_scales,
+      "seed": seed,
+      "num_samples": num_samples,
+    },
+  }
   result["recipe_sample"] = {"cfg_scale": float(cfg.sample.cfg_scale)}  # what the training config samples with
   if exp.task.modality == "text":
     result["settings"]["temperature"] = temperatures
@@ -249,27 +323,53 @@ def evaluate_workdir(workdir: str, *, out: str, num_samples: int = 10_000, solve
   results = []
   can_generate = exp.task.name != "image_to_class"
   if can_generate and num_samples > 0:
-    extractor = features_lib.build_feature_extractor(features, dataset=exp.data.name, resolution=resolution,
-                                                     data_dir=data_dir, manual_dir=cfg.data.manual_dir, log=log)
+    extractor = features_lib.build_feature_extractor(
+      features, dataset=exp.data.name, resolution=resolution, data_dir=data_dir, manual_dir=cfg.data.manual_dir, log=log
+    )
     check_num_samples(num_samples, extractor.feature_dim, extractor.feature_space)
-    reference, real = features_lib.reference_statistics(extractor, dataset=exp.data.name, split=split,
-                                                        data_dir=data_dir, manual_dir=cfg.data.manual_dir, log=log)
+    reference, real = features_lib.reference_statistics(
+      extractor, dataset=exp.data.name, split=split, data_dir=data_dir, manual_dir=cfg.data.manual_dir, log=log
+    )
     cond_clf = conditional_classifier(exp, extractor, data_dir=data_dir, manual_dir=cfg.data.manual_dir, log=log)
     result["feature_space"] = extractor.feature_space
     result["feature_extractor"] = {"path": getattr(extractor, "path", ""), "test_accuracy": extractor.test_accuracy}
-    result["reference"] = {"dataset": reference.dataset, "split": reference.split,
-                           "num_samples": reference.num_samples, "resolution": reference.resolution}
+    result["reference"] = {
+      "dataset": reference.dataset,
+      "split": reference.split,
+      "num_samples": reference.num_samples,
+      "resolution": reference.resolution,
+    }
     if cond_clf is not None:
-      result["conditional_classifier"] = {"feature_space": cond_clf.feature_space, "path": cond_clf.path,
-                                          "test_accuracy": cond_clf.test_accuracy}
+      result["conditional_classifier"] = {
+        "feature_space": cond_clf.feature_space,
+        "path": cond_clf.path,
+        "test_accuracy": cond_clf.test_accuracy,
+      }
     for c, s, t in settings_grid(cfg_scales, step_counts, temperatures):
-      log(f"Evaluating {workdir} step {trained.step}: {solver} {s} steps, cfg {c:g}"
-          f"{'' if t is None else f', temperature {t:g}'}, {num_samples} samples, features {extractor.feature_space}")
-      metrics, images, cond = evaluate_model(exp, trained.graphdef, trained.params, extractor=extractor,
-                                             reference=reference, real_features=real, num_samples=num_samples,
-                                             solver=solver, steps=s, cfg_scale=c, seed=seed, batch_size=batch_size,
-                                             data_dir=data_dir, split=split, cond_classifier=cond_clf, k=k,
-                                             temperature=1.0 if t is None else t, log=log)
+      log(
+        f"Evaluating {workdir} step {trained.step}: {solver} {s} steps, cfg {c:g}"
+        f"{'' if t is None else f', temperature {t:g}'}, {num_samples} samples, features {extractor.feature_space}"
+      )
+      metrics, images, cond = evaluate_model(
+        exp,
+        trained.graphdef,
+        trained.params,
+        extractor=extractor,
+        reference=reference,
+        real_features=real,
+        num_samples=num_samples,
+        solver=solver,
+        steps=s,
+        cfg_scale=c,
+        seed=seed,
+        batch_size=batch_size,
+        data_dir=data_dir,
+        split=split,
+        cond_classifier=cond_clf,
+        k=k,
+        temperature=1.0 if t is None else t,
+        log=log,
+      )
       log("  " + ", ".join(f"{key} {v:.4g}" for key, v in metrics.items() if isinstance(v, float)))
       results.append(metrics)
     paths = output_paths(out)
@@ -291,15 +391,31 @@ def evaluate_workdir(workdir: str, *, out: str, num_samples: int = 10_000, solve
   if exp.task.modality != "text" and exp.task.can_classify and num_classify > 0:
     from crossflow_jax.eval.conditional import classify_split
 
-    cls = classify_split(workdir, split, steps=step_counts[-1], solver=solver, num_eval=num_classify, step=step,
-                         weights=weights, batch_size=min(batch_size, num_classify))
+    cls = classify_split(
+      workdir,
+      split,
+      steps=step_counts[-1],
+      solver=solver,
+      num_eval=num_classify,
+      step=step,
+      weights=weights,
+      batch_size=min(batch_size, num_classify),
+    )
     result["image_to_class_accuracy"] = cls["accuracy"]
     result["image_to_class"] = cls
   if exp.task.modality == "text" and num_classify > 0 and exp.task.name != "noise_to_image_text":
     from crossflow_jax.sample_text import retrieve_split
 
-    ret = retrieve_split(workdir, split, num_eval=num_classify, steps=step_counts[-1], solver=solver, step=step,
-                         weights=weights, batch_size=min(batch_size, num_classify))
+    ret = retrieve_split(
+      workdir,
+      split,
+      num_eval=num_classify,
+      steps=step_counts[-1],
+      solver=solver,
+      step=step,
+      weights=weights,
+      batch_size=min(batch_size, num_classify),
+    )
     result["retrieval"] = ret
   os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
   with open(out, "w") as f:

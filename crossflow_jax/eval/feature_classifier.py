@@ -40,14 +40,14 @@ class Recipe:
   widths: tuple[int, ...] = (32, 64, 128)
   batch_size: int = 128
   learning_rate: float = 2e-3
-  augment: bool = False   # random horizontal flips and 4-pixel shifts (natural images)
+  augment: bool = False  # random horizontal flips and 4-pixel shifts (natural images)
 
 
 RECIPES = {
-    "digits": Recipe(epochs=40, widths=(32, 64)),
-    "mnist": Recipe(epochs=2, widths=(16, 32, 64)),
-    "cifar10": Recipe(epochs=6, widths=(16, 32, 64), augment=True),
-    "shapes": Recipe(epochs=3, widths=(16, 32, 64)),
+  "digits": Recipe(epochs=40, widths=(32, 64)),
+  "mnist": Recipe(epochs=2, widths=(16, 32, 64)),
+  "cifar10": Recipe(epochs=6, widths=(16, 32, 64), augment=True),
+  "shapes": Recipe(epochs=3, widths=(16, 32, 64)),
 }
 
 
@@ -65,12 +65,15 @@ def heads_for(dataset: str, info) -> tuple[tuple[str, int], ...]:
     return (("label", info.num_classes),)
   if all(k in info.attributes for k in SHAPES_HEADS):
     return tuple((k, len(info.attributes[k])) for k in SHAPES_HEADS)
-  raise DataError(f"Dataset {dataset!r} has neither class labels nor the shapes attributes; an in-domain classifier "
-                  "needs labels. Use --features inception:PATH for it.")
+  raise DataError(
+    f"Dataset {dataset!r} has neither class labels nor the shapes attributes; an in-domain classifier "
+    "needs labels. Use --features inception:PATH for it."
+  )
 
 
-def load_split_arrays(dataset: str, split: str, *, data_dir: str, manual_dir: str = "", limit: int = 0
-                      ) -> tuple[np.ndarray, dict[str, np.ndarray], object]:
+def load_split_arrays(
+  dataset: str, split: str, *, data_dir: str, manual_dir: str = "", limit: int = 0
+) -> tuple[np.ndarray, dict[str, np.ndarray], object]:
   """(uint8 images [N, H, W, C], {head: int32 [N]}, SourceInfo) of a split, read in chunks."""
   from crossflow_jax.data.sources import load_source
 
@@ -99,7 +102,7 @@ def _augment(batch: np.ndarray, rng: np.random.Generator) -> np.ndarray:
   batch = np.where(flip[:, None, None, None], batch[:, :, ::-1], batch)
   padded = np.pad(batch, ((0, 0), (4, 4), (4, 4), (0, 0)))
   dy, dx = rng.integers(0, 9, b), rng.integers(0, 9, b)
-  return np.stack([padded[i, dy[i]:dy[i] + h, dx[i]:dx[i] + w] for i in range(b)])
+  return np.stack([padded[i, dy[i] : dy[i] + h, dx[i] : dx[i] + w] for i in range(b)])
 
 
 def _loss_fn(model: ImageClassifier, images: jax.Array, labels: dict) -> tuple[jax.Array, dict]:
@@ -134,11 +137,15 @@ def check_image_range(images: np.ndarray, what: str = "images") -> np.ndarray:
     raise DataError(f"{what} have dtype {images.dtype}; pass float images in [-1, 1] or uint8 in [0, 255].")
   lo, hi = float(images.min()), float(images.max())
   if lo < -1.01 or hi > 1.01:
-    raise DataError(f"{what} lie in [{lo:.3g}, {hi:.3g}], not [-1, 1]. Scale them with x / 127.5 - 1 (from "
-                    "[0, 255]) or 2 x - 1 (from [0, 1]).")
+    raise DataError(
+      f"{what} lie in [{lo:.3g}, {hi:.3g}], not [-1, 1]. Scale them with x / 127.5 - 1 (from "
+      "[0, 255]) or 2 x - 1 (from [0, 1])."
+    )
   if len(images) >= 64 and lo >= 0.0:
-    raise DataError(f"{what}: all {len(images)} images lie in [0, {hi:.3g}] with no negative value; they look "
-                    "scaled to [0, 1]. Pass images in [-1, 1] (2 x - 1).")
+    raise DataError(
+      f"{what}: all {len(images)} images lie in [0, {hi:.3g}] with no negative value; they look "
+      "scaled to [0, 1]. Pass images in [-1, 1] (2 x - 1)."
+    )
   return images.astype(np.float32)
 
 
@@ -183,12 +190,14 @@ class FeatureClassifier:
     images = check_image_range(images)
     want = tuple(self.config.image_shape)
     if images.shape[1:] != want:
-      raise DataError(f"The {self.feature_space} feature extractor takes images {want}, got {images.shape[1:]}; "
-                      "evaluate at the resolution the classifier was trained on.")
+      raise DataError(
+        f"The {self.feature_space} feature extractor takes images {want}, got {images.shape[1:]}; "
+        "evaluate at the resolution the classifier was trained on."
+      )
     preds, feats = [], []
     bs = self.batch_size
     for lo in range(0, len(images), bs):
-      chunk = images[lo:lo + bs]
+      chunk = images[lo : lo + bs]
       pad = bs - len(chunk) if len(images) > bs else 0
       if pad:
         chunk = np.concatenate([chunk, np.repeat(chunk[-1:], pad, 0)])
@@ -196,8 +205,10 @@ class FeatureClassifier:
       keep = len(chunk) - pad
       preds.append({k: v[:keep] for k, v in p.items()})
       feats.append(f[:keep])
-    return ({k: np.concatenate([p[k] for p in preds]).astype(np.int32) for k in preds[0]},
-            np.concatenate(feats).astype(np.float32))
+    return (
+      {k: np.concatenate([p[k] for p in preds]).astype(np.int32) for k in preds[0]},
+      np.concatenate(feats).astype(np.float32),
+    )
 
   def features(self, images: np.ndarray) -> np.ndarray:
     """Images [N, H, W, C] in [-1, 1] (or uint8) -> float32 [N, feature_dim]."""
@@ -215,31 +226,42 @@ class FeatureClassifier:
 def _evaluate(graphdef, params, images: np.ndarray, labels: dict, batch_size: int = 512) -> dict[str, float]:
   correct = {k: 0 for k in labels}
   for lo in range(0, len(images), batch_size):
-    chunk = to_float(images[lo:lo + batch_size])
+    chunk = to_float(images[lo : lo + batch_size])
     preds, _ = _forward(graphdef, params, jnp.asarray(chunk))
     for k in labels:
-      correct[k] += int(np.sum(np.asarray(preds[k]) == labels[k][lo:lo + batch_size]))
+      correct[k] += int(np.sum(np.asarray(preds[k]) == labels[k][lo : lo + batch_size]))
   return {k: correct[k] / len(images) for k in labels}
 
 
-def train_classifier(dataset: str, *, data_dir: str, manual_dir: str = "", out_dir: str = "", epochs: int = 0,
-                     train_limit: int = 0, seed: int = 0, log=print) -> FeatureClassifier:
+def train_classifier(
+  dataset: str,
+  *,
+  data_dir: str,
+  manual_dir: str = "",
+  out_dir: str = "",
+  epochs: int = 0,
+  train_limit: int = 0,
+  seed: int = 0,
+  log=print,
+) -> FeatureClassifier:
   """Trains the in-domain classifier of `dataset`, saves it to `out_dir` (default `classifier_dir`), returns it.
 
   epochs / train_limit: override the recipe's epochs / use only the first N train records (tests).
   """
   base = base_dataset(dataset)
   if base not in RECIPES:
-    raise ConfigError(f"No in-domain classifier recipe for dataset {dataset!r}; recipes exist for {sorted(RECIPES)}. "
-                      "Use --features inception:PATH for other datasets.")
+    raise ConfigError(
+      f"No in-domain classifier recipe for dataset {dataset!r}; recipes exist for {sorted(RECIPES)}. "
+      "Use --features inception:PATH for other datasets."
+    )
   recipe = RECIPES[base]
   epochs = epochs or recipe.epochs
   out_dir = out_dir or classifier_dir(data_dir, dataset)
-  x_train, y_train, info = load_split_arrays(dataset, "train", data_dir=data_dir, manual_dir=manual_dir,
-                                             limit=train_limit)
+  x_train, y_train, info = load_split_arrays(
+    dataset, "train", data_dir=data_dir, manual_dir=manual_dir, limit=train_limit
+  )
   x_test, y_test, _ = load_split_arrays(dataset, "test", data_dir=data_dir, manual_dir=manual_dir)
-  config = ClassifierConfig(image_shape=tuple(info.image_shape), heads=heads_for(dataset, info),
-                            widths=recipe.widths)
+  config = ClassifierConfig(image_shape=tuple(info.image_shape), heads=heads_for(dataset, info), widths=recipe.widths)
   model = ImageClassifier(config, rngs=nnx.Rngs(seed))
   graphdef, params = nnx.split(model)
   steps_per_epoch = len(x_train) // recipe.batch_size
@@ -250,30 +272,40 @@ def train_classifier(dataset: str, *, data_dir: str, manual_dir: str = "", out_d
   tx = optax.adamw(schedule, weight_decay=1e-4)
   opt_state = tx.init(params)
   rng = np.random.default_rng(seed)
-  log(f"Training the {dataset} feature classifier: {len(x_train)} images {info.image_shape}, heads "
-      f"{dict(config.heads)}, {epochs} epochs x {steps_per_epoch} steps.")
+  log(
+    f"Training the {dataset} feature classifier: {len(x_train)} images {info.image_shape}, heads "
+    f"{dict(config.heads)}, {epochs} epochs x {steps_per_epoch} steps."
+  )
   start, step = time.time(), 0
   for epoch in range(epochs):
     order = rng.permutation(len(x_train))
     for i in range(steps_per_epoch):
-      idx = order[i * recipe.batch_size:(i + 1) * recipe.batch_size]
+      idx = order[i * recipe.batch_size : (i + 1) * recipe.batch_size]
       batch = x_train[idx]
       if recipe.augment:
         batch = _augment(batch, rng)
       labels = {k: jnp.asarray(v[idx]) for k, v in y_train.items()}
-      params, opt_state, metrics = _train_step(graphdef, params, opt_state, jnp.asarray(to_float(batch)), labels,
-                                               tx=tx)
+      params, opt_state, metrics = _train_step(graphdef, params, opt_state, jnp.asarray(to_float(batch)), labels, tx=tx)
       step += 1
       if step % 100 == 0 or step == total:
         m = {k: float(v) for k, v in jax.device_get(metrics).items()}
         rate = step / (time.time() - start)
-        log(f"  step {step}/{total} (epoch {epoch + 1}) loss {m['loss']:.4f} | {rate:.1f} steps/s | "
-            f"ETA {(total - step) / rate:.0f} s")
+        log(
+          f"  step {step}/{total} (epoch {epoch + 1}) loss {m['loss']:.4f} | {rate:.1f} steps/s | "
+          f"ETA {(total - step) / rate:.0f} s"
+        )
   accuracy = _evaluate(graphdef, params, x_test, y_test)
   log(f"  test accuracy: {accuracy}")
-  meta = {"dataset": dataset, "config": config.to_dict(), "test_accuracy": accuracy, "epochs": epochs,
-          "train_examples": int(len(x_train)), "seed": seed, "train_seconds": round(time.time() - start, 1),
-          "recipe": dataclasses.asdict(recipe)}
+  meta = {
+    "dataset": dataset,
+    "config": config.to_dict(),
+    "test_accuracy": accuracy,
+    "epochs": epochs,
+    "train_examples": int(len(x_train)),
+    "seed": seed,
+    "train_seconds": round(time.time() - start, 1),
+    "recipe": dataclasses.asdict(recipe),
+  }
   save_classifier(out_dir, params, meta)
   return FeatureClassifier(nnx.merge(graphdef, params), meta, out_dir)
 
@@ -293,8 +325,10 @@ def load_classifier(path: str) -> FeatureClassifier:
   path = os.path.abspath(os.path.expanduser(path))
   meta_path = os.path.join(path, META_FILE)
   if not os.path.isfile(meta_path):
-    raise CheckpointError(f"No feature classifier in {path} (missing {META_FILE}). Train one with `python -m "
-                          "crossflow_jax.eval.feature_classifier --dataset NAME`.")
+    raise CheckpointError(
+      f"No feature classifier in {path} (missing {META_FILE}). Train one with `python -m "
+      "crossflow_jax.eval.feature_classifier --dataset NAME`."
+    )
   with open(meta_path) as f:
     meta = json.load(f)
   config = ClassifierConfig.from_dict(meta["config"])
@@ -306,20 +340,24 @@ def load_classifier(path: str) -> FeatureClassifier:
   try:
     params = ocp.StandardCheckpointer().restore(os.path.join(path, "params"), abstract_params)
   except Exception as e:
-    raise CheckpointError(f"Cannot restore the feature classifier in {path}: {type(e).__name__}: {e}. Delete the "
-                          "folder and train it again.") from e
+    raise CheckpointError(
+      f"Cannot restore the feature classifier in {path}: {type(e).__name__}: {e}. Delete the folder and train it again."
+    ) from e
   return FeatureClassifier(nnx.merge(graphdef, params), meta, path)
 
 
-def get_classifier(dataset: str, *, data_dir: str, manual_dir: str = "", train_if_missing: bool = True,
-                   log=print) -> FeatureClassifier:
+def get_classifier(
+  dataset: str, *, data_dir: str, manual_dir: str = "", train_if_missing: bool = True, log=print
+) -> FeatureClassifier:
   """The saved classifier of `dataset` in `data_dir`, trained first if missing (and allowed)."""
   path = classifier_dir(data_dir, dataset)
   if os.path.isfile(os.path.join(path, META_FILE)):
     return load_classifier(path)
   if not train_if_missing:
-    raise CheckpointError(f"No feature classifier for {dataset!r} in {path}. Train it with `python -m "
-                          f"crossflow_jax.eval.feature_classifier --dataset {dataset} --data_dir {data_dir}`.")
+    raise CheckpointError(
+      f"No feature classifier for {dataset!r} in {path}. Train it with `python -m "
+      f"crossflow_jax.eval.feature_classifier --dataset {dataset} --data_dir {data_dir}`."
+    )
   log(f"No feature classifier for {dataset!r} in {path} yet: training it once (it is reused afterwards).")
   return train_classifier(dataset, data_dir=data_dir, manual_dir=manual_dir, log=log)
 
@@ -330,16 +368,22 @@ def main():
 
   # Defined here, not at import: eval_fid.py imports this module and has flags of the same names.
   dataset = flags.DEFINE_string("dataset", "mnist", f"Dataset to train the classifier on: {sorted(RECIPES)}.")
-  data_dir = flags.DEFINE_string("data_dir", "", "Prepared datasets ('' = $CROSSFLOW_DATA_DIR or "
-                                 "~/crossflow_jax_data).")
+  data_dir = flags.DEFINE_string(
+    "data_dir", "", "Prepared datasets ('' = $CROSSFLOW_DATA_DIR or ~/crossflow_jax_data)."
+  )
   manual_dir = flags.DEFINE_string("manual_dir", "", "Raw files for builders that need them (e.g. ../shared/data).")
   epochs = flags.DEFINE_integer("epochs", 0, "Override the recipe's epochs.")
   out = flags.DEFINE_string("out", "", "Output folder ('' = <data_dir>/feature_classifiers/<dataset>).")
 
   def run(argv):
     del argv
-    clf = train_classifier(dataset.value, data_dir=data_dir.value or default_data_dir(), manual_dir=manual_dir.value,
-                           out_dir=out.value, epochs=epochs.value)
+    clf = train_classifier(
+      dataset.value,
+      data_dir=data_dir.value or default_data_dir(),
+      manual_dir=manual_dir.value,
+      out_dir=out.value,
+      epochs=epochs.value,
+    )
     print(json.dumps({"path": clf.path, "feature_space": clf.feature_space, "test_accuracy": clf.test_accuracy}))
 
   app.run(run)

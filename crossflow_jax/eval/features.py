@@ -53,21 +53,26 @@ class InceptionFeatures:
     return np.asarray(self._fn(check_image_range(images)), np.float32)
 
 
-def build_feature_extractor(spec: str, *, dataset: str, resolution: int, data_dir: str, manual_dir: str = "",
-                            log=print):
+def build_feature_extractor(
+  spec: str, *, dataset: str, resolution: int, data_dir: str, manual_dir: str = "", log=print
+):
   """The extractor named by `spec` (see the module docstring) for images of `dataset` at `resolution` px."""
   kind, _, arg = spec.partition(":")
   if kind == "classifier":
     clf = load_classifier(arg) if arg else get_classifier(dataset, data_dir=data_dir, manual_dir=manual_dir, log=log)
     if clf.resolution != resolution:
-      raise ConfigError(f"The {clf.feature_space} classifier in {clf.path} takes {clf.resolution} px images but the "
-                        f"model draws {resolution} px ones; use --features inception:PATH or a classifier trained at "
-                        f"{resolution} px.")
+      raise ConfigError(
+        f"The {clf.feature_space} classifier in {clf.path} takes {clf.resolution} px images but the "
+        f"model draws {resolution} px ones; use --features inception:PATH or a classifier trained at "
+        f"{resolution} px."
+      )
     return clf
   if kind == "inception":
     if not arg:
-      raise ConfigError("--features inception needs the weights file: --features inception:/path/to/"
-                        "fid_inception.safetensors (see tools/convert_fid_inception.py).")
+      raise ConfigError(
+        "--features inception needs the weights file: --features inception:/path/to/"
+        "fid_inception.safetensors (see tools/convert_fid_inception.py)."
+      )
     return InceptionFeatures(arg, resolution)
   raise ConfigError(f"Unknown --features {spec!r}; choose one of {FEATURE_SPECS}.")
 
@@ -80,8 +85,10 @@ def extractor_identity(extractor) -> str:
   """
   given = getattr(extractor, "identity", None)
   if not given:
-    raise ConfigError(f"The {extractor.feature_space} feature extractor has no `identity`; cached reference "
-                      "statistics need one to tell its weights from others'.")
+    raise ConfigError(
+      f"The {extractor.feature_space} feature extractor has no `identity`; cached reference "
+      "statistics need one to tell its weights from others'."
+    )
   return str(given)
 
 
@@ -110,8 +117,16 @@ def reference_path(data_dir: str, dataset: str, split: str, feature_space: str, 
   return os.path.join(os.path.expanduser(data_dir), "fid_stats", name)
 
 
-def read_split_images(dataset: str, split: str, *, data_dir: str, manual_dir: str = "", resolution: int,
-                      limit: int = 0, holdout_pairs: str = "") -> np.ndarray:
+def read_split_images(
+  dataset: str,
+  split: str,
+  *,
+  data_dir: str,
+  manual_dir: str = "",
+  resolution: int,
+  limit: int = 0,
+  holdout_pairs: str = "",
+) -> np.ndarray:
   """float32 [N, S, S, C] in [-1, 1]: the images of a split, resized as training resizes them."""
   from crossflow_jax.data.pipeline import resize_and_scale
   from crossflow_jax.data.sources import load_source
@@ -125,8 +140,9 @@ def read_split_images(dataset: str, split: str, *, data_dir: str, manual_dir: st
   return out
 
 
-def reference_statistics(extractor, *, dataset: str, split: str, data_dir: str, manual_dir: str = "",
-                         log=print) -> tuple[FeatureStats, np.ndarray]:
+def reference_statistics(
+  extractor, *, dataset: str, split: str, data_dir: str, manual_dir: str = "", log=print
+) -> tuple[FeatureStats, np.ndarray]:
   """(FeatureStats, real features float32 [N, F]) of a split in the extractor's space, cached on disk.
 
   The cache is used only if it was made by the same weights (`extractor_identity`) from the same build of
@@ -139,29 +155,44 @@ def reference_statistics(extractor, *, dataset: str, split: str, data_dir: str, 
   if os.path.isfile(path):
     stats = FeatureStats.load(path)
     if (stats.feature_space, stats.resolution) != (extractor.feature_space, extractor.resolution):
-      raise DataError(f"Reference statistics {path} are for {stats.feature_space} at {stats.resolution} px, not "
-                      f"{extractor.feature_space} at {extractor.resolution} px; delete the file to recompute them.")
-    stale = [f"{what} {saved or '(unrecorded)'}, now {now}" for what, saved, now in (
+      raise DataError(
+        f"Reference statistics {path} are for {stats.feature_space} at {stats.resolution} px, not "
+        f"{extractor.feature_space} at {extractor.resolution} px; delete the file to recompute them."
+      )
+    stale = [
+      f"{what} {saved or '(unrecorded)'}, now {now}"
+      for what, saved, now in (
         ("extractor weights", stats.extractor_id, extractor_id),
-        (f"{dataset}/{split} build", stats.data_id, data_id)) if saved != now]
+        (f"{dataset}/{split} build", stats.data_id, data_id),
+      )
+      if saved != now
+    ]
     if not stale and os.path.isfile(feats_path):
       feats = np.load(feats_path, allow_pickle=False)
       if feats.shape == (stats.num_samples, stats.feature_dim):
         return stats, feats
-    log(f"Reference statistics {path} do not fit ({'; '.join(stale) or 'their features are missing'}): "
-        "recomputing them.")
+    log(
+      f"Reference statistics {path} do not fit ({'; '.join(stale) or 'their features are missing'}): recomputing them."
+    )
     with contextlib.suppress(FileNotFoundError):  # another process may have removed it first
       os.remove(path)  # the statistics file certifies the features beside it: gone until both are rewritten
   start = time.time()
-  images = read_split_images(dataset, split, data_dir=data_dir, manual_dir=manual_dir,
-                             resolution=extractor.resolution)
-  log(f"Reference statistics: {len(images)} {dataset}/{split} images in {extractor.feature_space} "
-      f"({extractor.resolution} px) ...")
+  images = read_split_images(dataset, split, data_dir=data_dir, manual_dir=manual_dir, resolution=extractor.resolution)
+  log(
+    f"Reference statistics: {len(images)} {dataset}/{split} images in {extractor.feature_space} "
+    f"({extractor.resolution} px) ..."
+  )
   feats = extractor.features(images)
   acc = StatsAccumulator(feats.shape[1])
   acc.update(feats)
-  stats = acc.finalize(feature_space=extractor.feature_space, dataset=dataset, split=split,
-                       resolution=extractor.resolution, extractor_id=extractor_id, data_id=data_id)
+  stats = acc.finalize(
+    feature_space=extractor.feature_space,
+    dataset=dataset,
+    split=split,
+    resolution=extractor.resolution,
+    extractor_id=extractor_id,
+    data_id=data_id,
+  )
   os.makedirs(os.path.dirname(path), exist_ok=True)
   tmp_feats = f"{feats_path}.tmp{os.getpid()}.npy"
   np.save(tmp_feats, feats.astype(np.float32), allow_pickle=False)
@@ -174,8 +205,13 @@ def reference_statistics(extractor, *, dataset: str, split: str, data_dir: str, 
 def load_reference_stats_file(path: str, extractor) -> FeatureStats:
   """User-supplied reference statistics (--ref_stats), checked against the extractor's space and resolution."""
   stats = FeatureStats.load(path)
-  probe = FeatureStats(mu=np.zeros(extractor.feature_dim), sigma=np.eye(extractor.feature_dim), num_samples=2,
-                       feature_space=extractor.feature_space, resolution=extractor.resolution,
-                       extractor_id=extractor_identity(extractor))
+  probe = FeatureStats(
+    mu=np.zeros(extractor.feature_dim),
+    sigma=np.eye(extractor.feature_dim),
+    num_samples=2,
+    feature_space=extractor.feature_space,
+    resolution=extractor.resolution,
+    extractor_id=extractor_identity(extractor),
+  )
   stats.check_compatible(probe)
   return stats

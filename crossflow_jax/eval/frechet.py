@@ -85,8 +85,10 @@ class FeatureStats:
   def describe(self) -> str:
     """One line naming the feature space, resolution, dimension and source, for messages."""
     source = "/".join(part for part in (self.dataset, self.split) if part) or "unnamed set"
-    return (f"feature space {self.feature_space!r} at {self.resolution} px ({self.feature_dim}-d, "
-            f"{self.num_samples} samples of {source})")
+    return (
+      f"feature space {self.feature_space!r} at {self.resolution} px ({self.feature_dim}-d, "
+      f"{self.num_samples} samples of {source})"
+    )
 
   def check_compatible(self, other: "FeatureStats") -> None:
     """Raises DataError unless `other` (the samples) lives in the same feature space as `self` (the reference).
@@ -95,18 +97,23 @@ class FeatureStats:
     where both know them (`extractor_id`); dataset, split and sample count may differ.
     """
     if (self.feature_space, self.resolution, self.feature_dim) == (
-        other.feature_space, other.resolution, other.feature_dim):
+      other.feature_space,
+      other.resolution,
+      other.feature_dim,
+    ):
       if self.extractor_id and other.extractor_id and self.extractor_id != other.extractor_id:
         raise DataError(
-            f"The reference statistics ({self.describe()}) were computed with other weights of "
-            f"{self.feature_space!r} (extractor {self.extractor_id}) than the samples were embedded with "
-            f"(extractor {other.extractor_id}); recompute the reference with the samples' extractor.")
+          f"The reference statistics ({self.describe()}) were computed with other weights of "
+          f"{self.feature_space!r} (extractor {self.extractor_id}) than the samples were embedded with "
+          f"(extractor {other.extractor_id}); recompute the reference with the samples' extractor."
+        )
       return
     raise DataError(
-        f"The reference statistics are for {self.describe()} but the samples were embedded in "
-        f"{other.describe()}; Frechet distances are only comparable within one feature space and "
-        f"resolution. Recompute the reference with feature space {other.feature_space!r} at "
-        f"{other.resolution} px, or embed the samples with {self.feature_space!r} at {self.resolution} px.")
+      f"The reference statistics are for {self.describe()} but the samples were embedded in "
+      f"{other.describe()}; Frechet distances are only comparable within one feature space and "
+      f"resolution. Recompute the reference with feature space {other.feature_space!r} at "
+      f"{other.resolution} px, or embed the samples with {self.feature_space!r} at {self.resolution} px."
+    )
 
   def save(self, path: str | os.PathLike) -> None:
     """Writes the statistics to `path` as an `.npz` (plain arrays and strings, no pickles).
@@ -116,9 +123,14 @@ class FeatureStats:
     path = os.fspath(path)
     tmp_path = f"{path}.tmp{os.getpid()}"
     with open(tmp_path, "wb") as f:
-      np.savez(f, format_version=np.int64(STATS_FORMAT_VERSION), mu=self.mu, sigma=self.sigma,
-               **{key: np.int64(getattr(self, key)) for key in _INT_KEYS},
-               **{key: np.str_(getattr(self, key)) for key in _STR_KEYS + _OPTIONAL_STR_KEYS})
+      np.savez(
+        f,
+        format_version=np.int64(STATS_FORMAT_VERSION),
+        mu=self.mu,
+        sigma=self.sigma,
+        **{key: np.int64(getattr(self, key)) for key in _INT_KEYS},
+        **{key: np.str_(getattr(self, key)) for key in _STR_KEYS + _OPTIONAL_STR_KEYS},
+      )
     os.replace(tmp_path, path)
 
   @classmethod
@@ -134,8 +146,9 @@ class FeatureStats:
           raise DataError(f"{path!r} is not a feature statistics file: it lacks {missing}; recompute it.")
         version = int(npz["format_version"])
         if version != STATS_FORMAT_VERSION:
-          raise DataError(f"{path!r} has statistics format {version}, this code reads {STATS_FORMAT_VERSION}; "
-                          "recompute it.")
+          raise DataError(
+            f"{path!r} has statistics format {version}, this code reads {STATS_FORMAT_VERSION}; recompute it."
+          )
         fields = {key: npz[key] for key in _ARRAY_KEYS}
         fields.update({key: int(npz[key]) for key in _INT_KEYS})
         fields.update({key: str(npz[key]) for key in _STR_KEYS})
@@ -175,13 +188,17 @@ class StatsAccumulator:
     if self.feature_dim is None:
       self.feature_dim = x.shape[1]
     if x.shape[1] != self.feature_dim:
-      raise DataError(f"Feature chunk has {x.shape[1]} features, expected {self.feature_dim} like the "
-                      "earlier chunks; embed every batch with the same feature extractor.")
+      raise DataError(
+        f"Feature chunk has {x.shape[1]} features, expected {self.feature_dim} like the "
+        "earlier chunks; embed every batch with the same feature extractor."
+      )
     if x.shape[0] == 0:
       return
     if not np.isfinite(x).all():
-      raise DataError(f"Feature chunk after {self.num_samples} samples holds NaN or inf; check the feature "
-                      "extractor's inputs (images in the expected range?).")
+      raise DataError(
+        f"Feature chunk after {self.num_samples} samples holds NaN or inf; check the feature "
+        "extractor's inputs (images in the expected range?)."
+      )
     if self._shift is None:
       self._shift = x.mean(axis=0)
       self._sum = np.zeros(self.feature_dim, np.float64)
@@ -191,8 +208,16 @@ class StatsAccumulator:
     self._outer_sum += x.T @ x
     self.num_samples += x.shape[0]
 
-  def finalize(self, *, feature_space: str, dataset: str = "", split: str = "", resolution: int = 0,
-               extractor_id: str = "", data_id: str = "") -> FeatureStats:
+  def finalize(
+    self,
+    *,
+    feature_space: str,
+    dataset: str = "",
+    split: str = "",
+    resolution: int = 0,
+    extractor_id: str = "",
+    data_id: str = "",
+  ) -> FeatureStats:
     """Mean and unbiased (ddof=1) covariance of everything seen, as FeatureStats.
 
     Raises:
@@ -201,15 +226,24 @@ class StatsAccumulator:
     needed = min_samples_for_covariance(self.feature_dim or 0)
     if self._shift is None or self.num_samples < needed:
       raise ConfigError(
-          f"Got {self.num_samples} samples of {self.feature_dim}-d features ({feature_space!r}); a full-rank "
-          f"covariance needs at least {needed} (N - 1 >= F). Raise --num_samples to {needed} or more.")
+        f"Got {self.num_samples} samples of {self.feature_dim}-d features ({feature_space!r}); a full-rank "
+        f"covariance needs at least {needed} (N - 1 >= F). Raise --num_samples to {needed} or more."
+      )
     n = self.num_samples
     centred_mean = self._sum / n
     sigma = (self._outer_sum - n * np.outer(centred_mean, centred_mean)) / (n - 1)
     sigma = 0.5 * (sigma + sigma.T)
-    return FeatureStats(mu=self._shift + centred_mean, sigma=sigma, num_samples=n, feature_space=feature_space,
-                        dataset=dataset, split=split, resolution=resolution, extractor_id=extractor_id,
-                        data_id=data_id)
+    return FeatureStats(
+      mu=self._shift + centred_mean,
+      sigma=sigma,
+      num_samples=n,
+      feature_space=feature_space,
+      dataset=dataset,
+      split=split,
+      resolution=resolution,
+      extractor_id=extractor_id,
+      data_id=data_id,
+    )
 
 
 def matrix_sqrt_psd(a: np.ndarray) -> np.ndarray:
@@ -252,12 +286,17 @@ def frechet_distance(mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray, sigma
   mu1, mu2 = np.asarray(mu1, np.float64), np.asarray(mu2, np.float64)
   sigma1, sigma2 = np.asarray(sigma1, np.float64), np.asarray(sigma2, np.float64)
   feature_dim = mu1.shape[0] if mu1.ndim == 1 else -1
-  for name, value, shape in (("mu1", mu1, (feature_dim,)), ("mu2", mu2, (feature_dim,)),
-                             ("sigma1", sigma1, (feature_dim, feature_dim)),
-                             ("sigma2", sigma2, (feature_dim, feature_dim))):
+  for name, value, shape in (
+    ("mu1", mu1, (feature_dim,)),
+    ("mu2", mu2, (feature_dim,)),
+    ("sigma1", sigma1, (feature_dim, feature_dim)),
+    ("sigma2", sigma2, (feature_dim, feature_dim)),
+  ):
     if value.shape != shape:
-      raise DataError(f"frechet_distance: {name} has shape {value.shape}, expected {shape} (mu1 is {mu1.shape}); "
-                      "both statistics must come from the same feature extractor.")
+      raise DataError(
+        f"frechet_distance: {name} has shape {value.shape}, expected {shape} (mu1 is {mu1.shape}); "
+        "both statistics must come from the same feature extractor."
+      )
   diff = mu1 - mu2
   return float(diff @ diff + np.trace(sigma1) + np.trace(sigma2) - 2.0 * trace_sqrt_product(sigma1, sigma2))
 

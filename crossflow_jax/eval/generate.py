@@ -25,8 +25,13 @@ def eval_conditions(exp, num_samples: int, *, data_dir: str, split: str) -> dict
     from crossflow_jax.data.text_cache import decode_caption
 
     cfg = exp.config
-    source, _ = load_source(cfg.data.name, split, data_dir=data_dir, manual_dir=cfg.data.manual_dir,
-                            holdout_pairs=cfg.data.holdout_pairs if split == "holdout" else "")
+    source, _ = load_source(
+      cfg.data.name,
+      split,
+      data_dir=data_dir,
+      manual_dir=cfg.data.manual_dir,
+      holdout_pairs=cfg.data.holdout_pairs if split == "holdout" else "",
+    )
     n = len(source)
     prompts = []
     for i in range(num_samples):
@@ -34,8 +39,10 @@ def eval_conditions(exp, num_samples: int, *, data_dir: str, split: str) -> dict
       prompts.append(decode_caption(captions[(i // n) % len(captions)]))
     return {"prompts": prompts}
   if task.name == "image_to_class":
-    raise ConfigError("This model was trained image -> class only; it draws no images, so FID does not apply. "
-                      "Its image -> class accuracy is reported instead (--num_samples 0).")
+    raise ConfigError(
+      "This model was trained image -> class only; it draws no images, so FID does not apply. "
+      "Its image -> class accuracy is reported instead (--num_samples 0)."
+    )
   return {"labels": (np.arange(num_samples) % task.num_classes).astype(np.int32)}
 
 
@@ -66,8 +73,20 @@ class Progress:
     return self.total / max(time.time() - self.start, 1e-9)
 
 
-def generate(exp, graphdef, params, cond: dict, *, solver: str, steps: int, cfg_scale: float, seed: int,
-             batch_size: int = 256, temperature: float = 1.0, log=print) -> tuple[np.ndarray, float]:
+def generate(
+  exp,
+  graphdef,
+  params,
+  cond: dict,
+  *,
+  solver: str,
+  steps: int,
+  cfg_scale: float,
+  seed: int,
+  batch_size: int = 256,
+  temperature: float = 1.0,
+  log=print,
+) -> tuple[np.ndarray, float]:
   """(float32 images [N, H, W, C] in [-1, 1], img/s) for the conditions of `eval_conditions`.
 
   temperature: text models' source temperature T in z = mu + T sigma eps (1: the TVE's own spread).
@@ -90,18 +109,29 @@ def generate(exp, graphdef, params, cond: dict, *, solver: str, steps: int, cfg_
   progress = Progress("generating", n, log)
   out = []
   for i, lo in enumerate(range(0, n, bs)):
-    chunk = {k: v[lo:lo + bs] for k, v in inputs.items()}
+    chunk = {k: v[lo : lo + bs] for k, v in inputs.items()}
     keep = len(next(iter(chunk.values())))
     if keep < bs:
       chunk = {k: np.concatenate([v, np.repeat(v[-1:], bs - keep, 0)]) for k, v in chunk.items()}
     chunk = {k: jax.device_put(v, shardings[k]) for k, v in chunk.items()}
     key = jax.random.fold_in(jax.random.PRNGKey(seed), i)
     if "labels" in chunk:
-      images = generate_images(graphdef, params, chunk["labels"], key, task=task, solver=solver, num_steps=steps,
-                               cfg_scale=cfg_scale)
+      images = generate_images(
+        graphdef, params, chunk["labels"], key, task=task, solver=solver, num_steps=steps, cfg_scale=cfg_scale
+      )
     else:
-      images = generate_from_text(graphdef, params, chunk["text_emb"], chunk["text_mask"], key, task=task,
-                                  solver=solver, num_steps=steps, cfg_scale=cfg_scale, temperature=temperature)
+      images = generate_from_text(
+        graphdef,
+        params,
+        chunk["text_emb"],
+        chunk["text_mask"],
+        key,
+        task=task,
+        solver=solver,
+        num_steps=steps,
+        cfg_scale=cfg_scale,
+        temperature=temperature,
+      )
     images = decode_to_pixels(exp, images)  # latent models: through the VAE, in decode_batch_size batches
     out.append(host_array(jnp.clip(images, -1.0, 1.0))[:keep])  # multi-host: gathered from every process
     progress.update(lo + keep)

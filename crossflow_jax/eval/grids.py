@@ -19,7 +19,7 @@ def make_grid(images_uint8: np.ndarray, ncols: int, pad: int = 1) -> np.ndarray:
   for i in range(n):
     r, col = divmod(i, ncols)
     y, x = pad + r * (h + pad), pad + col * (w + pad)
-    grid[y:y + h, x:x + w] = images_uint8[i]
+    grid[y : y + h, x : x + w] = images_uint8[i]
   return grid
 
 

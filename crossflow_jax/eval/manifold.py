@@ -127,8 +127,9 @@ def _chunked(x: jax.Array, chunk_size: int) -> tuple[jax.Array, jax.Array]:
   return padded.reshape(num_chunks, chunk_size, x.shape[1]), valid.reshape(num_chunks, chunk_size)
 
 
-def precision_recall_density_coverage(real_features, fake_features, k: int = DEFAULT_K,
-                                      chunk_size: int = DEFAULT_CHUNK_SIZE) -> dict[str, float]:
+def precision_recall_density_coverage(
+  real_features, fake_features, k: int = DEFAULT_K, chunk_size: int = DEFAULT_CHUNK_SIZE
+) -> dict[str, float]:
   """Improved precision / recall and density / coverage of fake features against real ones.
 
   Args:
@@ -151,12 +152,16 @@ def precision_recall_density_coverage(real_features, fake_features, k: int = DEF
   real = _as_features("real features", real_features)
   fake = _as_features("fake features", fake_features)
   if real.shape[1] != fake.shape[1]:
-    raise DataError(f"Real features are {real.shape[1]}-d but fake features are {fake.shape[1]}-d; embed both "
-                    "with the same feature extractor.")
+    raise DataError(
+      f"Real features are {real.shape[1]}-d but fake features are {fake.shape[1]}-d; embed both "
+      "with the same feature extractor."
+    )
   for name, x in (("real", real), ("fake", fake)):
     if x.shape[0] < k + 1:
-      raise ConfigError(f"k={k} nearest neighbours need at least {k + 1} {name} samples (a sample's distance to "
-                        f"itself does not count), got {x.shape[0]}; lower k or raise --num_samples.")
+      raise ConfigError(
+        f"k={k} nearest neighbours need at least {k + 1} {name} samples (a sample's distance to "
+        f"itself does not count), got {x.shape[0]}; lower k or raise --num_samples."
+      )
 
   num_real, num_fake = real.shape[0], fake.shape[0]
   chunk_size = min(int(chunk_size), max(num_real, num_fake))
@@ -168,15 +173,16 @@ def precision_recall_density_coverage(real_features, fake_features, k: int = DEF
   # Fakes against real balls: precision and density.
   real_balls_per_fake, _ = _ball_counts(fake_chunks, real_chunks, real_valid, real_sq_radii.reshape(real_valid.shape))
   # Reals against fake balls (recall), and each real's nearest fake (coverage).
-  fake_balls_per_real, nearest_fake = _ball_counts(real_chunks, fake_chunks, fake_valid,
-                                                   fake_sq_radii.reshape(fake_valid.shape))
+  fake_balls_per_real, nearest_fake = _ball_counts(
+    real_chunks, fake_chunks, fake_valid, fake_sq_radii.reshape(fake_valid.shape)
+  )
 
   real_balls_per_fake = np.asarray(real_balls_per_fake)[:num_fake]
   fake_balls_per_real = np.asarray(fake_balls_per_real)[:num_real]
   covered = np.asarray(nearest_fake)[:num_real] <= np.asarray(real_sq_radii)[:num_real]
   return {
-      "precision": int(np.count_nonzero(real_balls_per_fake)) / num_fake,
-      "recall": int(np.count_nonzero(fake_balls_per_real)) / num_real,
-      "density": (1.0 / k) * (int(real_balls_per_fake.sum(dtype=np.int64)) / num_fake),
-      "coverage": int(np.count_nonzero(covered)) / num_real,
+    "precision": int(np.count_nonzero(real_balls_per_fake)) / num_fake,
+    "recall": int(np.count_nonzero(fake_balls_per_real)) / num_real,
+    "density": (1.0 / k) * (int(real_balls_per_fake.sum(dtype=np.int64)) / num_fake),
+    "coverage": int(np.count_nonzero(covered)) / num_real,
   }

@@ -37,8 +37,9 @@ from scipy import ndimage
 
 from crossflow_jax.data import shapes
 
-SIZE_THRESHOLD = 0.5 * (shapes.SIZE_EXTENTS[0] * (1 + shapes.SIZE_JITTER)
-                        + shapes.SIZE_EXTENTS[1] * (1 - shapes.SIZE_JITTER))  # 0.34: extent / S.
+SIZE_THRESHOLD = 0.5 * (
+  shapes.SIZE_EXTENTS[0] * (1 + shapes.SIZE_JITTER) + shapes.SIZE_EXTENTS[1] * (1 - shapes.SIZE_JITTER)
+)  # 0.34: extent / S.
 _IDEAL_FILL = (np.pi / 4, 1.0, 0.5)  # Area / extent**2 of circle, square, triangle.
 _CENTROID_OFFSET = (0.0, 0.0, 1 / 6)  # Centroid below the bounding-box centre / extent.
 # Extent / the extent of the measured area: 16 px renders' small triangles have no fully covered pixel, so their
@@ -77,8 +78,10 @@ MIN_SHAPE_MARGIN = 0.005
 # to 0.205 S, 0.91 of their extent; 0.219 S from 32 px]: an extent outside both widened ranges is no size the
 # renderer draws (a dot, a Gaussian blob of sigma <= 1 px at 16 px, a blob wider than any object).
 EXTENT_TOLERANCE = 0.1
-EXTENT_RANGES = tuple((e * (1 - shapes.SIZE_JITTER) * (1 - EXTENT_TOLERANCE),
-                       e * (1 + shapes.SIZE_JITTER) * (1 + EXTENT_TOLERANCE)) for e in shapes.SIZE_EXTENTS)
+EXTENT_RANGES = tuple(
+  (e * (1 - shapes.SIZE_JITTER) * (1 - EXTENT_TOLERANCE), e * (1 + shapes.SIZE_JITTER) * (1 + EXTENT_TOLERANCE))
+  for e in shapes.SIZE_EXTENTS
+)
 
 
 def _to_unit(images: np.ndarray) -> np.ndarray:
@@ -87,11 +90,11 @@ def _to_unit(images: np.ndarray) -> np.ndarray:
   if images.ndim == 3:
     images = images[None]
   if images.ndim != 4 or images.shape[-1] != 3 or images.shape[1] != images.shape[2]:
-    raise ValueError(f'shapes judge expects images [N, S, S, 3], got shape {images.shape}.')
+    raise ValueError(f"shapes judge expects images [N, S, S, 3], got shape {images.shape}.")
   if images.dtype == np.uint8:
     return images.astype(np.float32) / 255.0
   if not np.issubdtype(images.dtype, np.floating):
-    raise ValueError(f'shapes judge expects uint8 or float images in [-1, 1], got dtype {images.dtype}.')
+    raise ValueError(f"shapes judge expects uint8 or float images in [-1, 1], got dtype {images.dtype}.")
   return (images.astype(np.float32) + 1.0) / 2.0  # Not clipped: noise stays zero-mean.
 
 
@@ -145,7 +148,7 @@ def _fit_templates(c: np.ndarray, area: float, gx: float, gy: float) -> dict:
   win = min(s, 2 * int(np.ceil(half)))
   x0 = min(max(int(gx) - win // 2, 0), s - win)
   y0 = min(max(int(gy) - win // 2, 0), s - win)
-  c_win = c[y0:y0 + win, x0:x0 + win].astype(np.float64)
+  c_win = c[y0 : y0 + win, x0 : x0 + win].astype(np.float64)
   extents = np.array(full)[:, None] * np.array(_EXTENT_FACTORS)  # [shape, factor]
   cy = gy - np.array(_CENTROID_OFFSET)[:, None] * extents
   templates = np.zeros((*extents.shape, win, win))  # [shape, factor, win, win]
@@ -154,19 +157,26 @@ def _fit_templates(c: np.ndarray, area: float, gx: float, gy: float) -> dict:
     box = min(win, int(np.ceil(extents[shape, f])) + 3)
     bx = min(max(int(gx - x0 - box / 2), 0), win - box)
     by = min(max(int(cy[shape, f] - y0 - box / 2), 0), win - box)
-    templates[shape, f, by:by + box, bx:bx + box] = shapes.coverage(
-        shape, gx - x0 - bx, cy[shape, f] - y0 - by, extents[shape, f], box)
+    templates[shape, f, by : by + box, bx : bx + box] = shapes.coverage(
+      shape, gx - x0 - bx, cy[shape, f] - y0 - by, extents[shape, f], box
+    )
   blur = np.stack([_blur_matrix(sigma, win) for sigma in BLUR_SIGMAS])  # [sigma, win, win], symmetric
   blurred = blur @ templates[:, :, None] @ blur  # [shape, factor, sigma, win, win]
-  tc = np.einsum('...ij,ij->...', blurred, c_win)
-  tt = np.maximum(np.einsum('...ij,...ij->...', blurred, blurred), 1e-6)
+  tc = np.einsum("...ij,ij->...", blurred, c_win)
+  tt = np.maximum(np.einsum("...ij,...ij->...", blurred, blurred), 1e-6)
   errors = float((c_win * c_win).sum()) - tc * tc / tt  # Sum of squares off the best gain tc / tt.
   shape, f, b = np.unravel_index(int(np.argmin(errors)), errors.shape)
   return {
-      'shape': int(shape), 'sigma': BLUR_SIGMAS[b], 'extent': float(extents[shape, f]), 'cx': gx,
-      'cy': float(cy[shape, f]), 'template': blurred[shape, f, b], 'gain': float(tc[shape, f, b] / tt[shape, f, b]),
-      'error': float(errors[shape, f, b]), 'runner_up': float(np.delete(errors, shape, 0).min()),
-      'window': (y0, x0, win),
+    "shape": int(shape),
+    "sigma": BLUR_SIGMAS[b],
+    "extent": float(extents[shape, f]),
+    "cx": gx,
+    "cy": float(cy[shape, f]),
+    "template": blurred[shape, f, b],
+    "gain": float(tc[shape, f, b] / tt[shape, f, b]),
+    "error": float(errors[shape, f, b]),
+    "runner_up": float(np.delete(errors, shape, 0).min()),
+    "window": (y0, x0, win),
   }
 
 
@@ -205,48 +215,54 @@ def _measure(x: np.ndarray) -> dict | None:
   gx = float((inside.sum(axis=0) * centres).sum()) / area
   gy = float((inside.sum(axis=1) * centres).sum()) / area
   fit = _fit_templates(c, area, gx, gy)
-  y0, x0, win = fit['window']
-  d_win = d[y0:y0 + win, x0:x0 + win]
-  template = fit['template']
+  y0, x0, win = fit["window"]
+  d_win = d[y0 : y0 + win, x0 : x0 + win]
+  template = fit["template"]
   energy = max(float((template * template).sum()), 1e-6)
-  colour_rgb = np.einsum('hwc,hw->c', d_win, template) / energy  # Least squares on the template.
+  colour_rgb = np.einsum("hwc,hw->c", d_win, template) / energy  # Least squares on the template.
   colour, colour_gain, colour_distance = _match_colour(colour_rgb)
   model = template[..., None] * colour_rgb
   model_energy = max(float((model * model).sum()), 1e-6)
   # Residual over the whole image, less its mean off the object (clipped noise on black is brighter than its median).
   r = d.copy()
-  r[y0:y0 + win, x0:x0 + win] -= model
+  r[y0 : y0 + win, x0 : x0 + win] -= model
   if not support.all():
     r -= r[~support].mean(axis=0)
   residual = float((r * r).sum())
-  cx, cy, extent = fit['cx'], fit['cy'], fit['extent']
+  cx, cy, extent = fit["cx"], fit["cy"], fit["extent"]
   return {
-      'colour': colour, 'shape': fit['shape'], 'size': int(extent > SIZE_THRESHOLD * s),
-      'position': 3 * min(max(int(cy * 3 / s), 0), 2) + min(max(int(cx * 3 / s), 0), 2),
-      'background': float(bg_rgb.max()), 'stray': stray, 'colour_gain': colour_gain,
-      'colour_distance': colour_distance, 'sigma': fit['sigma'],
-      'residual': (residual - _noise_power(d, support) * s * s) / model_energy,
-      'margin': (fit['runner_up'] - fit['error']) / max(fit['gain'] ** 2 * energy, 1e-6), 'extent': extent / s,
-      'image_size': s,
+    "colour": colour,
+    "shape": fit["shape"],
+    "size": int(extent > SIZE_THRESHOLD * s),
+    "position": 3 * min(max(int(cy * 3 / s), 0), 2) + min(max(int(cx * 3 / s), 0), 2),
+    "background": float(bg_rgb.max()),
+    "stray": stray,
+    "colour_gain": colour_gain,
+    "colour_distance": colour_distance,
+    "sigma": fit["sigma"],
+    "residual": (residual - _noise_power(d, support) * s * s) / model_energy,
+    "margin": (fit["runner_up"] - fit["error"]) / max(fit["gain"] ** 2 * energy, 1e-6),
+    "extent": extent / s,
+    "image_size": s,
   }
 
 
 def _abstain_reason(m: dict | None) -> str:
   """Why the judge abstains on a reading of `_measure` (the first gate that fails); '' if it does not."""
   if m is None:
-    return 'blank'
+    return "blank"
   checks = (
-      ('background', m['background'] <= MAX_BACKGROUND),
-      ('objects', m['stray'] <= MAX_STRAY_MASS),
-      ('faint', m['colour_gain'] >= MIN_COLOUR_GAIN),
-      ('bright', m['colour_gain'] <= MAX_COLOUR_GAIN),
-      ('colour', m['colour_distance'] <= MAX_COLOUR_DISTANCE),
-      ('edges', m['sigma'] <= min(MAX_EDGE_BLUR, MAX_EDGE_BLUR_FRACTION * m['extent'] * m['image_size'])),
-      ('fit', m['residual'] <= MAX_FIT_RESIDUAL),
-      ('margin', m['margin'] >= MIN_SHAPE_MARGIN),
-      ('extent', any(lo <= m['extent'] <= hi for lo, hi in EXTENT_RANGES)),
+    ("background", m["background"] <= MAX_BACKGROUND),
+    ("objects", m["stray"] <= MAX_STRAY_MASS),
+    ("faint", m["colour_gain"] >= MIN_COLOUR_GAIN),
+    ("bright", m["colour_gain"] <= MAX_COLOUR_GAIN),
+    ("colour", m["colour_distance"] <= MAX_COLOUR_DISTANCE),
+    ("edges", m["sigma"] <= min(MAX_EDGE_BLUR, MAX_EDGE_BLUR_FRACTION * m["extent"] * m["image_size"])),
+    ("fit", m["residual"] <= MAX_FIT_RESIDUAL),
+    ("margin", m["margin"] >= MIN_SHAPE_MARGIN),
+    ("extent", any(lo <= m["extent"] <= hi for lo, hi in EXTENT_RANGES)),
   )
-  return next((name for name, ok in checks if not ok), '')
+  return next((name for name, ok in checks if not ok), "")
 
 
 def judge(images: np.ndarray) -> dict[str, np.ndarray]:
@@ -267,21 +283,19 @@ def judge(images: np.ndarray) -> dict[str, np.ndarray]:
   reasons = []
   for i, image in enumerate(x):
     if not np.isfinite(image).all():
-      reasons.append('not finite')
+      reasons.append("not finite")
       continue
     m = _measure(image)
     reasons.append(_abstain_reason(m))
     if not reasons[-1]:
       out[i] = [m[key] for key in shapes.ATTRIBUTES]
   result = {key: out[:, i] for i, key in enumerate(shapes.ATTRIBUTES)}
-  result['reason'] = np.array(reasons, dtype=str).reshape(len(x))
-  result['abstain'] = result['reason'] != ''
+  result["reason"] = np.array(reasons, dtype=str).reshape(len(x))
+  result["abstain"] = result["reason"] != ""
   return result
 
 
-def score(
-    images: np.ndarray, targets: Sequence[str | bytes] | Mapping[str, Sequence[int]]
-) -> dict[str, float]:
+def score(images: np.ndarray, targets: Sequence[str | bytes] | Mapping[str, Sequence[int]]) -> dict[str, float]:
   """Accuracy of generated images against their prompts.
 
   Args:
@@ -299,14 +313,14 @@ def score(
   else:
     want = shapes.parse_captions(list(targets))
   got = judge(images)
-  n = len(got['colour'])
+  n = len(got["colour"])
   if any(len(w) != n for w in want.values()):
-    raise ValueError(f'score got {n} images but {[len(w) for w in want.values()]} targets; pass one per image.')
+    raise ValueError(f"score got {n} images but {[len(w) for w in want.values()]} targets; pass one per image.")
   right = {key: got[key] == want[key] for key in shapes.ATTRIBUTES}
   result = {key: float(r.mean()) for key, r in right.items()}
-  result['all'] = float(np.mean(right['colour'] & right['shape'] & right['size'] & right['position']))
-  result['colour_shape_position'] = float(np.mean(right['colour'] & right['shape'] & right['position']))
-  result['abstain'] = float(got['abstain'].mean())
+  result["all"] = float(np.mean(right["colour"] & right["shape"] & right["size"] & right["position"]))
+  result["colour_shape_position"] = float(np.mean(right["colour"] & right["shape"] & right["position"]))
+  result["abstain"] = float(got["abstain"].mean())
   return result
 
 
@@ -323,14 +337,16 @@ def spread(images: np.ndarray) -> dict[str, float]:
   """
   x = _to_unit(images)
   if x.ndim != 4 or len(x) < 2:
-    raise ValueError(f'spread needs [K >= 2, S, S, 3] images of one caption, got shape {x.shape}.')
+    raise ValueError(f"spread needs [K >= 2, S, S, 3] images of one caption, got shape {x.shape}.")
   fg = x.max(-1) > 0.5
-  ys, xs = np.mgrid[:x.shape[1], :x.shape[2]]
+  ys, xs = np.mgrid[: x.shape[1], : x.shape[2]]
   area = fg.sum((1, 2)).astype(np.float64)
   safe = np.maximum(area, 1.0)
   cx, cy = (fg * xs).sum((1, 2)) / safe, (fg * ys).sum((1, 2)) / safe
-  return {'centre_std_px': float(0.5 * (np.std(cx) + np.std(cy))),
-          'area_cv': float(np.std(area) / max(np.mean(area), 1.0))}
+  return {
+    "centre_std_px": float(0.5 * (np.std(cx) + np.std(cy))),
+    "area_cv": float(np.std(area) / max(np.mean(area), 1.0)),
+  }
 
 
 def mean_spread(images_per_caption) -> dict[str, float]:

@@ -14,8 +14,9 @@ import jax
 import jax.numpy as jnp
 
 
-def indicator_pairing(key: jax.Array, batch_size: int, p: float, groups: jax.Array | None = None
-                      ) -> tuple[jax.Array, jax.Array]:
+def indicator_pairing(
+  key: jax.Array, batch_size: int, p: float, groups: jax.Array | None = None
+) -> tuple[jax.Array, jax.Array]:
   """Draws the indicator and the permutation that rolls flagged targets within each group.
 
   Args:

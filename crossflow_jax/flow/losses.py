@@ -34,8 +34,9 @@ def kl_divergence(mu: jax.Array, logvar: jax.Array, form: str = "standard", redu
   raise ValueError(f"Unknown KL reduction {reduction!r}; choose one of {KL_REDUCTIONS}.")
 
 
-def contrastive_loss(a: jax.Array, b: jax.Array, logit_scale: jax.Array, max_logit_scale: float = 100.0,
-                     logit_scale_form: str = "exp") -> tuple[jax.Array, jax.Array]:
+def contrastive_loss(
+  a: jax.Array, b: jax.Array, logit_scale: jax.Array, max_logit_scale: float = 100.0, logit_scale_form: str = "exp"
+) -> tuple[jax.Array, jax.Array]:
   """Symmetric InfoNCE (CLIP) between rows of a [B, F] and b [B, F]; row i of each is a pair.
 
   Both are L2-normalised; logits = scale a b^T with scale = min(exp(logit_scale), max_logit_scale)

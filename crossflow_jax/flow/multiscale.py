@@ -28,8 +28,9 @@ def pooled_target(v_target: jax.Array, ratio: int) -> jax.Array:
   return ratio * jnp.mean(cells, axis=(2, 4))
 
 
-def per_sample_velocity_loss(backbone, x_t: jax.Array, t: jax.Array, cond: dict, v_target: jax.Array,
-                             path: CondOTPath = VELOCITY_PATH) -> tuple[jax.Array, dict]:
+def per_sample_velocity_loss(
+  backbone, x_t: jax.Array, t: jax.Array, cond: dict, v_target: jax.Array, path: CondOTPath = VELOCITY_PATH
+) -> tuple[jax.Array, dict]:
   """Per-sample flow-matching loss [B] of `backbone` at (x_t, t), and per-stage mean losses for logging.
 
   Backbones with `stage_velocities` (DiMR) are trained at every resolution with `stage_weights`; the
@@ -39,8 +40,10 @@ def per_sample_velocity_loss(backbone, x_t: jax.Array, t: jax.Array, cond: dict,
   if not hasattr(backbone, "stage_velocities"):
     return per_sample_mse(path.velocity_from_output(backbone(x_t, t, **cond), x_t, t), v_target), {}
   if path.prediction != "velocity":
-    raise ConfigError(f"flow.prediction={path.prediction!r} is for single-output backbones; the multi-scale "
-                      "DiMR trains every stage on the velocity (flow.prediction='velocity').")
+    raise ConfigError(
+      f"flow.prediction={path.prediction!r} is for single-output backbones; the multi-scale "
+      "DiMR trains every stage on the velocity (flow.prediction='velocity')."
+    )
   outputs = backbone.stage_velocities(x_t, t, **cond)
   weights = backbone.stage_weights
   total, metrics = 0.0, {}

@@ -29,7 +29,7 @@ class CondOTPath:
 
   sigma_min: float = 0.0
   prediction: str = "velocity"
-  target_t_max: float = 0.95   # 'target': t is clipped here in the velocity's 1 / (1 - t)
+  target_t_max: float = 0.95  # 'target': t is clipped here in the velocity's 1 / (1 - t)
 
   def __post_init__(self):
     if self.prediction not in PREDICTIONS:

@@ -10,7 +10,6 @@ from crossflow_jax.errors import ConfigError
 
 
 class TimeSampler(Protocol):
-
   def __call__(self, key: jax.Array, batch_size: int) -> jax.Array:
     """Returns t: [B] float32 in [0, 1]."""
 

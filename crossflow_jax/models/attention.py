@@ -53,8 +53,10 @@ def _cudnn_unsupported(dtype, head_dim: int | None, lengths: tuple[int, int] | N
   if not _on_nvidia_gpu():
     return f"it needs an NVIDIA GPU with cuDNN, and this backend is {_backend()!r}"
   if jnp.dtype(dtype) not in (jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float16)):
-    return (f"it needs bfloat16 or float16 inputs, got {jnp.dtype(dtype).name} (set model.compute_dtype, and for "
-            "text tasks tve.compute_dtype, to bfloat16)")
+    return (
+      f"it needs bfloat16 or float16 inputs, got {jnp.dtype(dtype).name} (set model.compute_dtype, and for "
+      "text tasks tve.compute_dtype, to bfloat16)"
+    )
   if head_dim is not None:
     limit = _cudnn_max_head_dim()
     if head_dim % 8 or head_dim > limit:
@@ -64,8 +66,9 @@ def _cudnn_unsupported(dtype, head_dim: int | None, lengths: tuple[int, int] | N
   return ""
 
 
-def resolve_implementation(name: str, dtype, *, head_dim: int | None = None, lengths: tuple[int, int] | None = None,
-                           masked: bool = False) -> str:
+def resolve_implementation(
+  name: str, dtype, *, head_dim: int | None = None, lengths: tuple[int, int] | None = None, masked: bool = False
+) -> str:
   """Picks the implementation for this platform and these inputs: 'xla', 'cudnn' or 'splash'.
 
   Args:
@@ -84,11 +87,15 @@ def resolve_implementation(name: str, dtype, *, head_dim: int | None = None, len
   if name == "cudnn":
     why = _cudnn_unsupported(dtype, head_dim, lengths, masked)
     if why:
-      raise ConfigError(f"model.attention_impl='cudnn' (cuDNN flash attention) cannot run here: {why}. "
-                        "Use attention_impl='auto' (cuDNN where it can run, XLA elsewhere) or 'xla'.")
+      raise ConfigError(
+        f"model.attention_impl='cudnn' (cuDNN flash attention) cannot run here: {why}. "
+        "Use attention_impl='auto' (cuDNN where it can run, XLA elsewhere) or 'xla'."
+      )
   if name == "splash" and _backend() != "tpu":
-    raise ConfigError(f"model.attention_impl='splash' is the Pallas TPU splash attention kernel, and this backend is "
-                      f"{_backend()!r}; use attention_impl='auto' or 'xla' (or 'cudnn' on NVIDIA GPUs).")
+    raise ConfigError(
+      f"model.attention_impl='splash' is the Pallas TPU splash attention kernel, and this backend is "
+      f"{_backend()!r}; use attention_impl='auto' or 'xla' (or 'cudnn' on NVIDIA GPUs)."
+    )
   return name
 
 
@@ -102,9 +109,17 @@ def check_platform(name: str) -> None:
     resolve_implementation(name, jnp.float32)
 
 
-def dot_product_attention(q: jax.Array, k: jax.Array, v: jax.Array, *, implementation: str = "auto",
-                          key_mask: jax.Array | None = None, mask: jax.Array | None = None,
-                          bias: jax.Array | None = None, scale: float | None = None) -> jax.Array:
+def dot_product_attention(
+  q: jax.Array,
+  k: jax.Array,
+  v: jax.Array,
+  *,
+  implementation: str = "auto",
+  key_mask: jax.Array | None = None,
+  mask: jax.Array | None = None,
+  bias: jax.Array | None = None,
+  scale: float | None = None,
+) -> jax.Array:
   """Multi-head attention softmax(scale q k^T + bias, masked) v.
 
   Args:
@@ -127,8 +142,10 @@ def dot_product_attention(q: jax.Array, k: jax.Array, v: jax.Array, *, implement
   scale = 1.0 / float(np.sqrt(head_dim)) if scale is None else float(scale)
   if impl == "splash":
     if mask is not None or bias is not None:
-      raise ConfigError("model.attention_impl='splash' supports key-padding masks (key_mask) only, not a general "
-                        "attention mask or bias; use attention_impl='xla' for this model.")
+      raise ConfigError(
+        "model.attention_impl='splash' supports key-padding masks (key_mask) only, not a general "
+        "attention mask or bias; use attention_impl='xla' for this model."
+      )
     return splash_attention(q, k, v, key_mask=key_mask, scale=scale)
   cpu_xla = impl == "xla" and _backend() == "cpu"
   if cpu_xla and mask is None and bias is None:
@@ -168,8 +185,7 @@ def _images_per_chunk(batch: int, logits_bytes_per_image: int) -> int:
   return max(d for d in range(1, min(batch, fits) + 1) if batch % d == 0)
 
 
-def chunked_attention(q: jax.Array, k: jax.Array, v: jax.Array, key_mask: jax.Array | None,
-                      scale: float) -> jax.Array:
+def chunked_attention(q: jax.Array, k: jax.Array, v: jax.Array, key_mask: jax.Array | None, scale: float) -> jax.Array:
   """Attention in cache-sized chunks of the batch, with a backward pass that recomputes the softmax.
 
   The XLA path on CPU. Materialised [B, N, L, S] logits do not fit any cache, so every elementwise
@@ -279,8 +295,16 @@ def _splash_kernel(num_heads: int, q_len: int, kv_len: int, interpret: bool):
   from jax.experimental.pallas.ops.tpu import splash_attention as splash
 
   bq, bkv = _block(q_len), _block(kv_len)
-  sizes = splash.BlockSizes(block_q=bq, block_kv=bkv, block_kv_compute=bkv, block_q_dkv=bq, block_kv_dkv=bkv,
-                            block_kv_dkv_compute=bkv, block_q_dq=bq, block_kv_dq=bkv)
+  sizes = splash.BlockSizes(
+    block_q=bq,
+    block_kv=bkv,
+    block_kv_compute=bkv,
+    block_q_dkv=bq,
+    block_kv_dkv=bkv,
+    block_kv_dkv_compute=bkv,
+    block_q_dq=bq,
+    block_kv_dq=bkv,
+  )
   mask = splash.MultiHeadMask([splash.FullMask((q_len, kv_len)) for _ in range(num_heads)])
   return splash.make_splash_mha(mask, block_sizes=sizes, head_shards=1, q_seq_shards=1, interpret=interpret)
 
@@ -306,7 +330,8 @@ def _splash_local(q, k, v, key_mask, *, scale: float, interpret: bool):
   q_ids = jnp.ones((b, lp), jnp.int32)
   kernel = _splash_kernel(n, lp, sp, interpret)
   out = jax.vmap(kernel, in_axes=(0, 0, 0, splash.SegmentIds(q=0, kv=0)))(
-      heads_first(q, lp), heads_first(k, sp), heads_first(v, sp), splash.SegmentIds(q=q_ids, kv=kv_ids))
+    heads_first(q, lp), heads_first(k, sp), heads_first(v, sp), splash.SegmentIds(q=q_ids, kv=kv_ids)
+  )
   return jnp.swapaxes(out[:, :, :length], 1, 2).astype(q.dtype)
 
 
@@ -327,8 +352,15 @@ def _splash_specs(mesh, batch: int, num_heads: int):
   return PartitionSpec(batch_entry, None, heads_entry, None), PartitionSpec(batch_entry, None)
 
 
-def splash_attention(q: jax.Array, k: jax.Array, v: jax.Array, *, key_mask: jax.Array | None = None,
-                     scale: float | None = None, interpret: bool = False) -> jax.Array:
+def splash_attention(
+  q: jax.Array,
+  k: jax.Array,
+  v: jax.Array,
+  *,
+  key_mask: jax.Array | None = None,
+  scale: float | None = None,
+  interpret: bool = False,
+) -> jax.Array:
   """Splash attention (TPU), q [B, L, N, K], k/v [B, S, N, K], key_mask [B, S] -> [B, L, N, K].
 
   `interpret=True` runs the Pallas kernel in the interpreter (any backend; slow), for tests. On a mesh of more
@@ -342,9 +374,12 @@ def splash_attention(q: jax.Array, k: jax.Array, v: jax.Array, *, key_mask: jax.
   mesh = jax.sharding.get_abstract_mesh()
   if mesh.empty or mesh.size == 1:
     if not interpret and jax.device_count() > 1 and mesh.empty:
-      raise ConfigError(f"model.attention_impl='splash' on {jax.device_count()} devices runs inside shard_map over "
-                        "the device mesh; call the model under `with jax.set_mesh(mesh):` (the training loop does).")
+      raise ConfigError(
+        f"model.attention_impl='splash' on {jax.device_count()} devices runs inside shard_map over "
+        "the device mesh; call the model under `with jax.set_mesh(mesh):` (the training loop does)."
+      )
     return local(q, k, v, key_mask)
   qkv_spec, mask_spec = _splash_specs(mesh, b, n)
-  return jax.shard_map(local, mesh=mesh, in_specs=(qkv_spec, qkv_spec, qkv_spec, mask_spec), out_specs=qkv_spec,
-                       check_vma=False)(q, k, v, key_mask)
+  return jax.shard_map(
+    local, mesh=mesh, in_specs=(qkv_spec, qkv_spec, qkv_spec, mask_spec), out_specs=qkv_spec, check_vma=False
+  )(q, k, v, key_mask)

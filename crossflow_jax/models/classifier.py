@@ -25,17 +25,26 @@ class ClassifierConfig:
   groups: int = 8
 
   def to_dict(self) -> dict:
-    return {"image_shape": list(self.image_shape), "heads": [list(h) for h in self.heads],
-            "widths": list(self.widths), "feature_dim": self.feature_dim, "groups": self.groups}
+    return {
+      "image_shape": list(self.image_shape),
+      "heads": [list(h) for h in self.heads],
+      "widths": list(self.widths),
+      "feature_dim": self.feature_dim,
+      "groups": self.groups,
+    }
 
   @classmethod
   def from_dict(cls, d: dict) -> "ClassifierConfig":
-    return cls(image_shape=tuple(d["image_shape"]), heads=tuple((str(n), int(k)) for n, k in d["heads"]),
-               widths=tuple(d["widths"]), feature_dim=int(d["feature_dim"]), groups=int(d["groups"]))
+    return cls(
+      image_shape=tuple(d["image_shape"]),
+      heads=tuple((str(n), int(k)) for n, k in d["heads"]),
+      widths=tuple(d["widths"]),
+      feature_dim=int(d["feature_dim"]),
+      groups=int(d["groups"]),
+    )
 
 
 class _ConvBlock(nnx.Module):
-
   def __init__(self, cin: int, cout: int, groups: int, *, rngs: nnx.Rngs):
     self.conv = nnx.Conv(cin, cout, (3, 3), padding="SAME", rngs=rngs)
     self.norm = nnx.GroupNorm(cout, num_groups=min(groups, cout), rngs=rngs)

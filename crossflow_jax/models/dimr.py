@@ -40,11 +40,17 @@ BLOCK_TYPES = ("transformer", "convnext")
 # name: (types, dims, mlp_dims, blocks, patch_sizes, heads). The 256 px / 512 px CrossFlow backbones
 # (stage 1 on a 16x16 grid of the 4x32x32 / 4x64x64 SD-VAE latent) and tiny ones for CPU.
 PRESETS = {
-    "DiMR-256": (("transformer", "convnext"), (1024, 512), (2048, 1024), (65, 33), (2, 1), (16, 0)),
-    "DiMR-512": (("transformer", "convnext", "convnext"), (1024, 512, 256), (2048, 1024, 512), (65, 33, 17),
-                 (4, 2, 1), (16, 0, 0)),
-    "DiMR-tiny": (("transformer", "convnext"), (128, 32), (256, 64), (5, 3), (4, 1), (4, 0)),
-    "DiMR-micro": (("transformer", "convnext"), (32, 16), (64, 32), (3, 1), (2, 1), (2, 0)),
+  "DiMR-256": (("transformer", "convnext"), (1024, 512), (2048, 1024), (65, 33), (2, 1), (16, 0)),
+  "DiMR-512": (
+    ("transformer", "convnext", "convnext"),
+    (1024, 512, 256),
+    (2048, 1024, 512),
+    (65, 33, 17),
+    (4, 2, 1),
+    (16, 0, 0),
+  ),
+  "DiMR-tiny": (("transformer", "convnext"), (128, 32), (256, 64), (5, 3), (4, 1), (4, 0)),
+  "DiMR-micro": (("transformer", "convnext"), (32, 16), (64, 32), (3, 1), (2, 1), (2, 0)),
 }
 
 
@@ -57,23 +63,23 @@ class DiMRStageConfig:
   mlp_dim: int
   num_blocks: int
   patch_size: int
-  num_heads: int = 0                   # transformer stages
-  kernel_size: int = 7                 # convnext stages: depthwise kernel
+  num_heads: int = 0  # transformer stages
+  kernel_size: int = 7  # convnext stages: depthwise kernel
 
 
 @dataclasses.dataclass(frozen=True)
 class DiMRConfig:
   """Static description of a DiMR network; built from `config.model` by `models.factory`."""
 
-  image_size: tuple[int, int]          # (H, W) of the input (and of the last stage's output)
+  image_size: tuple[int, int]  # (H, W) of the input (and of the last stage's output)
   channels: int
   stages: tuple[DiMRStageConfig, ...]
-  final_kernel_size: int = 3           # output head conv
-  block_grad_to_lowres: bool = False   # stop gradients from a stage into the previous one's features
+  final_kernel_size: int = 3  # output head conv
+  block_grad_to_lowres: bool = False  # stop gradients from a stage into the previous one's features
   stage_loss_weights: tuple[float, ...] = ()  # () = (1/4, 1) for two stages, (1/4, 1/2, 1) for three
-  num_classes: int = 0                 # > 0: class token, with an extra null id E
-  use_indicator: bool = False          # CrossFlow guidance indicator token
-  use_direction: bool = False          # bidirectional flow direction token
+  num_classes: int = 0  # > 0: class token, with an extra null id E
+  use_indicator: bool = False  # CrossFlow guidance indicator token
+  use_direction: bool = False  # bidirectional flow direction token
   compute_dtype: str = "float32"
   attention_impl: str = "auto"
   remat: str = "none"
@@ -88,27 +94,35 @@ class DiMRConfig:
       if s.block_type not in BLOCK_TYPES:
         raise ConfigError(f"{name}: unknown block type {s.block_type!r}; choose one of {BLOCK_TYPES}.")
       if (i == 0) != (s.block_type == "transformer"):
-        raise ConfigError(f"{name}: DiMR's first stage is a transformer and later stages are convnext, got "
-                          f"{[st.block_type for st in self.stages]}.")
+        raise ConfigError(
+          f"{name}: DiMR's first stage is a transformer and later stages are convnext, got "
+          f"{[st.block_type for st in self.stages]}."
+        )
       if s.num_blocks < 1 or s.num_blocks % 2 == 0:
         raise ConfigError(f"{name}: num_blocks={s.num_blocks} must be odd (in blocks, a mid block, out blocks).")
       if s.dim < 1 or s.mlp_dim < 1:
         raise ConfigError(f"{name}: dim and mlp_dim must be >= 1, got {s.dim}, {s.mlp_dim}.")
       if s.patch_size < 1 or h % s.patch_size or w % s.patch_size:
-        raise ConfigError(f"{name}: patch size {s.patch_size} does not divide the input resolution {h}x{w}; "
-                          f"choose a patch size that divides both (e.g. "
-                          f"{[p for p in (1, 2, 4, 8, 16) if h % p == 0 and w % p == 0]}).")
+        raise ConfigError(
+          f"{name}: patch size {s.patch_size} does not divide the input resolution {h}x{w}; "
+          f"choose a patch size that divides both (e.g. "
+          f"{[p for p in (1, 2, 4, 8, 16) if h % p == 0 and w % p == 0]})."
+        )
       if s.block_type == "transformer" and (s.num_heads < 1 or s.dim % s.num_heads):
         raise ConfigError(f"{name}: dim={s.dim} must be divisible by num_heads={s.num_heads} (>= 1).")
       if s.block_type == "convnext" and (s.kernel_size < 1 or s.kernel_size % 2 == 0):
         raise ConfigError(f"{name}: kernel_size must be odd, got {s.kernel_size}.")
       if i and (prev % s.patch_size or prev // s.patch_size < 2):
-        raise ConfigError(f"{name}: patch size {s.patch_size} must divide the previous stage's patch size {prev} "
-                          "(and be smaller), so each stage doubles or more the resolution of the last.")
+        raise ConfigError(
+          f"{name}: patch size {s.patch_size} must divide the previous stage's patch size {prev} "
+          "(and be smaller), so each stage doubles or more the resolution of the last."
+        )
       prev = s.patch_size
     if self.stages[-1].patch_size != 1:
-      raise ConfigError(f"The last DiMR stage must work at full resolution (patch size 1), got "
-                        f"{self.stages[-1].patch_size}; its output is the velocity the sampler uses.")
+      raise ConfigError(
+        f"The last DiMR stage must work at full resolution (patch size 1), got "
+        f"{self.stages[-1].patch_size}; its output is the velocity the sampler uses."
+      )
     if self.final_kernel_size < 1 or self.final_kernel_size % 2 == 0:
       raise ConfigError(f"model.dimr.final_kernel_size must be odd, got {self.final_kernel_size}.")
     if self.compute_dtype not in DTYPES:
@@ -158,8 +172,9 @@ class SelfAttention(nnx.Module):
     b, length, d = x.shape
     h = self.norm(x, t).astype(x.dtype)
     split = lambda y: y.reshape(b, length, self.num_heads, d // self.num_heads)  # noqa: E731
-    out = dot_product_attention(split(self.q(h)), split(self.k(h)), split(self.v(h)),
-                                implementation=self.implementation)
+    out = dot_product_attention(
+      split(self.q(h)), split(self.k(h)), split(self.v(h)), implementation=self.implementation
+    )
     return self.proj(out.reshape(b, length, d))
 
 
@@ -188,8 +203,9 @@ class DepthwiseConv(nnx.Module):
   def __init__(self, dim: int, kernel_size: int, *, rngs: nnx.Rngs, dtype):
     self.kernel_size, self.dtype = kernel_size, dtype
     init = nnx.initializers.variance_scaling(1.0, "fan_in", "truncated_normal", in_axis=(0, 1), out_axis=2)
-    self.kernel = nnx.Param(layers.logical(init, None, None, axes.EMBED)(rngs.params(), (kernel_size, kernel_size,
-                                                                                          dim)))
+    self.kernel = nnx.Param(
+      layers.logical(init, None, None, axes.EMBED)(rngs.params(), (kernel_size, kernel_size, dim))
+    )
     self.bias = nnx.Param(layers.logical(layers.zeros, axes.EMBED)(None, (dim,)))
 
   def __call__(self, x: jax.Array) -> jax.Array:
@@ -200,7 +216,7 @@ class DepthwiseConv(nnx.Module):
     out = self.bias[...].astype(self.dtype)
     for i in range(k):
       for j in range(k):
-        out = out + padded[:, i:i + h, j:j + w, :] * kernel[i, j]
+        out = out + padded[:, i : i + h, j : j + w, :] * kernel[i, j]
     return out
 
 
@@ -241,16 +257,18 @@ class LowResUpsample(nnx.Module):
 class Stage(nnx.Module):
   """One resolution. x [B, H, W, C] (+ previous features) -> (output [B, h, w, C], features [B, h, w, (n+1) D])."""
 
-  def __init__(self, cfg: DiMRStageConfig, net: DiMRConfig, *, lowres_dim: int, lowres_ratio: int,
-               rngs: nnx.Rngs):
+  def __init__(self, cfg: DiMRStageConfig, net: DiMRConfig, *, lowres_dim: int, lowres_ratio: int, rngs: nnx.Rngs):
     dtype = net.dtype
     self.cfg, self.dtype, self.remat = cfg, dtype, net.remat
     h, w = net.image_size
     self.grid = (h // cfg.patch_size, w // cfg.patch_size)
     p, d = cfg.patch_size, cfg.dim
     self.patch_embed = layers.linear(p * p * net.channels, d, axes.PATCH, axes.EMBED, rngs=rngs, dtype=dtype)
-    self.pos_embed = nnx.Param(layers.logical(nnx.initializers.normal(0.02), axes.LENGTH, axes.EMBED)(
-        rngs.params(), (self.grid[0] * self.grid[1], d)))
+    self.pos_embed = nnx.Param(
+      layers.logical(nnx.initializers.normal(0.02), axes.LENGTH, axes.EMBED)(
+        rngs.params(), (self.grid[0] * self.grid[1], d)
+      )
+    )
     self.is_transformer = cfg.block_type == "transformer"
     embeds = {}
     if self.is_transformer and net.num_classes:
@@ -260,27 +278,35 @@ class Stage(nnx.Module):
     if self.is_transformer and net.use_direction:
       embeds["direction"] = layers.embedding(2, d, rngs=rngs)
     self.token_embeds = nnx.Dict(embeds) if embeds else None  # the conditioning token (stage 1)
-    self.upsample = (LowResUpsample(lowres_dim, d, lowres_ratio, rngs=rngs, dtype=dtype) if lowres_dim else None)
+    self.upsample = LowResUpsample(lowres_dim, d, lowres_ratio, rngs=rngs, dtype=dtype) if lowres_dim else None
     if self.is_transformer:
       make = lambda: TransformerBlock(cfg, rngs=rngs, dtype=dtype, implementation=net.attention_impl)  # noqa: E731
     else:
       make = lambda: ConvNeXtBlock(cfg, rngs=rngs, dtype=dtype)  # noqa: E731
     self.blocks = nnx.List([make() for _ in range(cfg.num_blocks)])
-    self.skip_denses = nnx.List([layers.linear(2 * d, d, axes.MLP, axes.EMBED, rngs=rngs, dtype=dtype)
-                                 for _ in range(cfg.num_blocks // 2)])
+    self.skip_denses = nnx.List(
+      [layers.linear(2 * d, d, axes.MLP, axes.EMBED, rngs=rngs, dtype=dtype) for _ in range(cfg.num_blocks // 2)]
+    )
     self.out_norm = TDLayerNorm(d)
     k = net.final_kernel_size
-    self.out_conv = nnx.Conv(d, net.channels, (k, k), padding="SAME", dtype=dtype, param_dtype=jnp.float32,
-                             rngs=rngs, kernel_init=layers.logical(layers.zeros, None, None, axes.EMBED, None),
-                             bias_init=layers.logical(layers.zeros, None))
+    self.out_conv = nnx.Conv(
+      d,
+      net.channels,
+      (k, k),
+      padding="SAME",
+      dtype=dtype,
+      param_dtype=jnp.float32,
+      rngs=rngs,
+      kernel_init=layers.logical(layers.zeros, None, None, axes.EMBED, None),
+      bias_init=layers.logical(layers.zeros, None),
+    )
 
   @property
   def feature_dim(self) -> int:
     """Width of the features handed to the next stage: the input and every block output, concatenated."""
     return (self.cfg.num_blocks + 1) * self.cfg.dim
 
-  def __call__(self, x: jax.Array, t: jax.Array, lowres: jax.Array | None, cond: dict
-               ) -> tuple[jax.Array, jax.Array]:
+  def __call__(self, x: jax.Array, t: jax.Array, lowres: jax.Array | None, cond: dict) -> tuple[jax.Array, jax.Array]:
     b = x.shape[0]
     gh, gw = self.grid
     d = self.cfg.dim
@@ -303,7 +329,7 @@ class Stage(nnx.Module):
       skips.append(h)
     h = call(self.blocks[n], h, t)
     features.append(h)
-    for dense, block in zip(self.skip_denses, self.blocks[n + 1:]):
+    for dense, block in zip(self.skip_denses, self.blocks[n + 1 :]):
       h = call(block, dense(jnp.concatenate([h, skips.pop()], axis=-1)), t)
       features.append(h)
     if self.is_transformer:
@@ -322,8 +348,9 @@ class DiMR(nnx.Module):
     self.cfg = cfg
     stages, lowres_dim, prev_patch = [], 0, 0
     for s in cfg.stages:
-      stage = Stage(s, cfg, lowres_dim=lowres_dim, lowres_ratio=prev_patch // s.patch_size if prev_patch else 1,
-                    rngs=rngs)
+      stage = Stage(
+        s, cfg, lowres_dim=lowres_dim, lowres_ratio=prev_patch // s.patch_size if prev_patch else 1, rngs=rngs
+      )
       stages.append(stage)
       lowres_dim, prev_patch = stage.feature_dim, s.patch_size
     self.stages = nnx.List(stages)
@@ -335,17 +362,28 @@ class DiMR(nnx.Module):
 
   def _cond(self, b: int, labels, indicator, direction) -> dict:
     cfg, cond = self.cfg, {}
-    for flag, ids, name in ((cfg.num_classes, labels, "labels"), (cfg.use_indicator, indicator, "indicator"),
-                            (cfg.use_direction, direction, "direction")):
+    for flag, ids, name in (
+      (cfg.num_classes, labels, "labels"),
+      (cfg.use_indicator, indicator, "indicator"),
+      (cfg.use_direction, direction, "direction"),
+    ):
       if flag:
         if ids is None:
           raise ValueError(f"This DiMR was built with {name} conditioning; pass `{name}`.")
         cond[name] = ids
     return cond
 
-  def stage_velocities(self, x: jax.Array, t: jax.Array, *, labels: jax.Array | None = None,
-                       indicator: jax.Array | None = None, direction: jax.Array | None = None,
-                       context: jax.Array | None = None, context_mask: jax.Array | None = None) -> list[jax.Array]:
+  def stage_velocities(
+    self,
+    x: jax.Array,
+    t: jax.Array,
+    *,
+    labels: jax.Array | None = None,
+    indicator: jax.Array | None = None,
+    direction: jax.Array | None = None,
+    context: jax.Array | None = None,
+    context_mask: jax.Array | None = None,
+  ) -> list[jax.Array]:
     """Every stage's output, low to high resolution: [[B, H / P_s, W / P_s, C] float32 for each stage s].
 
     Args:
@@ -353,8 +391,10 @@ class DiMR(nnx.Module):
       labels: [B] int (E = null); indicator, direction: [B] in {0, 1}.
     """
     if context is not None or context_mask is not None:
-      raise ValueError("DiMR has no text cross-attention (CrossFlow's text enters through the source latent); "
-                       "use model.name='dit' for the noise -> image text baseline.")
+      raise ValueError(
+        "DiMR has no text cross-attention (CrossFlow's text enters through the source latent); "
+        "use model.name='dit' for the noise -> image text baseline."
+      )
     cond = self._cond(x.shape[0], labels, indicator, direction)
     t = t.astype(jnp.float32)
     outputs, lowres = [], None

@@ -25,13 +25,13 @@ from crossflow_jax.parallel import axes
 
 # name: (depth, hidden_size, num_heads). S/B/L/XL as in the DiT paper; tiny presets for CPU.
 PRESETS = {
-    "DiT-XL": (28, 1152, 16),
-    "DiT-L": (24, 1024, 16),
-    "DiT-B": (12, 768, 12),
-    "DiT-S": (12, 384, 6),
-    "DiT-Ti": (12, 192, 3),
-    "DiT-tiny": (4, 128, 4),
-    "DiT-micro": (2, 64, 2),
+  "DiT-XL": (28, 1152, 16),
+  "DiT-L": (24, 1024, 16),
+  "DiT-B": (12, 768, 12),
+  "DiT-S": (12, 384, 6),
+  "DiT-Ti": (12, 192, 3),
+  "DiT-tiny": (4, 128, 4),
+  "DiT-micro": (2, 64, 2),
 }
 PATCH_SIZES = (1, 2, 4, 8)
 POS_EMBEDS = ("sincos", "learned")
@@ -42,22 +42,22 @@ DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 class DiTConfig:
   """Static description of a DiT; built from `config.model` by `DiTConfig.from_config`."""
 
-  image_size: tuple[int, int]          # (H, W) of the input
-  channels: int                        # C of the input (and output)
+  image_size: tuple[int, int]  # (H, W) of the input
+  channels: int  # C of the input (and output)
   patch_size: int = 2
   hidden_size: int = 384
   depth: int = 12
   num_heads: int = 6
   mlp_ratio: float = 4.0
   pos_embed: str = "sincos"
-  num_classes: int = 0                 # > 0: class embedding with an extra null id E
-  use_indicator: bool = False          # CrossFlow guidance indicator embedding
-  use_direction: bool = False          # bidirectional flow direction embedding
+  num_classes: int = 0  # > 0: class embedding with an extra null id E
+  use_indicator: bool = False  # CrossFlow guidance indicator embedding
+  use_direction: bool = False  # bidirectional flow direction embedding
   compute_dtype: str = "float32"
   attention_impl: str = "auto"
-  context_dim: int = 0                 # > 0: cross-attention to text tokens [B, L, context_dim] (D_text)
-  context_len: int = 0                 # > 0: the context must have exactly this many tokens; 0: any length
-  remat: str = "none"                  # per-block rematerialisation policy (models.remat)
+  context_dim: int = 0  # > 0: cross-attention to text tokens [B, L, context_dim] (D_text)
+  context_len: int = 0  # > 0: the context must have exactly this many tokens; 0: any length
+  remat: str = "none"  # per-block rematerialisation policy (models.remat)
 
   def validate(self) -> None:
     h, w = self.image_size
@@ -65,28 +65,33 @@ class DiTConfig:
       raise ConfigError(f"model.patch_size={self.patch_size} is not supported; choose one of {PATCH_SIZES}.")
     if h % self.patch_size or w % self.patch_size:
       raise ConfigError(
-          f"model.patch_size={self.patch_size} does not divide the image size {h}x{w}; pick a patch size "
-          f"that divides both (e.g. {[p for p in PATCH_SIZES if h % p == 0 and w % p == 0]}) or change "
-          "data.image_size.")
+        f"model.patch_size={self.patch_size} does not divide the image size {h}x{w}; pick a patch size "
+        f"that divides both (e.g. {[p for p in PATCH_SIZES if h % p == 0 and w % p == 0]}) or change "
+        "data.image_size."
+      )
     if self.hidden_size % self.num_heads:
-      raise ConfigError(f"model.hidden_size={self.hidden_size} is not divisible by model.num_heads="
-                        f"{self.num_heads}.")
+      raise ConfigError(f"model.hidden_size={self.hidden_size} is not divisible by model.num_heads={self.num_heads}.")
     if self.pos_embed not in POS_EMBEDS:
       raise ConfigError(f"Unknown model.pos_embed {self.pos_embed!r}; choose one of {POS_EMBEDS}.")
     if self.pos_embed == "sincos" and self.hidden_size % 4:
-      raise ConfigError(f"model.pos_embed='sincos' needs model.hidden_size divisible by 4, got "
-                        f"{self.hidden_size}; use pos_embed='learned' or change the width.")
+      raise ConfigError(
+        f"model.pos_embed='sincos' needs model.hidden_size divisible by 4, got "
+        f"{self.hidden_size}; use pos_embed='learned' or change the width."
+      )
     if self.compute_dtype not in DTYPES:
       raise ConfigError(f"Unknown model.compute_dtype {self.compute_dtype!r}; choose one of {tuple(DTYPES)}.")
     if self.depth < 1 or self.mlp_ratio <= 0:
       raise ConfigError(f"model.depth must be >= 1 and model.mlp_ratio > 0, got {self.depth}, {self.mlp_ratio}.")
     if self.context_dim < 0 or self.context_len < 0:
-      raise ConfigError(f"context_dim and context_len must be >= 0 (0 = no text context), got "
-                        f"{self.context_dim}, {self.context_len}.")
+      raise ConfigError(
+        f"context_dim and context_len must be >= 0 (0 = no text context), got {self.context_dim}, {self.context_len}."
+      )
     remat.check_policy(self.remat)
     if self.context_len and not self.context_dim:
-      raise ConfigError(f"context_len={self.context_len} needs context_dim > 0 (the width of the text "
-                        "embeddings); set context_dim or set context_len=0.")
+      raise ConfigError(
+        f"context_len={self.context_len} needs context_dim > 0 (the width of the text "
+        "embeddings); set context_dim or set context_len=0."
+      )
 
   @property
   def dtype(self):
@@ -96,8 +101,16 @@ class DiTConfig:
 class Attention(nnx.Module):
   """Multi-head attention. x: [B, L, D], context: [B, S, D] (None: self-attention), mask: [B, S] -> [B, L, D]."""
 
-  def __init__(self, dim: int, num_heads: int, *, rngs: nnx.Rngs, dtype, implementation: str,
-               out_init: layers.Initializer = layers.xavier):
+  def __init__(
+    self,
+    dim: int,
+    num_heads: int,
+    *,
+    rngs: nnx.Rngs,
+    dtype,
+    implementation: str,
+    out_init: layers.Initializer = layers.xavier,
+  ):
     self.num_heads = num_heads
     self.implementation = implementation
     self.q = layers.linear(dim, dim, axes.EMBED, axes.HEADS, rngs=rngs, dtype=dtype)
@@ -109,8 +122,9 @@ class Attention(nnx.Module):
     b, length, d = x.shape
     kv = x if context is None else context
     split = lambda y: y.reshape(b, y.shape[1], self.num_heads, d // self.num_heads)  # noqa: E731
-    out = dot_product_attention(split(self.q(x)), split(self.k(kv)), split(self.v(kv)),
-                                implementation=self.implementation, key_mask=mask)
+    out = dot_product_attention(
+      split(self.q(x)), split(self.k(kv)), split(self.v(kv)), implementation=self.implementation, key_mask=mask
+    )
     return self.proj(out.reshape(b, length, d))
 
 
@@ -128,8 +142,9 @@ class Mlp(nnx.Module):
 class TransformerBlock(nnx.Module):
   """Plain pre-norm block (no adaLN) for the encoders. x: [B, L, D], mask: [B, L] key padding -> [B, L, D]."""
 
-  def __init__(self, dim: int, num_heads: int, mlp_ratio: float, *, rngs: nnx.Rngs, dtype,
-               implementation: str = "auto"):
+  def __init__(
+    self, dim: int, num_heads: int, mlp_ratio: float, *, rngs: nnx.Rngs, dtype, implementation: str = "auto"
+  ):
     self.norm1 = layers.layer_norm(dim, use_affine=True, rngs=rngs)
     self.attn = Attention(dim, num_heads, rngs=rngs, dtype=dtype, implementation=implementation)
     self.norm2 = layers.layer_norm(dim, use_affine=True, rngs=rngs)
@@ -154,18 +169,19 @@ class DiTBlock(nnx.Module):
     self.attn = Attention(d, cfg.num_heads, rngs=rngs, dtype=cfg.dtype, implementation=cfg.attention_impl)
     self.norm2 = layers.layer_norm(d, use_affine=False, rngs=rngs)
     self.mlp = Mlp(d, int(d * cfg.mlp_ratio), rngs=rngs, dtype=cfg.dtype)
-    self.ada_ln = layers.linear(d, 6 * d, axes.EMBED, axes.MLP, rngs=rngs, dtype=cfg.dtype,
-                                kernel_init=layers.zeros)
+    self.ada_ln = layers.linear(d, 6 * d, axes.EMBED, axes.MLP, rngs=rngs, dtype=cfg.dtype, kernel_init=layers.zeros)
     # Created last, and only with context, so a context-free block draws the same random numbers as before.
     if cfg.context_dim:
       self.norm_cross = layers.layer_norm(d, use_affine=True, rngs=rngs)
-      self.cross_attn = Attention(d, cfg.num_heads, rngs=rngs, dtype=cfg.dtype, implementation=cfg.attention_impl,
-                                  out_init=layers.zeros)
+      self.cross_attn = Attention(
+        d, cfg.num_heads, rngs=rngs, dtype=cfg.dtype, implementation=cfg.attention_impl, out_init=layers.zeros
+      )
     else:
       self.cross_attn = None
 
-  def __call__(self, x: jax.Array, c: jax.Array, context: jax.Array | None = None,
-               context_mask: jax.Array | None = None) -> jax.Array:
+  def __call__(
+    self, x: jax.Array, c: jax.Array, context: jax.Array | None = None, context_mask: jax.Array | None = None
+  ) -> jax.Array:
     """x: [B, L, D]; c: [B, D]; context: [B, S, D] projected text tokens; context_mask: [B, S] bool."""
     mods = jnp.split(self.ada_ln(nnx.silu(c)).astype(jnp.float32), 6, axis=-1)
     shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = mods
@@ -183,8 +199,7 @@ class FinalLayer(nnx.Module):
   def __init__(self, d: int, patch_dim: int, *, rngs: nnx.Rngs, dtype):
     self.norm = layers.layer_norm(d, use_affine=False, rngs=rngs)
     self.ada_ln = layers.linear(d, 2 * d, axes.EMBED, axes.MLP, rngs=rngs, dtype=dtype, kernel_init=layers.zeros)
-    self.proj = layers.linear(d, patch_dim, axes.EMBED, axes.PATCH, rngs=rngs, dtype=dtype,
-                              kernel_init=layers.zeros)
+    self.proj = layers.linear(d, patch_dim, axes.EMBED, axes.PATCH, rngs=rngs, dtype=dtype, kernel_init=layers.zeros)
 
   def __call__(self, x: jax.Array, c: jax.Array) -> jax.Array:
     shift, scale = jnp.split(self.ada_ln(nnx.silu(c)).astype(jnp.float32), 2, axis=-1)
@@ -203,8 +218,9 @@ class DiT(nnx.Module):
     num_tokens = self.grid[0] * self.grid[1]
     self.patch_embed = layers.linear(p * p * cfg.channels, d, axes.PATCH, axes.EMBED, rngs=rngs, dtype=cfg.dtype)
     if cfg.pos_embed == "learned":
-      self.pos_embed = nnx.Param(layers.logical(nnx.initializers.normal(0.02), None, axes.LENGTH, axes.EMBED)(
-          rngs.params(), (1, num_tokens, d)))
+      self.pos_embed = nnx.Param(
+        layers.logical(nnx.initializers.normal(0.02), None, axes.LENGTH, axes.EMBED)(rngs.params(), (1, num_tokens, d))
+      )
     self.t_embed = layers.TimestepEmbedder(d, rngs=rngs, dtype=cfg.dtype)
     # Extra id `num_classes` is the null class used by classifier-free guidance.
     self.class_embed = layers.embedding(cfg.num_classes + 1, d, rngs=rngs) if cfg.num_classes else None
@@ -220,9 +236,17 @@ class DiT(nnx.Module):
       return self.pos_embed[...]
     return jnp.asarray(layers.sincos_2d(self.cfg.hidden_size, *self.grid))[None]
 
-  def __call__(self, x: jax.Array, t: jax.Array, *, labels: jax.Array | None = None,
-               indicator: jax.Array | None = None, direction: jax.Array | None = None,
-               context: jax.Array | None = None, context_mask: jax.Array | None = None) -> jax.Array:
+  def __call__(
+    self,
+    x: jax.Array,
+    t: jax.Array,
+    *,
+    labels: jax.Array | None = None,
+    indicator: jax.Array | None = None,
+    direction: jax.Array | None = None,
+    context: jax.Array | None = None,
+    context_mask: jax.Array | None = None,
+  ) -> jax.Array:
     """Velocity at (x, t).
 
     Args:
@@ -236,8 +260,11 @@ class DiT(nnx.Module):
     tokens = self.patch_embed(layers.patchify(x.astype(cfg.dtype), cfg.patch_size))
     tokens = (tokens.astype(jnp.float32) + self.position_embedding()).astype(cfg.dtype)
     c = self.t_embed(t).astype(jnp.float32)
-    for embed, ids, name in ((self.class_embed, labels, "labels"), (self.indicator_embed, indicator, "indicator"),
-                             (self.direction_embed, direction, "direction")):
+    for embed, ids, name in (
+      (self.class_embed, labels, "labels"),
+      (self.indicator_embed, indicator, "indicator"),
+      (self.direction_embed, direction, "direction"),
+    ):
       if embed is not None:
         if ids is None:
           raise ValueError(f"This DiT was built with {name} conditioning; pass `{name}`.")
@@ -248,8 +275,10 @@ class DiT(nnx.Module):
       kv, kv_mask, pooled = self.context_embed(context, context_mask)
       c = c + pooled
     elif context is not None or context_mask is not None:
-      raise ValueError("This DiT was built without text context (model context_dim=0); build it with "
-                       "context_dim > 0 or do not pass `context` / `context_mask`.")
+      raise ValueError(
+        "This DiT was built without text context (model context_dim=0); build it with "
+        "context_dim > 0 or do not pass `context` / `context_mask`."
+      )
     c = c.astype(cfg.dtype)
     call = remat.block_call(cfg.remat)
     for block in self.blocks:
@@ -261,12 +290,16 @@ class DiT(nnx.Module):
   def _check_context(self, context: jax.Array | None, context_mask: jax.Array | None, b: int) -> None:
     cfg = self.cfg
     if context is None or context_mask is None:
-      raise ValueError(f"This DiT was built with text context (context_dim={cfg.context_dim}); pass `context` "
-                       "[B, L, context_dim] and `context_mask` [B, L] (an all-zero mask is the null caption).")
+      raise ValueError(
+        f"This DiT was built with text context (context_dim={cfg.context_dim}); pass `context` "
+        "[B, L, context_dim] and `context_mask` [B, L] (an all-zero mask is the null caption)."
+      )
     length = context.shape[1] if context.ndim == 3 else -1
     if context.shape != (b, length, cfg.context_dim) or (cfg.context_len and length != cfg.context_len):
-      raise ValueError(f"context has shape {context.shape}; expected (B={b}, L={cfg.context_len or 'L'}, "
-                       f"context_dim={cfg.context_dim}).")
+      raise ValueError(
+        f"context has shape {context.shape}; expected (B={b}, L={cfg.context_len or 'L'}, "
+        f"context_dim={cfg.context_dim})."
+      )
     if context_mask.shape != (b, length):
       raise ValueError(f"context_mask has shape {context_mask.shape}; expected (B, L) = {(b, length)}.")
 
@@ -283,11 +316,13 @@ class ContextEmbedder(nnx.Module):
     self.dtype = dtype
     self.fc1 = layers.linear(context_dim, dim, axes.TEXT_EMBED, axes.MLP, rngs=rngs, dtype=dtype)
     self.fc2 = layers.linear(dim, dim, axes.MLP, axes.EMBED, rngs=rngs, dtype=dtype)
-    self.null_token = nnx.Param(layers.logical(nnx.initializers.normal(0.02), None, None, axes.EMBED)(
-        rngs.params(), (1, 1, dim)))
+    self.null_token = nnx.Param(
+      layers.logical(nnx.initializers.normal(0.02), None, None, axes.EMBED)(rngs.params(), (1, 1, dim))
+    )
     init = nnx.initializers.normal(0.02)
-    self.pool_fc1 = layers.linear(context_dim, dim, axes.TEXT_EMBED, axes.EMBED, rngs=rngs, dtype=dtype,
-                                  kernel_init=init)
+    self.pool_fc1 = layers.linear(
+      context_dim, dim, axes.TEXT_EMBED, axes.EMBED, rngs=rngs, dtype=dtype, kernel_init=init
+    )
     self.pool_fc2 = layers.linear(dim, dim, axes.EMBED, None, rngs=rngs, dtype=dtype, kernel_init=init)
 
   def __call__(self, context: jax.Array, context_mask: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:

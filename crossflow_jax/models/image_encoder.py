@@ -22,8 +22,8 @@ from crossflow_jax.parallel import axes
 class ImageEncoderConfig:
   """Static description of an ImageEncoder."""
 
-  image_shape: tuple[int, int, int]     # (H, W, C) of the input (image or latent)
-  out_dim: int = 0                      # feature size; 0: H * W * C of the input (the text-VE target size)
+  image_shape: tuple[int, int, int]  # (H, W, C) of the input (image or latent)
+  out_dim: int = 0  # feature size; 0: H * W * C of the input (the text-VE target size)
   width: int = 128
   depth: int = 2
   patch_size: int = 4
@@ -37,17 +37,22 @@ class ImageEncoderConfig:
       raise ConfigError(f"image_encoder.image_shape must be (H, W, C) of positive sizes, got {self.image_shape}.")
     h, w, _ = self.image_shape
     if self.patch_size < 1 or h % self.patch_size or w % self.patch_size:
-      raise ConfigError(f"image_encoder.patch_size={self.patch_size} does not divide the image size {h}x{w}; "
-                        f"pick one of {[p for p in range(1, min(h, w) + 1) if h % p == 0 and w % p == 0]}.")
+      raise ConfigError(
+        f"image_encoder.patch_size={self.patch_size} does not divide the image size {h}x{w}; "
+        f"pick one of {[p for p in range(1, min(h, w) + 1) if h % p == 0 and w % p == 0]}."
+      )
     if self.out_dim < 0 or self.depth < 1 or self.mlp_ratio <= 0:
-      raise ConfigError(f"image_encoder needs out_dim >= 0, depth >= 1 and mlp_ratio > 0, got {self.out_dim}, "
-                        f"{self.depth}, {self.mlp_ratio}.")
+      raise ConfigError(
+        f"image_encoder needs out_dim >= 0, depth >= 1 and mlp_ratio > 0, got {self.out_dim}, "
+        f"{self.depth}, {self.mlp_ratio}."
+      )
     if self.num_heads < 1 or self.width % self.num_heads or self.width % 4:
-      raise ConfigError(f"image_encoder.width={self.width} must be divisible by 4 (sin-cos position embedding) "
-                        f"and by image_encoder.num_heads={self.num_heads}.")
+      raise ConfigError(
+        f"image_encoder.width={self.width} must be divisible by 4 (sin-cos position embedding) "
+        f"and by image_encoder.num_heads={self.num_heads}."
+      )
     if self.compute_dtype not in DTYPES:
-      raise ConfigError(f"Unknown image_encoder.compute_dtype {self.compute_dtype!r}; choose one of "
-                        f"{tuple(DTYPES)}.")
+      raise ConfigError(f"Unknown image_encoder.compute_dtype {self.compute_dtype!r}; choose one of {tuple(DTYPES)}.")
 
   @property
   def dtype(self):
@@ -68,8 +73,12 @@ class ImageEncoder(nnx.Module):
     p, d = cfg.patch_size, cfg.width
     self.grid = (h // p, w // p)
     self.patch_embed = layers.linear(p * p * c, d, axes.PATCH, axes.EMBED, rngs=rngs, dtype=cfg.dtype)
-    self.blocks = nnx.List([TransformerBlock(d, cfg.num_heads, cfg.mlp_ratio, rngs=rngs, dtype=cfg.dtype,
-                                             implementation=cfg.attention_impl) for _ in range(cfg.depth)])
+    self.blocks = nnx.List(
+      [
+        TransformerBlock(d, cfg.num_heads, cfg.mlp_ratio, rngs=rngs, dtype=cfg.dtype, implementation=cfg.attention_impl)
+        for _ in range(cfg.depth)
+      ]
+    )
     self.norm = layers.layer_norm(d, use_affine=True, rngs=rngs)
     self.head = layers.linear(d, cfg.output_dim, axes.EMBED, axes.LATENT, rngs=rngs, dtype=cfg.dtype)
 

@@ -31,27 +31,58 @@ INPUT_SIZE = 299
 BN_EPS = 1e-3
 HIGHEST = jax.lax.Precision.HIGHEST
 
-FID_WEIGHTS_URL = ("https://github.com/mseitzer/pytorch-fid/releases/download/fid_weights/"
-                   "pt_inception-2015-12-05-6726825d.pth")
-HOW_TO_GET = (f"Download {FID_WEIGHTS_URL} (pytorch-fid's FID Inception weights, 91 MB) and convert it once with "
-              "`python tools/convert_fid_inception.py --pth pt_inception-2015-12-05-6726825d.pth "
-              "--out fid_inception.safetensors` (needs torch), then pass the .safetensors path.")
+FID_WEIGHTS_URL = (
+  "https://github.com/mseitzer/pytorch-fid/releases/download/fid_weights/pt_inception-2015-12-05-6726825d.pth"
+)
+HOW_TO_GET = (
+  f"Download {FID_WEIGHTS_URL} (pytorch-fid's FID Inception weights, 91 MB) and convert it once with "
+  "`python tools/convert_fid_inception.py --pth pt_inception-2015-12-05-6726825d.pth "
+  "--out fid_inception.safetensors` (needs torch), then pass the .safetensors path."
+)
 
 # BasicConv2d names of each block type, in torchvision's order.
 BRANCHES = {
-    "A": ("branch1x1", "branch5x5_1", "branch5x5_2", "branch3x3dbl_1", "branch3x3dbl_2", "branch3x3dbl_3",
-          "branch_pool"),
-    "B": ("branch3x3", "branch3x3dbl_1", "branch3x3dbl_2", "branch3x3dbl_3"),
-    "C": ("branch1x1", "branch7x7_1", "branch7x7_2", "branch7x7_3", "branch7x7dbl_1", "branch7x7dbl_2",
-          "branch7x7dbl_3", "branch7x7dbl_4", "branch7x7dbl_5", "branch_pool"),
-    "D": ("branch3x3_1", "branch3x3_2", "branch7x7x3_1", "branch7x7x3_2", "branch7x7x3_3", "branch7x7x3_4"),
-    "E": ("branch1x1", "branch3x3_1", "branch3x3_2a", "branch3x3_2b", "branch3x3dbl_1", "branch3x3dbl_2",
-          "branch3x3dbl_3a", "branch3x3dbl_3b", "branch_pool"),
+  "A": ("branch1x1", "branch5x5_1", "branch5x5_2", "branch3x3dbl_1", "branch3x3dbl_2", "branch3x3dbl_3", "branch_pool"),
+  "B": ("branch3x3", "branch3x3dbl_1", "branch3x3dbl_2", "branch3x3dbl_3"),
+  "C": (
+    "branch1x1",
+    "branch7x7_1",
+    "branch7x7_2",
+    "branch7x7_3",
+    "branch7x7dbl_1",
+    "branch7x7dbl_2",
+    "branch7x7dbl_3",
+    "branch7x7dbl_4",
+    "branch7x7dbl_5",
+    "branch_pool",
+  ),
+  "D": ("branch3x3_1", "branch3x3_2", "branch7x7x3_1", "branch7x7x3_2", "branch7x7x3_3", "branch7x7x3_4"),
+  "E": (
+    "branch1x1",
+    "branch3x3_1",
+    "branch3x3_2a",
+    "branch3x3_2b",
+    "branch3x3dbl_1",
+    "branch3x3dbl_2",
+    "branch3x3dbl_3a",
+    "branch3x3dbl_3b",
+    "branch_pool",
+  ),
 }
 STEM = ("Conv2d_1a_3x3", "Conv2d_2a_3x3", "Conv2d_2b_3x3", "Conv2d_3b_1x1", "Conv2d_4a_3x3")
-MIXED = (("Mixed_5b", "A"), ("Mixed_5c", "A"), ("Mixed_5d", "A"), ("Mixed_6a", "B"), ("Mixed_6b", "C"),
-         ("Mixed_6c", "C"), ("Mixed_6d", "C"), ("Mixed_6e", "C"), ("Mixed_7a", "D"), ("Mixed_7b", "E"),
-         ("Mixed_7c", "E"))
+MIXED = (
+  ("Mixed_5b", "A"),
+  ("Mixed_5c", "A"),
+  ("Mixed_5d", "A"),
+  ("Mixed_6a", "B"),
+  ("Mixed_6b", "C"),
+  ("Mixed_6c", "C"),
+  ("Mixed_6d", "C"),
+  ("Mixed_6e", "C"),
+  ("Mixed_7a", "D"),
+  ("Mixed_7b", "E"),
+  ("Mixed_7c", "E"),
+)
 
 # Key map: PyTorch state-dict name -> (NNX parameter path, transform).
 CONV = "conv"  # torch Conv2d weight [O, I, kh, kw] -> kernel [kh, kw, I, O]
@@ -65,11 +96,13 @@ HARMLESS_SUFFIX = ".num_batches_tracked"
 
 def _basic_conv(name: str) -> KeyMap:
   path = tuple(name.split("."))
-  return {f"{name}.conv.weight": ((*path, "conv", "kernel"), CONV),
-          f"{name}.bn.weight": ((*path, "bn", "scale"), COPY),
-          f"{name}.bn.bias": ((*path, "bn", "bias"), COPY),
-          f"{name}.bn.running_mean": ((*path, "bn", "mean"), COPY),
-          f"{name}.bn.running_var": ((*path, "bn", "var"), COPY)}
+  return {
+    f"{name}.conv.weight": ((*path, "conv", "kernel"), CONV),
+    f"{name}.bn.weight": ((*path, "bn", "scale"), COPY),
+    f"{name}.bn.bias": ((*path, "bn", "bias"), COPY),
+    f"{name}.bn.running_mean": ((*path, "bn", "mean"), COPY),
+    f"{name}.bn.running_var": ((*path, "bn", "var"), COPY),
+  }
 
 
 def fid_inception_key_map() -> KeyMap:
@@ -89,23 +122,43 @@ def check_keys(keys: Iterable[str], source: str) -> None:
   unexpected = sorted(k for k in present - set(wanted) if k not in HARMLESS and not k.endswith(HARMLESS_SUFFIX))
   if missing or unexpected:
     raise WeightsError(
-        f"{source} does not hold pytorch-fid's FID Inception-v3 (fid_inception_v3() state dict). Missing "
-        f"{len(missing)} keys, first: {missing[:5]}; unexpected {len(unexpected)} keys, first: {unexpected[:5]}. "
-        f"Use the unmodified pt_inception-2015-12-05-6726825d.pth converted by tools/convert_fid_inception.py. "
-        f"{HOW_TO_GET}")
+      f"{source} does not hold pytorch-fid's FID Inception-v3 (fid_inception_v3() state dict). Missing "
+      f"{len(missing)} keys, first: {missing[:5]}; unexpected {len(unexpected)} keys, first: {unexpected[:5]}. "
+      f"Use the unmodified pt_inception-2015-12-05-6726825d.pth converted by tools/convert_fid_inception.py. "
+      f"{HOW_TO_GET}"
+    )
 
 
 class BasicConv2d(nnx.Module):
   """Conv (no bias) + BatchNorm(eps 0.001, running statistics) + ReLU: [B, H, W, I] -> [B, H', W', O] float32."""
 
-  def __init__(self, in_features: int, out_features: int, kernel_size: int | tuple[int, int], *, stride: int = 1,
-               padding: int | tuple[int, int] = 0, rngs: nnx.Rngs):
+  def __init__(
+    self,
+    in_features: int,
+    out_features: int,
+    kernel_size: int | tuple[int, int],
+    *,
+    stride: int = 1,
+    padding: int | tuple[int, int] = 0,
+    rngs: nnx.Rngs,
+  ):
     kh, kw = (kernel_size, kernel_size) if isinstance(kernel_size, int) else kernel_size
     ph, pw = (padding, padding) if isinstance(padding, int) else padding
-    self.conv = nnx.Conv(in_features, out_features, (kh, kw), strides=stride, padding=((ph, ph), (pw, pw)),
-                         use_bias=False, precision=HIGHEST, dtype=jnp.float32, param_dtype=jnp.float32, rngs=rngs)
-    self.bn = nnx.BatchNorm(out_features, use_running_average=True, epsilon=BN_EPS, dtype=jnp.float32,
-                            param_dtype=jnp.float32, rngs=rngs)
+    self.conv = nnx.Conv(
+      in_features,
+      out_features,
+      (kh, kw),
+      strides=stride,
+      padding=((ph, ph), (pw, pw)),
+      use_bias=False,
+      precision=HIGHEST,
+      dtype=jnp.float32,
+      param_dtype=jnp.float32,
+      rngs=rngs,
+    )
+    self.bn = nnx.BatchNorm(
+      out_features, use_running_average=True, epsilon=BN_EPS, dtype=jnp.float32, param_dtype=jnp.float32, rngs=rngs
+    )
 
   def __call__(self, x: jax.Array) -> jax.Array:
     return jax.nn.relu(self.bn(self.conv(x)))
@@ -178,8 +231,13 @@ class InceptionC(nnx.Module):
   def __call__(self, x: jax.Array) -> jax.Array:
     b7 = self.branch7x7_3(self.branch7x7_2(self.branch7x7_1(x)))
     bd = x
-    for conv in (self.branch7x7dbl_1, self.branch7x7dbl_2, self.branch7x7dbl_3, self.branch7x7dbl_4,
-                 self.branch7x7dbl_5):
+    for conv in (
+      self.branch7x7dbl_1,
+      self.branch7x7dbl_2,
+      self.branch7x7dbl_3,
+      self.branch7x7dbl_4,
+      self.branch7x7dbl_5,
+    ):
       bd = conv(bd)
     bp = self.branch_pool(avg_pool_3x3_exclude_pad(x))
     return jnp.concatenate([self.branch1x1(x), b7, bd, bp], axis=-1)
@@ -267,8 +325,7 @@ def preprocess(images: jax.Array, *, resize: bool = True) -> jax.Array:
   With `resize=False` the size is kept ([B, H, W, 3]); it must then be at least 75x75.
   """
   if images.ndim != 4 or images.shape[-1] not in (1, 3):
-    raise ValueError(f"FID Inception takes images [B, H, W, 3] or [B, H, W, 1] in [-1, 1], got shape "
-                     f"{images.shape}.")
+    raise ValueError(f"FID Inception takes images [B, H, W, 3] or [B, H, W, 1] in [-1, 1], got shape {images.shape}.")
   if not resize and min(images.shape[1:3]) < 75:
     raise ValueError(f"Without resizing the FID Inception needs H, W >= 75, got {images.shape[1:3]}.")
   x = jnp.asarray(images, jnp.float32)
@@ -313,8 +370,19 @@ class FIDInceptionV3(nnx.Module):
     x = max_pool(x, 3, 2)
     x = self.Conv2d_4a_3x3(self.Conv2d_3b_1x1(x))
     x = max_pool(x, 3, 2)
-    for block in (self.Mixed_5b, self.Mixed_5c, self.Mixed_5d, self.Mixed_6a, self.Mixed_6b, self.Mixed_6c,
-                  self.Mixed_6d, self.Mixed_6e, self.Mixed_7a, self.Mixed_7b, self.Mixed_7c):
+    for block in (
+      self.Mixed_5b,
+      self.Mixed_5c,
+      self.Mixed_5d,
+      self.Mixed_6a,
+      self.Mixed_6b,
+      self.Mixed_6c,
+      self.Mixed_6d,
+      self.Mixed_6e,
+      self.Mixed_7a,
+      self.Mixed_7b,
+      self.Mixed_7c,
+    ):
       x = block(x)
     return jnp.mean(x, axis=(1, 2))
 
@@ -324,18 +392,23 @@ def read_weight_file(path: str) -> dict[str, np.ndarray]:
   if not os.path.isfile(path):
     raise WeightsError(f"FID Inception weights file {path!r} does not exist. {HOW_TO_GET}")
   if path.endswith((".pth", ".pt", ".bin", ".ckpt", ".pkl")):
-    raise WeightsError(f"{path!r} is a pickle file, which this loader never opens (it can run code). Convert it "
-                       "once with `python tools/convert_fid_inception.py --pth <file.pth> --out "
-                       "fid_inception.safetensors` and pass the .safetensors file.")
+    raise WeightsError(
+      f"{path!r} is a pickle file, which this loader never opens (it can run code). Convert it "
+      "once with `python tools/convert_fid_inception.py --pth <file.pth> --out "
+      "fid_inception.safetensors` and pass the .safetensors file."
+    )
   try:
     if path.endswith(".npz"):
       with np.load(path, allow_pickle=False) as f:
         return {k: np.asarray(f[k], np.float32) for k in f.files}
     from safetensors.numpy import load_file
+
     return {k: v.astype(np.float32) for k, v in load_file(path).items()}
   except Exception as e:  # zipfile / safetensors raise their own error types for a truncated or corrupt file
-    raise WeightsError(f"Cannot read {path!r} as {'npz' if path.endswith('.npz') else 'safetensors'} ({e}). "
-                       f"Convert the .pth again. {HOW_TO_GET}") from e
+    raise WeightsError(
+      f"Cannot read {path!r} as {'npz' if path.endswith('.npz') else 'safetensors'} ({e}). "
+      f"Convert the .pth again. {HOW_TO_GET}"
+    ) from e
 
 
 def load_fid_inception(path: str) -> FIDInceptionV3:
@@ -357,9 +430,11 @@ def load_fid_inception(path: str) -> FIDInceptionV3:
     value = arrays[key].transpose(2, 3, 1, 0) if transform == CONV and arrays[key].ndim == 4 else arrays[key]
     want = tuple(leaves[p].get_value().shape)
     if value.shape != want:
-      raise WeightsError(f"{key} in {path!r} has shape {list(arrays[key].shape)}, which does not fit "
-                         f"{'/'.join(p)} {list(want)} (HWIO for convs) of the FID Inception-v3. The file is not "
-                         f"pytorch-fid's pt_inception-2015-12-05 weights. {HOW_TO_GET}")
+      raise WeightsError(
+        f"{key} in {path!r} has shape {list(arrays[key].shape)}, which does not fit "
+        f"{'/'.join(p)} {list(want)} (HWIO for convs) of the FID Inception-v3. The file is not "
+        f"pytorch-fid's pt_inception-2015-12-05 weights. {HOW_TO_GET}"
+      )
     filled.append((p, leaves[p].replace(jnp.asarray(value, jnp.float32))))
   return nnx.merge(graphdef, nnx.from_flat_state(filled))
 
@@ -389,7 +464,7 @@ def make_feature_fn(model: FIDInceptionV3, batch_size: int = 64) -> Callable[[np
       images = images.astype(np.float32, copy=False)
     out = []
     for start in range(0, len(images), batch_size):
-      chunk = images[start:start + batch_size]
+      chunk = images[start : start + batch_size]
       n = len(chunk)
       if n < batch_size:
         chunk = np.concatenate([chunk, np.zeros((batch_size - n, *chunk.shape[1:]), chunk.dtype)])

@@ -26,24 +26,46 @@ xavier = nnx.initializers.xavier_uniform()
 zeros = nnx.initializers.zeros_init()
 
 
-def linear(din: int, dout: int, axes_in: str | None, axes_out: str | None, *, rngs: nnx.Rngs,
-           dtype=jnp.float32, kernel_init: Initializer = xavier, use_bias: bool = True) -> nnx.Linear:
+def linear(
+  din: int,
+  dout: int,
+  axes_in: str | None,
+  axes_out: str | None,
+  *,
+  rngs: nnx.Rngs,
+  dtype=jnp.float32,
+  kernel_init: Initializer = xavier,
+  use_bias: bool = True,
+) -> nnx.Linear:
   """nnx.Linear with float32 params, `dtype` compute and logical axis annotations."""
-  return nnx.Linear(din, dout, use_bias=use_bias, dtype=dtype, param_dtype=jnp.float32,
-                    kernel_init=logical(kernel_init, axes_in, axes_out),
-                    bias_init=logical(zeros, axes_out), rngs=rngs)
+  return nnx.Linear(
+    din,
+    dout,
+    use_bias=use_bias,
+    dtype=dtype,
+    param_dtype=jnp.float32,
+    kernel_init=logical(kernel_init, axes_in, axes_out),
+    bias_init=logical(zeros, axes_out),
+    rngs=rngs,
+  )
 
 
 def layer_norm(dim: int, *, use_affine: bool, rngs: nnx.Rngs) -> nnx.LayerNorm:
   """LayerNorm computed in float32 (eps 1e-6 as DiT)."""
-  return nnx.LayerNorm(dim, epsilon=1e-6, use_bias=use_affine, use_scale=use_affine,
-                       dtype=jnp.float32, param_dtype=jnp.float32,
-                       scale_init=logical(nnx.initializers.ones_init(), axes.EMBED),
-                       bias_init=logical(zeros, axes.EMBED), rngs=rngs)
+  return nnx.LayerNorm(
+    dim,
+    epsilon=1e-6,
+    use_bias=use_affine,
+    use_scale=use_affine,
+    dtype=jnp.float32,
+    param_dtype=jnp.float32,
+    scale_init=logical(nnx.initializers.ones_init(), axes.EMBED),
+    bias_init=logical(zeros, axes.EMBED),
+    rngs=rngs,
+  )
 
 
-def timestep_features(t: jax.Array, dim: int, max_period: float = 10_000.0,
-                      time_scale: float = 1000.0) -> jax.Array:
+def timestep_features(t: jax.Array, dim: int, max_period: float = 10_000.0, time_scale: float = 1000.0) -> jax.Array:
   """Sinusoidal features of t: [B] in [0, 1] -> [B, dim] float32 (t scaled by 1000 as DiT)."""
   half = dim // 2
   freqs = jnp.exp(-math.log(max_period) * jnp.arange(half, dtype=jnp.float32) / half)
@@ -69,8 +91,13 @@ class TimestepEmbedder(nnx.Module):
 
 def embedding(num: int, dim: int, *, rngs: nnx.Rngs) -> nnx.Embed:
   """Embedding table [num, D] initialised N(0, 0.02^2)."""
-  return nnx.Embed(num, dim, param_dtype=jnp.float32,
-                   embedding_init=logical(nnx.initializers.normal(0.02), axes.CLASSES, axes.EMBED), rngs=rngs)
+  return nnx.Embed(
+    num,
+    dim,
+    param_dtype=jnp.float32,
+    embedding_init=logical(nnx.initializers.normal(0.02), axes.CLASSES, axes.EMBED),
+    rngs=rngs,
+  )
 
 
 def sincos_2d(dim: int, grid_h: int, grid_w: int) -> np.ndarray:

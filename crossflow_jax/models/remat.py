@@ -1,9 +1,9 @@
 """Per-block rematerialisation (`config.model.remat`): trade recomputation for activation memory.
 
-  none           keep every activation (fastest, most memory)
-  full           save only each block's inputs; recompute the block in the backward pass
-  dots           save matmul outputs (jax.checkpoint_policies.dots_saveable), recompute the rest
-  dots_no_batch  save matmul outputs without batch dimensions (weights-like), recompute the rest
+none           keep every activation (fastest, most memory)
+full           save only each block's inputs; recompute the block in the backward pass
+dots           save matmul outputs (jax.checkpoint_policies.dots_saveable), recompute the rest
+dots_no_batch  save matmul outputs without batch dimensions (weights-like), recompute the rest
 """
 
 from collections.abc import Callable
@@ -14,10 +14,10 @@ from flax import nnx
 from crossflow_jax.errors import ConfigError
 
 POLICIES = {
-    "none": None,
-    "full": jax.checkpoint_policies.nothing_saveable,
-    "dots": jax.checkpoint_policies.dots_saveable,
-    "dots_no_batch": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+  "none": None,
+  "full": jax.checkpoint_policies.nothing_saveable,
+  "dots": jax.checkpoint_policies.dots_saveable,
+  "dots_no_batch": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
 }
 
 

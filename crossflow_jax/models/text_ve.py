@@ -29,15 +29,15 @@ _fan_in = nnx.initializers.variance_scaling(1.0, "fan_in", "truncated_normal")
 class TextVEConfig:
   """Static description of a TextVariationalEncoder."""
 
-  text_dim: int                         # D_text of the frozen encoder (384 MiniLM, 768 CLIP, 4096 T5)
-  num_tokens: int                       # L: every caption is padded / cut to this many tokens
-  target_shape: tuple[int, int, int]    # (H, W, C) of the flow's target: the image, or its VAE latent
-  width: int = 256                      # D of the transformer
+  text_dim: int  # D_text of the frozen encoder (384 MiniLM, 768 CLIP, 4096 T5)
+  num_tokens: int  # L: every caption is padded / cut to this many tokens
+  target_shape: tuple[int, int, int]  # (H, W, C) of the flow's target: the image, or its VAE latent
+  width: int = 256  # D of the transformer
   depth: int = 2
   num_heads: int = 4
   mlp_ratio: float = 4.0
-  bottleneck: int = 32                  # per-token dims kept before flattening
-  init_logvar: float = -4.0             # logvar at init (sigma = exp(-2) ~ 0.14 against unit-scale mu)
+  bottleneck: int = 32  # per-token dims kept before flattening
+  init_logvar: float = -4.0  # logvar at init (sigma = exp(-2) ~ 0.14 against unit-scale mu)
   compute_dtype: str = "float32"
   attention_impl: str = "auto"
 
@@ -46,16 +46,21 @@ class TextVEConfig:
       if getattr(self, name) < 1:
         raise ConfigError(f"text_ve.{name} must be >= 1, got {getattr(self, name)}.")
     if len(self.target_shape) != 3 or min(self.target_shape) < 1:
-      raise ConfigError(f"text_ve.target_shape must be (H, W, C) of positive sizes, got {self.target_shape}; "
-                        "use the image shape, or the VAE latent shape for latent flows.")
+      raise ConfigError(
+        f"text_ve.target_shape must be (H, W, C) of positive sizes, got {self.target_shape}; "
+        "use the image shape, or the VAE latent shape for latent flows."
+      )
     if self.width % self.num_heads:
-      raise ConfigError(f"text_ve.width={self.width} is not divisible by text_ve.num_heads={self.num_heads}; "
-                        "pick a width that is a multiple of the head count.")
+      raise ConfigError(
+        f"text_ve.width={self.width} is not divisible by text_ve.num_heads={self.num_heads}; "
+        "pick a width that is a multiple of the head count."
+      )
     if self.mlp_ratio <= 0:
       raise ConfigError(f"text_ve.mlp_ratio must be > 0, got {self.mlp_ratio}.")
     if not -20.0 <= self.init_logvar <= 5.0:
-      raise ConfigError(f"text_ve.init_logvar={self.init_logvar} is outside [-20, 5]; the default -4 gives "
-                        "sigma ~ 0.14.")
+      raise ConfigError(
+        f"text_ve.init_logvar={self.init_logvar} is outside [-20, 5]; the default -4 gives sigma ~ 0.14."
+      )
     if self.compute_dtype not in DTYPES:
       raise ConfigError(f"Unknown text_ve.compute_dtype {self.compute_dtype!r}; choose one of {tuple(DTYPES)}.")
 
@@ -97,16 +102,29 @@ class TextVariationalEncoder(nnx.Module):
     # Encoders differ wildly in scale (T5 ~0.1, CLIP outlier dims ~30); normalise before projecting.
     self.in_norm = layers.layer_norm(cfg.text_dim, use_affine=False, rngs=rngs)
     self.in_proj = layers.linear(cfg.text_dim, d, axes.TEXT_EMBED, axes.EMBED, rngs=rngs, dtype=dtype)
-    self.pos_embed = nnx.Param(layers.logical(nnx.initializers.normal(0.02), None, axes.LENGTH, axes.EMBED)(
-        rngs.params(), (1, cfg.num_tokens, d)))
-    self.blocks = nnx.List([TransformerBlock(d, cfg.num_heads, cfg.mlp_ratio, rngs=rngs, dtype=dtype,
-                                             implementation=cfg.attention_impl) for _ in range(cfg.depth)])
+    self.pos_embed = nnx.Param(
+      layers.logical(nnx.initializers.normal(0.02), None, axes.LENGTH, axes.EMBED)(
+        rngs.params(), (1, cfg.num_tokens, d)
+      )
+    )
+    self.blocks = nnx.List(
+      [
+        TransformerBlock(d, cfg.num_heads, cfg.mlp_ratio, rngs=rngs, dtype=dtype, implementation=cfg.attention_impl)
+        for _ in range(cfg.depth)
+      ]
+    )
     self.out_norm = layers.layer_norm(d, use_affine=True, rngs=rngs)
     self.token_proj = layers.linear(d, cfg.bottleneck, axes.EMBED, None, rngs=rngs, dtype=dtype, kernel_init=_fan_in)
     kernel_init, bias_init = _head_inits(cfg.target_size, cfg.init_logvar)
-    self.head = nnx.Linear(cfg.num_tokens * cfg.bottleneck, 2 * cfg.target_size, dtype=dtype,
-                           param_dtype=jnp.float32, kernel_init=layers.logical(kernel_init, None, axes.LATENT),
-                           bias_init=layers.logical(bias_init, axes.LATENT), rngs=rngs)
+    self.head = nnx.Linear(
+      cfg.num_tokens * cfg.bottleneck,
+      2 * cfg.target_size,
+      dtype=dtype,
+      param_dtype=jnp.float32,
+      kernel_init=layers.logical(kernel_init, None, axes.LATENT),
+      bias_init=layers.logical(bias_init, axes.LATENT),
+      rngs=rngs,
+    )
 
   def __call__(self, emb: jax.Array, mask: jax.Array) -> tuple[jax.Array, jax.Array]:
     """Gaussian parameters of the source.
@@ -121,9 +139,11 @@ class TextVariationalEncoder(nnx.Module):
     cfg = self.cfg
     b = emb.shape[0]
     if emb.shape != (b, cfg.num_tokens, cfg.text_dim) or mask.shape != (b, cfg.num_tokens):
-      raise ValueError(f"TextVariationalEncoder expects emb [B, {cfg.num_tokens}, {cfg.text_dim}] and mask "
-                       f"[B, {cfg.num_tokens}], got {emb.shape} and {mask.shape}; pad or cut captions to "
-                       "text_ve.num_tokens.")
+      raise ValueError(
+        f"TextVariationalEncoder expects emb [B, {cfg.num_tokens}, {cfg.text_dim}] and mask "
+        f"[B, {cfg.num_tokens}], got {emb.shape} and {mask.shape}; pad or cut captions to "
+        "text_ve.num_tokens."
+      )
     mask = mask.astype(bool)
     emb = jnp.where(mask[..., None], emb.astype(jnp.float32), 0.0)  # garbage at padding cannot leak
     x = self.in_proj(self.in_norm(emb).astype(cfg.dtype))

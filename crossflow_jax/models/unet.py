@@ -42,22 +42,22 @@ TORCH_CONV_INIT = nnx.initializers.variance_scaling(1.0 / 3.0, "fan_in", "unifor
 class UNetConfig:
   """Static description of a UNet; built from `config.model.unet` by `models.factory.unet_config`."""
 
-  image_size: tuple[int, int]          # (H, W) of the input
-  channels: int                        # C of the input (and output)
-  model_channels: int = 64             # C_0, the first level's width (config.model.unet.channels)
+  image_size: tuple[int, int]  # (H, W) of the input
+  channels: int  # C of the input (and output)
+  model_channels: int = 64  # C_0, the first level's width (config.model.unet.channels)
   channel_mult: tuple[int, ...] = (1, 2, 2)  # C_l / C_0 per level; level l has a map 2^l times smaller
-  num_res_blocks: int = 2              # ResBlocks per encoder level (the decoder has one more)
+  num_res_blocks: int = 2  # ResBlocks per encoder level (the decoder has one more)
   attention_resolutions: tuple[int, ...] = (16,)  # feature-map sides (H / 2^l, pixels) with self-attention
   num_heads: int = 4
-  dropout: float = 0.0                 # in the ResBlocks; applied only when __call__ gets a dropout_key
-  use_scale_shift_norm: bool = True    # embedding as scale-shift of the norm (ADM) or added to the features
-  groups: int = 32                     # GroupNorm groups
-  num_classes: int = 0                 # > 0: class embedding with an extra null id E
-  use_indicator: bool = False          # CrossFlow guidance indicator embedding
-  use_direction: bool = False          # bidirectional flow direction embedding
+  dropout: float = 0.0  # in the ResBlocks; applied only when __call__ gets a dropout_key
+  use_scale_shift_norm: bool = True  # embedding as scale-shift of the norm (ADM) or added to the features
+  groups: int = 32  # GroupNorm groups
+  num_classes: int = 0  # > 0: class embedding with an extra null id E
+  use_indicator: bool = False  # CrossFlow guidance indicator embedding
+  use_direction: bool = False  # bidirectional flow direction embedding
   compute_dtype: str = "float32"
   attention_impl: str = "auto"
-  remat: str = "none"                  # per-block rematerialisation policy (models.remat)
+  remat: str = "none"  # per-block rematerialisation policy (models.remat)
 
   @property
   def dtype(self):
@@ -77,31 +77,42 @@ class UNetConfig:
   def validate(self) -> None:
     h, w = self.image_size
     if not self.channel_mult or any(int(m) < 1 for m in self.channel_mult):
-      raise ConfigError(f"model.unet.channel_mult={tuple(self.channel_mult)} must be a non-empty tuple of positive "
-                        "multipliers, one per level (e.g. (1, 2, 2)).")
+      raise ConfigError(
+        f"model.unet.channel_mult={tuple(self.channel_mult)} must be a non-empty tuple of positive "
+        "multipliers, one per level (e.g. (1, 2, 2))."
+      )
     if self.model_channels < 1 or self.num_res_blocks < 1:
-      raise ConfigError(f"model.unet.channels and num_res_blocks must be >= 1, got {self.model_channels}, "
-                        f"{self.num_res_blocks}.")
+      raise ConfigError(
+        f"model.unet.channels and num_res_blocks must be >= 1, got {self.model_channels}, {self.num_res_blocks}."
+      )
     factor = 2 ** (len(self.channel_mult) - 1)
     if h % factor or w % factor:
-      raise ConfigError(f"The image size {h}x{w} is not divisible by 2^(levels-1) = {factor} for "
-                        f"model.unet.channel_mult={tuple(self.channel_mult)} ({len(self.channel_mult)} levels); use "
-                        "fewer levels or set data.image_size to a multiple of that.")
+      raise ConfigError(
+        f"The image size {h}x{w} is not divisible by 2^(levels-1) = {factor} for "
+        f"model.unet.channel_mult={tuple(self.channel_mult)} ({len(self.channel_mult)} levels); use "
+        "fewer levels or set data.image_size to a multiple of that."
+      )
     bad = [c for c in [self.model_channels] + self.widths() if self.groups < 1 or c % self.groups]
     if bad:
-      raise ConfigError(f"model.unet.groups={self.groups} does not divide the widths {sorted(set(bad))} (channels "
-                        f"{self.model_channels} x channel_mult {tuple(self.channel_mult)}); choose groups that "
-                        "divide model.unet.channels (e.g. 8 or 32) or change the widths.")
+      raise ConfigError(
+        f"model.unet.groups={self.groups} does not divide the widths {sorted(set(bad))} (channels "
+        f"{self.model_channels} x channel_mult {tuple(self.channel_mult)}); choose groups that "
+        "divide model.unet.channels (e.g. 8 or 32) or change the widths."
+      )
     sides = self.resolutions()
     missing = [r for r in self.attention_resolutions if r not in sides]
     if missing:
-      raise ConfigError(f"model.unet.attention_resolutions={tuple(self.attention_resolutions)}: {missing} never "
-                        f"occurs; for {h}x{w} inputs the feature-map sides are {sides} (one per level), so choose "
-                        "from those (or () for attention in the middle block only).")
+      raise ConfigError(
+        f"model.unet.attention_resolutions={tuple(self.attention_resolutions)}: {missing} never "
+        f"occurs; for {h}x{w} inputs the feature-map sides are {sides} (one per level), so choose "
+        "from those (or () for attention in the middle block only)."
+      )
     attn_widths = {self.widths()[-1]} | {c for c, r in zip(self.widths(), sides) if r in self.attention_resolutions}
     if self.num_heads < 1 or any(c % self.num_heads for c in attn_widths):
-      raise ConfigError(f"model.unet.num_heads={self.num_heads} must be >= 1 and divide the width of every "
-                        f"attention block, {sorted(attn_widths)}.")
+      raise ConfigError(
+        f"model.unet.num_heads={self.num_heads} must be >= 1 and divide the width of every "
+        f"attention block, {sorted(attn_widths)}."
+      )
     if not 0.0 <= self.dropout < 1.0:
       raise ConfigError(f"model.unet.dropout={self.dropout} must be in [0, 1).")
     if self.num_classes < 0:
@@ -113,20 +124,46 @@ class UNetConfig:
     remat.check_policy(self.remat)
 
 
-def conv(cin: int, cout: int, kernel: int, axes_in: str | None, axes_out: str | None, *, rngs: nnx.Rngs, dtype,
-         stride: int = 1, kernel_init: layers.Initializer = TORCH_CONV_INIT) -> nnx.Conv:
+def conv(
+  cin: int,
+  cout: int,
+  kernel: int,
+  axes_in: str | None,
+  axes_out: str | None,
+  *,
+  rngs: nnx.Rngs,
+  dtype,
+  stride: int = 1,
+  kernel_init: layers.Initializer = TORCH_CONV_INIT,
+) -> nnx.Conv:
   """k x k conv with float32 params, `dtype` compute, PyTorch padding (k // 2) and logical axes on C_in / C_out."""
   pad = ((kernel // 2, kernel // 2),) * 2
-  return nnx.Conv(cin, cout, (kernel, kernel), strides=stride, padding=pad, dtype=dtype, param_dtype=jnp.float32,
-                  kernel_init=layers.logical(kernel_init, None, None, axes_in, axes_out),
-                  bias_init=layers.logical(layers.zeros, axes_out), rngs=rngs)
+  return nnx.Conv(
+    cin,
+    cout,
+    (kernel, kernel),
+    strides=stride,
+    padding=pad,
+    dtype=dtype,
+    param_dtype=jnp.float32,
+    kernel_init=layers.logical(kernel_init, None, None, axes_in, axes_out),
+    bias_init=layers.logical(layers.zeros, axes_out),
+    rngs=rngs,
+  )
 
 
 def group_norm(dim: int, groups: int, *, rngs: nnx.Rngs) -> nnx.GroupNorm:
   """GroupNorm over (H, W, C / groups), computed in float32 (ADM's GroupNorm32; eps 1e-5 as PyTorch)."""
-  return nnx.GroupNorm(dim, num_groups=groups, epsilon=1e-5, dtype=jnp.float32, param_dtype=jnp.float32,
-                       scale_init=layers.logical(nnx.initializers.ones_init(), axes.EMBED),
-                       bias_init=layers.logical(layers.zeros, axes.EMBED), rngs=rngs)
+  return nnx.GroupNorm(
+    dim,
+    num_groups=groups,
+    epsilon=1e-5,
+    dtype=jnp.float32,
+    param_dtype=jnp.float32,
+    scale_init=layers.logical(nnx.initializers.ones_init(), axes.EMBED),
+    bias_init=layers.logical(layers.zeros, axes.EMBED),
+    rngs=rngs,
+  )
 
 
 class ResBlock(nnx.Module):
@@ -137,8 +174,9 @@ class ResBlock(nnx.Module):
     self.dtype, self.dropout, self.scale_shift = dtype, cfg.dropout, cfg.use_scale_shift_norm
     self.norm1 = group_norm(cin, cfg.groups, rngs=rngs)
     self.conv1 = conv(cin, cout, 3, axes.EMBED, axes.MLP, rngs=rngs, dtype=dtype)
-    self.emb_proj = layers.linear(cfg.embed_dim, 2 * cout if self.scale_shift else cout, axes.EMBED, axes.MLP,
-                                  rngs=rngs, dtype=dtype)
+    self.emb_proj = layers.linear(
+      cfg.embed_dim, 2 * cout if self.scale_shift else cout, axes.EMBED, axes.MLP, rngs=rngs, dtype=dtype
+    )
     self.norm2 = group_norm(cout, cfg.groups, rngs=rngs)
     self.conv2 = conv(cout, cout, 3, axes.MLP, axes.EMBED, rngs=rngs, dtype=dtype, kernel_init=layers.zeros)
     self.skip = conv(cin, cout, 1, axes.EMBED, None, rngs=rngs, dtype=dtype) if cin != cout else None
@@ -244,10 +282,18 @@ class UNet(nnx.Module):
     self.out_norm = group_norm(ch, cfg.groups, rngs=rngs)
     self.out_conv = conv(ch, cfg.channels, 3, axes.EMBED, None, rngs=rngs, dtype=dtype, kernel_init=layers.zeros)
 
-  def __call__(self, x: jax.Array, t: jax.Array, *, labels: jax.Array | None = None,
-               indicator: jax.Array | None = None, direction: jax.Array | None = None,
-               context: jax.Array | None = None, context_mask: jax.Array | None = None,
-               dropout_key: jax.Array | None = None) -> jax.Array:
+  def __call__(
+    self,
+    x: jax.Array,
+    t: jax.Array,
+    *,
+    labels: jax.Array | None = None,
+    indicator: jax.Array | None = None,
+    direction: jax.Array | None = None,
+    context: jax.Array | None = None,
+    context_mask: jax.Array | None = None,
+    dropout_key: jax.Array | None = None,
+  ) -> jax.Array:
     """Velocity at (x, t).
 
     Args:
@@ -258,12 +304,17 @@ class UNet(nnx.Module):
     """
     cfg = self.cfg
     if context is not None or context_mask is not None:
-      raise ValueError("The UNet has no text cross-attention (CrossFlow's text enters through the source latent); "
-                       "use model.name='dit' for the noise -> image text baseline.")
+      raise ValueError(
+        "The UNet has no text cross-attention (CrossFlow's text enters through the source latent); "
+        "use model.name='dit' for the noise -> image text baseline."
+      )
     b = x.shape[0]
     emb = self.t_embed(t).astype(jnp.float32)
-    for embed, ids, name in ((self.class_embed, labels, "labels"), (self.indicator_embed, indicator, "indicator"),
-                             (self.direction_embed, direction, "direction")):
+    for embed, ids, name in (
+      (self.class_embed, labels, "labels"),
+      (self.indicator_embed, indicator, "indicator"),
+      (self.direction_embed, direction, "direction"),
+    ):
       if embed is not None:
         if ids is None:
           raise ValueError(f"This UNet was built with {name} conditioning; pass `{name}`.")

@@ -37,9 +37,11 @@ NORM_EPS = 1e-6
 LOGVAR_RANGE = (-30.0, 20.0)  # diffusers DiagonalGaussianDistribution clamps the log-variance to this range
 WEIGHTS_NAME = "diffusion_pytorch_model.safetensors"
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
-HOW_TO_GET = ("Download a diffusers AutoencoderKL folder (config.json and diffusion_pytorch_model.safetensors), "
-              "e.g. `huggingface-cli download stabilityai/sd-vae-ft-ema --local-dir <folder>` (or sd-vae-ft-mse), "
-              "and pass the folder.")
+HOW_TO_GET = (
+  "Download a diffusers AutoencoderKL folder (config.json and diffusion_pytorch_model.safetensors), "
+  "e.g. `huggingface-cli download stabilityai/sd-vae-ft-ema --local-dir <folder>` (or sd-vae-ft-mse), "
+  "and pass the folder."
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -67,35 +69,54 @@ class VAEConfig:
     """Reads a diffusers `AutoencoderKL` config dict; raises WeightsError for another architecture."""
     name = config.get("_class_name", "AutoencoderKL")
     if name != "AutoencoderKL":
-      raise WeightsError(f"{source} describes a {name!r}, not a diffusers 'AutoencoderKL' (the SD KL-f8 VAE). "
-                         f"{HOW_TO_GET}")
+      raise WeightsError(
+        f"{source} describes a {name!r}, not a diffusers 'AutoencoderKL' (the SD KL-f8 VAE). {HOW_TO_GET}"
+      )
     blocks = tuple(int(c) for c in config.get("block_out_channels", cls.block_out_channels))
     for key, want in (("down_block_types", "DownEncoderBlock2D"), ("up_block_types", "UpDecoderBlock2D")):
       kinds = tuple(config.get(key, (want,) * len(blocks)))
       if len(kinds) != len(blocks) or any(k != want for k in kinds):
-        raise WeightsError(f"{source} has {key}={list(kinds)}; this VAE supports only {len(blocks)} x {want!r} "
-                           "(the Stable Diffusion AutoencoderKL).")
+        raise WeightsError(
+          f"{source} has {key}={list(kinds)}; this VAE supports only {len(blocks)} x {want!r} "
+          "(the Stable Diffusion AutoencoderKL)."
+        )
     if config.get("act_fn", "silu") != "silu":
       raise WeightsError(f"{source} has act_fn={config['act_fn']!r}; only 'silu' (Stable Diffusion) is supported.")
     groups = int(config.get("norm_num_groups", cls.norm_num_groups))
     bad = [c for c in blocks if c % groups]
     if bad:
-      raise WeightsError(f"{source}: block_out_channels {list(blocks)} are not all divisible by norm_num_groups "
-                         f"{groups} ({bad}).")
-    return cls(in_channels=int(config.get("in_channels", 3)), out_channels=int(config.get("out_channels", 3)),
-               latent_channels=int(config.get("latent_channels", 4)), block_out_channels=blocks,
-               layers_per_block=int(config.get("layers_per_block", cls.layers_per_block)), norm_num_groups=groups,
-               scaling_factor=float(config.get("scaling_factor", cls.scaling_factor)),
-               use_quant_conv=bool(config.get("use_quant_conv", True)),
-               use_post_quant_conv=bool(config.get("use_post_quant_conv", True)),
-               mid_block_add_attention=bool(config.get("mid_block_add_attention", True)))
+      raise WeightsError(
+        f"{source}: block_out_channels {list(blocks)} are not all divisible by norm_num_groups {groups} ({bad})."
+      )
+    return cls(
+      in_channels=int(config.get("in_channels", 3)),
+      out_channels=int(config.get("out_channels", 3)),
+      latent_channels=int(config.get("latent_channels", 4)),
+      block_out_channels=blocks,
+      layers_per_block=int(config.get("layers_per_block", cls.layers_per_block)),
+      norm_num_groups=groups,
+      scaling_factor=float(config.get("scaling_factor", cls.scaling_factor)),
+      use_quant_conv=bool(config.get("use_quant_conv", True)),
+      use_post_quant_conv=bool(config.get("use_post_quant_conv", True)),
+      mid_block_add_attention=bool(config.get("mid_block_add_attention", True)),
+    )
 
 
-def _conv(in_features: int, out_features: int, kernel: int, *, rngs: nnx.Rngs, stride: int = 1,
-          padding=None, dtype=jnp.float32) -> nnx.Conv:
+def _conv(
+  in_features: int, out_features: int, kernel: int, *, rngs: nnx.Rngs, stride: int = 1, padding=None, dtype=jnp.float32
+) -> nnx.Conv:
   pad = padding if padding is not None else ((kernel // 2, kernel // 2),) * 2
-  return nnx.Conv(in_features, out_features, (kernel, kernel), strides=stride, padding=pad, precision=HIGHEST,
-                  dtype=dtype, param_dtype=jnp.float32, rngs=rngs)
+  return nnx.Conv(
+    in_features,
+    out_features,
+    (kernel, kernel),
+    strides=stride,
+    padding=pad,
+    precision=HIGHEST,
+    dtype=dtype,
+    param_dtype=jnp.float32,
+    rngs=rngs,
+  )
 
 
 class GroupNorm32(nnx.Module):
@@ -103,8 +124,15 @@ class GroupNorm32(nnx.Module):
 
   def __init__(self, num_features: int, num_groups: int, *, rngs: nnx.Rngs, dtype=jnp.float32):
     self.dtype = dtype
-    self.norm = nnx.GroupNorm(num_features, num_groups=num_groups, epsilon=NORM_EPS, dtype=jnp.float32,
-                              param_dtype=jnp.float32, use_fast_variance=False, rngs=rngs)
+    self.norm = nnx.GroupNorm(
+      num_features,
+      num_groups=num_groups,
+      epsilon=NORM_EPS,
+      dtype=jnp.float32,
+      param_dtype=jnp.float32,
+      use_fast_variance=False,
+      rngs=rngs,
+    )
 
   def __call__(self, x: jax.Array) -> jax.Array:
     return self.norm(x.astype(jnp.float32)).astype(self.dtype)
@@ -118,8 +146,9 @@ class ResnetBlock(nnx.Module):
     self.conv1 = _conv(in_features, out_features, 3, rngs=rngs, dtype=dtype)
     self.norm2 = GroupNorm32(out_features, groups, rngs=rngs, dtype=dtype)
     self.conv2 = _conv(out_features, out_features, 3, rngs=rngs, dtype=dtype)
-    self.conv_shortcut = _conv(in_features, out_features, 1, rngs=rngs, dtype=dtype) if (
-        in_features != out_features) else None
+    self.conv_shortcut = (
+      _conv(in_features, out_features, 1, rngs=rngs, dtype=dtype) if (in_features != out_features) else None
+    )
 
   def __call__(self, x: jax.Array) -> jax.Array:
     h = self.conv1(jax.nn.silu(self.norm1(x)))
@@ -132,8 +161,7 @@ class SpatialSelfAttention(nnx.Module):
 
   def __init__(self, features: int, groups: int, *, rngs: nnx.Rngs, dtype=jnp.float32):
     self.group_norm = GroupNorm32(features, groups, rngs=rngs, dtype=dtype)
-    lin = lambda: nnx.Linear(features, features, precision=HIGHEST, dtype=dtype, param_dtype=jnp.float32,
-                             rngs=rngs)
+    lin = lambda: nnx.Linear(features, features, precision=HIGHEST, dtype=dtype, param_dtype=jnp.float32, rngs=rngs)
     self.to_q, self.to_k, self.to_v, self.to_out = lin(), lin(), lin(), lin()
 
   def __call__(self, x: jax.Array) -> jax.Array:
@@ -163,13 +191,29 @@ class MidBlock(nnx.Module):
 class DownBlock(nnx.Module):
   """diffusers DownEncoderBlock2D: ResNet blocks, then (unless last) a stride-2 conv padded (0, 1) as diffusers."""
 
-  def __init__(self, in_features: int, out_features: int, num_layers: int, groups: int, *, downsample: bool,
-               rngs: nnx.Rngs, dtype=jnp.float32):
-    self.resnets = nnx.List([ResnetBlock(in_features if i == 0 else out_features, out_features, groups, rngs=rngs,
-                                         dtype=dtype) for i in range(num_layers)])
+  def __init__(
+    self,
+    in_features: int,
+    out_features: int,
+    num_layers: int,
+    groups: int,
+    *,
+    downsample: bool,
+    rngs: nnx.Rngs,
+    dtype=jnp.float32,
+  ):
+    self.resnets = nnx.List(
+      [
+        ResnetBlock(in_features if i == 0 else out_features, out_features, groups, rngs=rngs, dtype=dtype)
+        for i in range(num_layers)
+      ]
+    )
     # diffusers Downsample2D(padding=0) pads right and bottom by one before a VALID stride-2 conv.
-    self.downsample = _conv(out_features, out_features, 3, stride=2, padding=((0, 1), (0, 1)), rngs=rngs,
-                            dtype=dtype) if downsample else None
+    self.downsample = (
+      _conv(out_features, out_features, 3, stride=2, padding=((0, 1), (0, 1)), rngs=rngs, dtype=dtype)
+      if downsample
+      else None
+    )
 
   def __call__(self, x: jax.Array) -> jax.Array:
     for block in self.resnets:
@@ -180,10 +224,23 @@ class DownBlock(nnx.Module):
 class UpBlock(nnx.Module):
   """diffusers UpDecoderBlock2D: ResNet blocks, then (unless last) nearest 2x upsampling and a 3x3 conv."""
 
-  def __init__(self, in_features: int, out_features: int, num_layers: int, groups: int, *, upsample: bool,
-               rngs: nnx.Rngs, dtype=jnp.float32):
-    self.resnets = nnx.List([ResnetBlock(in_features if i == 0 else out_features, out_features, groups, rngs=rngs,
-                                         dtype=dtype) for i in range(num_layers)])
+  def __init__(
+    self,
+    in_features: int,
+    out_features: int,
+    num_layers: int,
+    groups: int,
+    *,
+    upsample: bool,
+    rngs: nnx.Rngs,
+    dtype=jnp.float32,
+  ):
+    self.resnets = nnx.List(
+      [
+        ResnetBlock(in_features if i == 0 else out_features, out_features, groups, rngs=rngs, dtype=dtype)
+        for i in range(num_layers)
+      ]
+    )
     self.upsample = _conv(out_features, out_features, 3, rngs=rngs, dtype=dtype) if upsample else None
 
   def __call__(self, x: jax.Array) -> jax.Array:
@@ -200,9 +257,12 @@ class Encoder(nnx.Module):
   def __init__(self, cfg: VAEConfig, *, rngs: nnx.Rngs, dtype=jnp.float32):
     ch, g = cfg.block_out_channels, cfg.norm_num_groups
     self.conv_in = _conv(cfg.in_channels, ch[0], 3, rngs=rngs, dtype=dtype)
-    self.down_blocks = nnx.List([
-        DownBlock(ch[max(i - 1, 0)], ch[i], cfg.layers_per_block, g, downsample=i < len(ch) - 1, rngs=rngs,
-                  dtype=dtype) for i in range(len(ch))])
+    self.down_blocks = nnx.List(
+      [
+        DownBlock(ch[max(i - 1, 0)], ch[i], cfg.layers_per_block, g, downsample=i < len(ch) - 1, rngs=rngs, dtype=dtype)
+        for i in range(len(ch))
+      ]
+    )
     self.mid_block = MidBlock(ch[-1], g, attention=cfg.mid_block_add_attention, rngs=rngs, dtype=dtype)
     self.conv_norm_out = GroupNorm32(ch[-1], g, rngs=rngs, dtype=dtype)
     self.conv_out = _conv(ch[-1], 2 * cfg.latent_channels, 3, rngs=rngs, dtype=dtype)
@@ -222,9 +282,12 @@ class Decoder(nnx.Module):
     ch, g = tuple(reversed(cfg.block_out_channels)), cfg.norm_num_groups
     self.conv_in = _conv(cfg.latent_channels, ch[0], 3, rngs=rngs, dtype=dtype)
     self.mid_block = MidBlock(ch[0], g, attention=cfg.mid_block_add_attention, rngs=rngs, dtype=dtype)
-    self.up_blocks = nnx.List([
-        UpBlock(ch[max(i - 1, 0)], ch[i], cfg.layers_per_block + 1, g, upsample=i < len(ch) - 1, rngs=rngs,
-                dtype=dtype) for i in range(len(ch))])
+    self.up_blocks = nnx.List(
+      [
+        UpBlock(ch[max(i - 1, 0)], ch[i], cfg.layers_per_block + 1, g, upsample=i < len(ch) - 1, rngs=rngs, dtype=dtype)
+        for i in range(len(ch))
+      ]
+    )
     self.conv_norm_out = GroupNorm32(ch[-1], g, rngs=rngs, dtype=dtype)
     self.conv_out = _conv(ch[-1], cfg.out_channels, 3, rngs=rngs, dtype=dtype)
 
@@ -250,8 +313,11 @@ class AutoencoderKL(nnx.Module):
     self.decoder = Decoder(config, rngs=rngs, dtype=dtype)
     two = 2 * config.latent_channels
     self.quant_conv = _conv(two, two, 1, rngs=rngs, dtype=dtype) if config.use_quant_conv else None
-    self.post_quant_conv = _conv(config.latent_channels, config.latent_channels, 1, rngs=rngs, dtype=dtype) if (
-        config.use_post_quant_conv) else None
+    self.post_quant_conv = (
+      _conv(config.latent_channels, config.latent_channels, 1, rngs=rngs, dtype=dtype)
+      if (config.use_post_quant_conv)
+      else None
+    )
 
   def encode(self, images: jax.Array) -> tuple[jax.Array, jax.Array]:
     """images [B, H, W, in_channels] in [-1, 1], H and W multiples of 8 -> (mean, logvar) [B, H/8, W/8, 4] float32.
@@ -260,8 +326,10 @@ class AutoencoderKL(nnx.Module):
     """
     f = self.config.downsample_factor
     if images.ndim != 4 or images.shape[-1] != self.config.in_channels or images.shape[1] % f or images.shape[2] % f:
-      raise ValueError(f"The VAE encodes images [B, H, W, {self.config.in_channels}] with H, W multiples of {f}, "
-                       f"got shape {images.shape}.")
+      raise ValueError(
+        f"The VAE encodes images [B, H, W, {self.config.in_channels}] with H, W multiples of {f}, "
+        f"got shape {images.shape}."
+      )
     h = self.encoder(images)
     if self.quant_conv is not None:
       h = self.quant_conv(h)
@@ -280,9 +348,9 @@ class AutoencoderKL(nnx.Module):
 # ---------------------------------------------------------------------------------------------------------
 # diffusers weights
 
-CONV = "conv"      # torch Conv2d weight [O, I, kh, kw] -> kernel [kh, kw, I, O]
+CONV = "conv"  # torch Conv2d weight [O, I, kh, kw] -> kernel [kh, kw, I, O]
 LINEAR = "linear"  # torch Linear weight [out, in] -> kernel [in, out] (a [out, in, 1, 1] 1x1 conv is accepted too)
-COPY = "copy"      # biases, norm scales and offsets
+COPY = "copy"  # biases, norm scales and offsets
 KeyMap = dict[str, tuple[tuple, str]]
 # Attention projections: current diffusers name -> name in checkpoints saved before diffusers 0.14.
 OLD_ATTENTION_NAMES = {"to_q": "query", "to_k": "key", "to_v": "value", "to_out.0": "proj_attn"}
@@ -297,8 +365,12 @@ def _norm_keys(name: str, path: tuple) -> KeyMap:
 
 
 def _resnet_keys(name: str, path: tuple, has_shortcut: bool) -> KeyMap:
-  m = {**_norm_keys(f"{name}.norm1", (*path, "norm1")), **_conv_keys(f"{name}.conv1", (*path, "conv1")),
-       **_norm_keys(f"{name}.norm2", (*path, "norm2")), **_conv_keys(f"{name}.conv2", (*path, "conv2"))}
+  m = {
+    **_norm_keys(f"{name}.norm1", (*path, "norm1")),
+    **_conv_keys(f"{name}.conv1", (*path, "conv1")),
+    **_norm_keys(f"{name}.norm2", (*path, "norm2")),
+    **_conv_keys(f"{name}.conv2", (*path, "conv2")),
+  }
   if has_shortcut:
     m.update(_conv_keys(f"{name}.conv_shortcut", (*path, "conv_shortcut")))
   return m
@@ -324,8 +396,9 @@ def vae_key_map(cfg: VAEConfig) -> KeyMap:
   for i in range(len(ch)):
     for j in range(n):
       cin = ch[max(i - 1, 0)] if j == 0 else ch[i]
-      m.update(_resnet_keys(f"encoder.down_blocks.{i}.resnets.{j}", ("encoder", "down_blocks", i, "resnets", j),
-                            cin != ch[i]))
+      m.update(
+        _resnet_keys(f"encoder.down_blocks.{i}.resnets.{j}", ("encoder", "down_blocks", i, "resnets", j), cin != ch[i])
+      )
     if i < len(ch) - 1:
       m.update(_conv_keys(f"encoder.down_blocks.{i}.downsamplers.0.conv", ("encoder", "down_blocks", i, "downsample")))
   m.update(_mid_keys("encoder.mid_block", ("encoder", "mid_block"), cfg.mid_block_add_attention))
@@ -337,8 +410,9 @@ def vae_key_map(cfg: VAEConfig) -> KeyMap:
   for i in range(len(rch)):
     for j in range(n + 1):
       cin = rch[max(i - 1, 0)] if j == 0 else rch[i]
-      m.update(_resnet_keys(f"decoder.up_blocks.{i}.resnets.{j}", ("decoder", "up_blocks", i, "resnets", j),
-                            cin != rch[i]))
+      m.update(
+        _resnet_keys(f"decoder.up_blocks.{i}.resnets.{j}", ("decoder", "up_blocks", i, "resnets", j), cin != rch[i])
+      )
     if i < len(rch) - 1:
       m.update(_conv_keys(f"decoder.up_blocks.{i}.upsamplers.0.conv", ("decoder", "up_blocks", i, "upsample")))
   m.update(_norm_keys("decoder.conv_norm_out", ("decoder", "conv_norm_out")))
@@ -363,10 +437,12 @@ def resolve_vae_files(path: str) -> tuple[str, str | None]:
   """(safetensors weights file, config.json or None) of a diffusers VAE folder or a `.safetensors` file."""
   path = os.path.expanduser(path)
   if path.endswith(PICKLE_SUFFIXES):
-    raise WeightsError(f"{path!r} is a pickle checkpoint, which this loader never opens (it can run code). Use "
-                       f"the repository's {WEIGHTS_NAME}, or convert once in a trusted environment with "
-                       "`AutoencoderKL.from_pretrained(folder).save_pretrained(out, safe_serialization=True)`. "
-                       f"{HOW_TO_GET}")
+    raise WeightsError(
+      f"{path!r} is a pickle checkpoint, which this loader never opens (it can run code). Use "
+      f"the repository's {WEIGHTS_NAME}, or convert once in a trusted environment with "
+      "`AutoencoderKL.from_pretrained(folder).save_pretrained(out, safe_serialization=True)`. "
+      f"{HOW_TO_GET}"
+    )
   if os.path.isfile(path):
     if not path.endswith(".safetensors"):
       raise WeightsError(f"VAE weights {path!r} are not a .safetensors file. {HOW_TO_GET}")
@@ -384,9 +460,13 @@ def resolve_vae_files(path: str) -> tuple[str, str | None]:
       weights = os.path.join(path, found[0])
     else:
       pickles = sorted(f for f in os.listdir(path) if f.endswith(PICKLE_SUFFIXES))
-      what = (f"but several .safetensors files {found}; pass the one to load" if found else
-              f"but pickle files {pickles} only, which this loader never opens" if pickles else
-              "and no other weights file")
+      what = (
+        f"but several .safetensors files {found}; pass the one to load"
+        if found
+        else f"but pickle files {pickles} only, which this loader never opens"
+        if pickles
+        else "and no other weights file"
+      )
       raise WeightsError(f"{path!r} has no {WEIGHTS_NAME} {what}. {HOW_TO_GET}")
   return weights, config
 
@@ -415,8 +495,9 @@ def vae_identity(path: str) -> str:
 def _identity(cfg: VAEConfig, weights: str) -> str:
   from crossflow_jax.models.text_encoder.hf_weights import weights_fingerprint
 
-  h = hashlib.sha256(json.dumps({k: v for k, v in dataclasses.asdict(cfg).items() if k != "scaling_factor"},
-                                sort_keys=True).encode())
+  h = hashlib.sha256(
+    json.dumps({k: v for k, v in dataclasses.asdict(cfg).items() if k != "scaling_factor"}, sort_keys=True).encode()
+  )
   h.update(weights_fingerprint([weights]).encode())
   return f"AutoencoderKL-{h.hexdigest()[:16]}"
 
@@ -449,15 +530,19 @@ def load_vae(path: str, *, dtype=jnp.float32) -> AutoencoderKL:
       source[key] = hit
   unexpected = sorted(present - set(source.values()))
   if missing or unexpected:
-    hint = (" The keys look like the original CompVis/LDM layout (encoder.down.N.block.M...); convert the file "
-            "once with diffusers' scripts/convert_vae_pt_to_diffusers.py." if any(".down.0.block." in k for k in
-                                                                                  present) else "")
+    hint = (
+      " The keys look like the original CompVis/LDM layout (encoder.down.N.block.M...); convert the file "
+      "once with diffusers' scripts/convert_vae_pt_to_diffusers.py."
+      if any(".down.0.block." in k for k in present)
+      else ""
+    )
     raise WeightsError(
-        f"{weights} does not match the diffusers AutoencoderKL layout that "
-        f"{config_path or 'the default SD KL-f8 config'} implies (block_out_channels {list(cfg.block_out_channels)}, "
-        f"layers_per_block {cfg.layers_per_block}). Missing {len(missing)} keys, first: {sorted(missing)[:5]}; "
-        f"unexpected {len(unexpected)} keys, first: {unexpected[:5]}.{hint} Check that config.json and the "
-        f"weights come from the same repository. {HOW_TO_GET}")
+      f"{weights} does not match the diffusers AutoencoderKL layout that "
+      f"{config_path or 'the default SD KL-f8 config'} implies (block_out_channels {list(cfg.block_out_channels)}, "
+      f"layers_per_block {cfg.layers_per_block}). Missing {len(missing)} keys, first: {sorted(missing)[:5]}; "
+      f"unexpected {len(unexpected)} keys, first: {unexpected[:5]}.{hint} Check that config.json and the "
+      f"weights come from the same repository. {HOW_TO_GET}"
+    )
 
   arrays = reader.read(source.values())
   abstract = nnx.eval_shape(lambda: AutoencoderKL(cfg, rngs=nnx.Rngs(0), dtype=dtype))
@@ -474,10 +559,12 @@ def load_vae(path: str, *, dtype=jnp.float32) -> AutoencoderKL:
       value = (raw.reshape(raw.shape[:2]) if raw.ndim == 4 and raw.shape[2:] == (1, 1) else raw).T
     want = tuple(leaves[p].get_value().shape)
     if value.shape != want:
-      raise WeightsError(f"{source[key]} in {weights} has shape {list(raw.shape)}, which does not fit "
-                         f"{'/'.join(map(str, p))} {list(want)} (HWIO for convs, [in, out] for linears) of the VAE "
-                         f"that {config_path or 'the default SD KL-f8 config'} describes: config.json and the "
-                         "weights come from different models.")
+      raise WeightsError(
+        f"{source[key]} in {weights} has shape {list(raw.shape)}, which does not fit "
+        f"{'/'.join(map(str, p))} {list(want)} (HWIO for convs, [in, out] for linears) of the VAE "
+        f"that {config_path or 'the default SD KL-f8 config'} describes: config.json and the "
+        "weights come from different models."
+      )
     filled.append((p, leaves[p].replace(jnp.asarray(value, jnp.float32))))
   model = nnx.merge(graphdef, nnx.from_flat_state(filled))
   model.identity = _identity(cfg, weights)
@@ -498,11 +585,15 @@ def save_vae(vae: AutoencoderKL, folder: str) -> str:
     tensors[key] = np.ascontiguousarray(value)
   os.makedirs(folder, exist_ok=True)
   save_file(tensors, os.path.join(folder, WEIGHTS_NAME), metadata={"format": "pt"})
-  config = {"_class_name": "AutoencoderKL", **dataclasses.asdict(cfg),
-            "block_out_channels": list(cfg.block_out_channels),
-            "down_block_types": ["DownEncoderBlock2D"] * len(cfg.block_out_channels),
-            "up_block_types": ["UpDecoderBlock2D"] * len(cfg.block_out_channels), "act_fn": "silu",
-            "sample_size": 256}
+  config = {
+    "_class_name": "AutoencoderKL",
+    **dataclasses.asdict(cfg),
+    "block_out_channels": list(cfg.block_out_channels),
+    "down_block_types": ["DownEncoderBlock2D"] * len(cfg.block_out_channels),
+    "up_block_types": ["UpDecoderBlock2D"] * len(cfg.block_out_channels),
+    "act_fn": "silu",
+    "sample_size": 256,
+  }
   with open(os.path.join(folder, "config.json"), "w") as f:
     json.dump(config, f, indent=1)
   return folder
@@ -519,7 +610,7 @@ def _batched(fn, batch_size: int):
       raise ValueError("Nothing to run the VAE on: got 0 images / latents.")
     outs = []
     for lo in range(0, len(x), batch_size):
-      chunk = x[lo:lo + batch_size]
+      chunk = x[lo : lo + batch_size]
       n = len(chunk)
       if n < batch_size:
         chunk = np.concatenate([chunk, np.repeat(chunk[-1:], batch_size - n, 0)])

@@ -79,8 +79,9 @@ def _cpu_only() -> bool:
   return platforms.split(",")[0].strip().lower() == "cpu"
 
 
-def initialize_distributed(coordinator_address: str = "", num_processes: int = 0, process_id: int = -1,
-                           local_device_ids: str = "") -> bool:
+def initialize_distributed(
+  coordinator_address: str = "", num_processes: int = 0, process_id: int = -1, local_device_ids: str = ""
+) -> bool:
   """Starts JAX's multi-process runtime when this is one process of several; returns whether it did.
 
   Args:
@@ -102,26 +103,36 @@ def initialize_distributed(coordinator_address: str = "", num_processes: int = 0
   if explicit:
     if count == 1 and not address:
       return False  # one process: nothing to coordinate
-    missing = [name for name, unset in (("--coordinator_address (host:port)", not address),
-                                        ("--num_processes", count < 1), ("--process_id", index < 0)) if unset]
+    missing = [
+      name
+      for name, unset in (
+        ("--coordinator_address (host:port)", not address),
+        ("--num_processes", count < 1),
+        ("--process_id", index < 0),
+      )
+      if unset
+    ]
     if missing:
       raise ConfigError(
-          f"Multi-process settings are incomplete (coordinator_address={address!r}, num_processes={count}, "
-          f"process_id={index}): also give {', '.join(missing)} (or {ENV_ADDRESS}, {ENV_NUM_PROCESSES}, "
-          f"{ENV_PROCESS_ID}); on TPU pods, Slurm and Open MPI give none of them.")
+        f"Multi-process settings are incomplete (coordinator_address={address!r}, num_processes={count}, "
+        f"process_id={index}): also give {', '.join(missing)} (or {ENV_ADDRESS}, {ENV_NUM_PROCESSES}, "
+        f"{ENV_PROCESS_ID}); on TPU pods, Slurm and Open MPI give none of them."
+      )
     if not 0 <= index < count:
       raise ConfigError(f"process_id={index} must lie in [0, num_processes={count}).")
     host, _, port = address.rpartition(":")
     if not host or not port.isdigit():
-      raise ConfigError(f"coordinator_address={address!r} must be host:port (process 0's address and a free port, "
-                        "e.g. 10.0.0.1:1234).")
+      raise ConfigError(
+        f"coordinator_address={address!r} must be host:port (process 0's address and a free port, e.g. 10.0.0.1:1234)."
+      )
   elif not detected_cluster():
     return False
   if _cpu_only():
     jax.config.update("jax_cpu_collectives_implementation", "gloo")  # CPU collectives across processes
   if explicit:
-    jax.distributed.initialize(coordinator_address=address, num_processes=count, process_id=index,
-                               local_device_ids=device_ids)
+    jax.distributed.initialize(
+      coordinator_address=address, num_processes=count, process_id=index, local_device_ids=device_ids
+    )
   else:
     jax.distributed.initialize(local_device_ids=device_ids)
   return True

@@ -18,20 +18,25 @@ def mesh_shape(data: int, fsdp: int, tensor: int, num_devices: int) -> tuple[int
   """
   sizes = [data, fsdp, tensor]
   if sum(s == -1 for s in sizes) > 1:
-    raise ConfigError(f"config.mesh has more than one -1 entry (data={data}, fsdp={fsdp}, tensor={tensor}); "
-                      "at most one axis may take the remaining devices.")
+    raise ConfigError(
+      f"config.mesh has more than one -1 entry (data={data}, fsdp={fsdp}, tensor={tensor}); "
+      "at most one axis may take the remaining devices."
+    )
   if any(s == 0 or s < -1 for s in sizes):
     raise ConfigError(f"config.mesh sizes must be positive or -1, got data={data}, fsdp={fsdp}, tensor={tensor}.")
   known = math.prod(s for s in sizes if s != -1)
   if -1 in sizes:
     if num_devices % known:
-      raise ConfigError(f"config.mesh: {num_devices} devices cannot be split with the fixed axes of size {known} "
-                        f"(data={data}, fsdp={fsdp}, tensor={tensor}).")
+      raise ConfigError(
+        f"config.mesh: {num_devices} devices cannot be split with the fixed axes of size {known} "
+        f"(data={data}, fsdp={fsdp}, tensor={tensor})."
+      )
     sizes[sizes.index(-1)] = num_devices // known
   if math.prod(sizes) != num_devices:
     raise ConfigError(
-        f"config.mesh data={sizes[0]} x fsdp={sizes[1]} x tensor={sizes[2]} = {math.prod(sizes)} devices, but "
-        f"{num_devices} are available; make the product equal {num_devices} or set one axis to -1.")
+      f"config.mesh data={sizes[0]} x fsdp={sizes[1]} x tensor={sizes[2]} = {math.prod(sizes)} devices, but "
+      f"{num_devices} are available; make the product equal {num_devices} or set one axis to -1."
+    )
   return tuple(sizes)
 
 
@@ -41,6 +46,7 @@ def make_mesh(data: int = -1, fsdp: int = 1, tensor: int = 1, devices=None) -> M
   shape = mesh_shape(data, fsdp, tensor, len(devices))
   try:
     from jax.experimental import mesh_utils
+
     grid = mesh_utils.create_device_mesh(shape, devices=devices)
   except Exception:  # noqa: BLE001 - topology-aware layout is an optimisation only
     grid = np.asarray(devices).reshape(shape)

@@ -47,8 +47,9 @@ def _check_divisible(path, shape, spec: PartitionSpec, mesh: Mesh) -> None:
       size *= mesh.shape[n]
     if dim % size:
       raise ConfigError(
-          f"Parameter {jax.tree_util.keystr(path)} of shape {tuple(shape)} has a dimension of {dim} that is not "
-          f"divisible by mesh axes {names} of total size {size}; change the model width or config.mesh.")
+        f"Parameter {jax.tree_util.keystr(path)} of shape {tuple(shape)} has a dimension of {dim} that is not "
+        f"divisible by mesh axes {names} of total size {size}; change the model width or config.mesh."
+      )
 
 
 def state_shardings(abstract_state, mesh: Mesh, rules: Rules):

@@ -20,12 +20,16 @@ def vae_of(exp):
   try:
     vae = latents_lib.load_vae_for(path)
   except WeightsError as e:
-    raise WeightsError(f"The model was trained in the latent space of VAE {exp.data.latent_vae} from {path!r}, "
-                       f"which cannot be loaded now: {e}") from e
+    raise WeightsError(
+      f"The model was trained in the latent space of VAE {exp.data.latent_vae} from {path!r}, "
+      f"which cannot be loaded now: {e}"
+    ) from e
   if vae.identity != exp.data.latent_vae:
-    raise WeightsError(f"The model was trained in the latent space of VAE {exp.data.latent_vae}, but {path!r} "
-                       f"(config.latent.vae) now holds VAE {vae.identity}: its latents would decode to noise. Put "
-                       "the original VAE weights back at that path.")
+    raise WeightsError(
+      f"The model was trained in the latent space of VAE {exp.data.latent_vae}, but {path!r} "
+      f"(config.latent.vae) now holds VAE {vae.identity}: its latents would decode to noise. Put "
+      "the original VAE weights back at that path."
+    )
   return vae
 
 

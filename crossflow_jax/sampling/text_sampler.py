@@ -16,8 +16,9 @@ from crossflow_jax.tasks.text_image import TO_IMAGE, TO_SOURCE
 
 
 @functools.partial(jax.jit, static_argnames=("graphdef", "task"))
-def text_source(graphdef, params, emb: jax.Array, mask: jax.Array, key: jax.Array, *, task,
-                temperature: float = 1.0) -> jax.Array:
+def text_source(
+  graphdef, params, emb: jax.Array, mask: jax.Array, key: jax.Array, *, task, temperature: float = 1.0
+) -> jax.Array:
   """x0 [B, H, W, C] for text: z = mu + T sigma eps from the TVE (T = 0: mu), or T N(0, I) for the baseline.
 
   T is traced, so every temperature runs the same compiled program."""
@@ -28,22 +29,52 @@ def _cond(task, emb, mask) -> dict:
   return {"context": emb, "context_mask": mask} if task.is_baseline else {}
 
 
-def generate_from_text(graphdef, params, emb: jax.Array, mask: jax.Array, key: jax.Array, *, task,
-                       solver: str = "heun", num_steps: int = 50, cfg_scale: float = 1.0,
-                       temperature: float = 1.0) -> jax.Array:
+def generate_from_text(
+  graphdef,
+  params,
+  emb: jax.Array,
+  mask: jax.Array,
+  key: jax.Array,
+  *,
+  task,
+  solver: str = "heun",
+  num_steps: int = 50,
+  cfg_scale: float = 1.0,
+  temperature: float = 1.0,
+) -> jax.Array:
   """Token embeddings [B, L, D] -> images [B, H, W, C] in [-1, 1] (clipped); `temperature` scales the source's
   spread (see `TextImageTask.sample_source`)."""
   x0 = text_source(graphdef, params, emb, mask, key, task=task, temperature=float(temperature))
-  return images_from_latents(graphdef, params, x0, emb, mask, task=task, solver=solver, num_steps=num_steps,
-                             cfg_scale=cfg_scale)
+  return images_from_latents(
+    graphdef, params, x0, emb, mask, task=task, solver=solver, num_steps=num_steps, cfg_scale=cfg_scale
+  )
 
 
-def images_from_latents(graphdef, params, z: jax.Array, emb: jax.Array | None = None, mask: jax.Array | None = None,
-                        *, task, solver: str = "heun", num_steps: int = 50, cfg_scale: float = 1.0) -> jax.Array:
+def images_from_latents(
+  graphdef,
+  params,
+  z: jax.Array,
+  emb: jax.Array | None = None,
+  mask: jax.Array | None = None,
+  *,
+  task,
+  solver: str = "heun",
+  num_steps: int = 50,
+  cfg_scale: float = 1.0,
+) -> jax.Array:
   """Flows given sources z [B, H, W, C] (e.g. interpolated text latents) to images in [-1, 1]."""
   cond = _cond(task, emb, mask)
-  x1 = solve(graphdef, params, z, cond, task=task, solver=solver, num_steps=num_steps, cfg_scale=float(cfg_scale),
-             direction=TO_IMAGE)
+  x1 = solve(
+    graphdef,
+    params,
+    z,
+    cond,
+    task=task,
+    solver=solver,
+    num_steps=num_steps,
+    cfg_scale=float(cfg_scale),
+    direction=TO_IMAGE,
+  )
   return jnp.clip(x1, -1.0, 1.0)
 
 
@@ -53,8 +84,9 @@ def text_means(graphdef, params, emb: jax.Array, mask: jax.Array, *, task) -> ja
   return task.text_latent(nnx.merge(graphdef, params), emb, mask, None)[1]
 
 
-def image_to_text_latents(graphdef, params, images: jax.Array, *, task, solver: str = "heun", num_steps: int = 50,
-                          method: str = "auto") -> jax.Array:
+def image_to_text_latents(
+  graphdef, params, images: jax.Array, *, task, solver: str = "heun", num_steps: int = 50, method: str = "auto"
+) -> jax.Array:
   """Images [B, H, W, C] -> text latents [B, H, W, C] by integrating the flow toward the source.
 
   method: 'forward' follows the image -> text field (image_to_text, bidirectional_text);
@@ -64,11 +96,22 @@ def image_to_text_latents(graphdef, params, images: jax.Array, *, task, solver: 
   if method == "auto":
     method = "backward" if task.name == "text_to_image" else "forward"
   if method == "forward":
-    return solve(graphdef, params, images, {}, task=task, solver=solver, num_steps=num_steps, cfg_scale=1.0,
-                 direction=TO_SOURCE)
+    return solve(
+      graphdef, params, images, {}, task=task, solver=solver, num_steps=num_steps, cfg_scale=1.0, direction=TO_SOURCE
+    )
   if method == "backward":
-    return solve(graphdef, params, images, {}, task=task, solver=solver, num_steps=num_steps, cfg_scale=1.0,
-                 direction=TO_IMAGE, backward=True)
+    return solve(
+      graphdef,
+      params,
+      images,
+      {},
+      task=task,
+      solver=solver,
+      num_steps=num_steps,
+      cfg_scale=1.0,
+      direction=TO_IMAGE,
+      backward=True,
+    )
   raise ValueError(f"Unknown method {method!r}; choose 'auto', 'forward' or 'backward'.")
 
 

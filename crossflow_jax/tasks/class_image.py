@@ -69,11 +69,13 @@ class ClassImageTask:
         raise ConfigError("task.name='noise_to_image' uses task.guidance='null_class' (or 'none'), not 'indicator'.")
     else:
       if self.source not in SOURCE_KINDS:
-        raise ConfigError(f"task.source={self.source!r} is not a class source for task {self.name!r}; choose one "
-                          f"of {SOURCE_KINDS}.")
+        raise ConfigError(
+          f"task.source={self.source!r} is not a class source for task {self.name!r}; choose one of {SOURCE_KINDS}."
+        )
       if self.guidance == "null_class":
-        raise ConfigError(f"task.guidance='null_class' is for noise_to_image; task {self.name!r} takes "
-                          "'indicator' or 'none'.")
+        raise ConfigError(
+          f"task.guidance='null_class' is for noise_to_image; task {self.name!r} takes 'indicator' or 'none'."
+        )
     if not 0.0 <= self.guidance_p < 1.0:
       raise ConfigError(f"task.guidance_p must be in [0, 1), got {self.guidance_p}.")
     if not 0.0 <= self.lambda_b <= 1.0:
@@ -87,9 +89,9 @@ class ClassImageTask:
   def backbone_conditioning(self) -> dict:
     """Which embeddings the backbone needs: num_classes, use_indicator, use_direction."""
     return dict(
-        num_classes=self.num_classes if self.name == "noise_to_image" else 0,
-        use_indicator=self.guidance == "indicator",
-        use_direction=self.name == "bidirectional",
+      num_classes=self.num_classes if self.name == "noise_to_image" else 0,
+      use_indicator=self.guidance == "indicator",
+      use_direction=self.name == "bidirectional",
     )
 
   modality = "class"
@@ -143,14 +145,18 @@ class ClassImageTask:
       x1 = x1[perm]
       cond["indicator"] = indicator
     if self.name == "noise_to_image":
-      cond["labels"] = (guidance.drop_labels(k_guide, labels, self.guidance_p, self.num_classes)
-                        if self.guidance == "null_class" else labels)
+      cond["labels"] = (
+        guidance.drop_labels(k_guide, labels, self.guidance_p, self.num_classes)
+        if self.guidance == "null_class"
+        else labels
+      )
     if self.name == "bidirectional":
       cond["direction"] = direction
     t = self.time_sampler(k_t, b)
     x_t = self.path.sample_xt(x0, x1, t)
-    per_sample, metrics = per_sample_velocity_loss(model.backbone, x_t, t, cond, self.path.velocity_target(x0, x1),
-                                                   self.path)
+    per_sample, metrics = per_sample_velocity_loss(
+      model.backbone, x_t, t, cond, self.path.velocity_target(x0, x1), self.path
+    )
     metrics["loss"] = jnp.mean(per_sample)
     if self.name == "bidirectional":
       to_img = (direction == TO_IMAGE).astype(jnp.float32)
@@ -185,8 +191,7 @@ class ClassImageTask:
         uncond["indicator"] = jnp.ones((b,), jnp.int32)
       else:
         uncond["labels"] = jnp.full((b,), self.num_classes, jnp.int32)
-      return self.path.velocity_from_output(
-          guidance.guided_call(model.backbone, x, t, base, uncond, cfg_scale), x, t)
+      return self.path.velocity_from_output(guidance.guided_call(model.backbone, x, t, base, uncond, cfg_scale), x, t)
 
     return v
 
@@ -200,5 +205,3 @@ class ClassImageTask:
     flat = latents.reshape(latents.shape[0], -1)
     d2 = jnp.sum(flat**2, -1, keepdims=True) - 2 * flat @ means.T + jnp.sum(means**2, -1)[None]
     return jnp.argmin(d2, axis=-1).astype(jnp.int32)
-
-

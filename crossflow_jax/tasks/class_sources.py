@@ -25,14 +25,16 @@ def _rectangle(num_classes: int, h: int, w: int, c: int) -> np.ndarray:
   cols = math.ceil(math.sqrt(num_classes))
   rows = math.ceil(num_classes / cols)
   if rows > h or cols > w:
-    raise ConfigError(f"task.source='rectangle' needs a {rows}x{cols} grid of cells for {num_classes} classes, more "
-                      f"than the {h}x{w} image has pixels; use task.source='smoothrand' or 'learned'.")
+    raise ConfigError(
+      f"task.source='rectangle' needs a {rows}x{cols} grid of cells for {num_classes} classes, more "
+      f"than the {h}x{w} image has pixels; use task.source='smoothrand' or 'learned'."
+    )
   means = -np.ones((num_classes, h, w, c), np.float32)
   for k in range(num_classes):
     r, col = divmod(k, cols)
     y0, y1 = round(r * h / rows), round((r + 1) * h / rows)
     x0, x1 = round(col * w / cols), round((col + 1) * w / cols)
-    means[k, y0:max(y1, y0 + 1), x0:max(x1, x0 + 1)] = 1.0
+    means[k, y0 : max(y1, y0 + 1), x0 : max(x1, x0 + 1)] = 1.0
   return means
 
 

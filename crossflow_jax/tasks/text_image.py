@@ -41,14 +41,16 @@ TO_IMAGE, TO_SOURCE = 0, 1
 class TextFlowModel(nnx.Module):
   """Everything trained: backbone, TVE, the contrastive image encoder and its temperature."""
 
-  def __init__(self, backbone: nnx.Module, tve: nnx.Module | None, image_encoder: nnx.Module | None,
-               init_temperature: float):
+  def __init__(
+    self, backbone: nnx.Module, tve: nnx.Module | None, image_encoder: nnx.Module | None, init_temperature: float
+  ):
     self.backbone = backbone
     self.tve = tve
     self.image_encoder = image_encoder
     if image_encoder is not None:
-      self.logit_scale = nnx.Param(jnp.asarray(-jnp.log(init_temperature), jnp.float32), out_sharding=(),
-                                   eager_sharding=False)
+      self.logit_scale = nnx.Param(
+        jnp.asarray(-jnp.log(init_temperature), jnp.float32), out_sharding=(), eager_sharding=False
+      )
     else:
       self.logit_scale = None
 
@@ -86,24 +88,26 @@ class TextImageTask:
       raise ConfigError(f"Unknown task.guidance {self.guidance!r}; choose one of {GUIDANCE}.")
     if self.is_baseline:
       if self.guidance == "indicator":
-        raise ConfigError("task.name='noise_to_image_text' uses task.guidance='null_text' (or 'none'), not "
-                          "'indicator'.")
+        raise ConfigError(
+          "task.name='noise_to_image_text' uses task.guidance='null_text' (or 'none'), not 'indicator'."
+        )
     else:
       if self.guidance == "null_text":
-        raise ConfigError(f"task.guidance='null_text' is for noise_to_image_text; task {self.name!r} takes "
-                          "'indicator' or 'none'.")
+        raise ConfigError(
+          f"task.guidance='null_text' is for noise_to_image_text; task {self.name!r} takes 'indicator' or 'none'."
+        )
       if self.tve is None:
         raise ConfigError(f"task {self.name!r} needs a Text Variational Encoder config.")
       if tuple(self.tve.target_shape) != tuple(self.image_shape):
-        raise ConfigError(f"The TVE's target shape {tuple(self.tve.target_shape)} must equal the image shape "
-                          f"{tuple(self.image_shape)}.")
+        raise ConfigError(
+          f"The TVE's target shape {tuple(self.tve.target_shape)} must equal the image shape {tuple(self.image_shape)}."
+        )
     if self.kl_form not in KL_FORMS:
       raise ConfigError(f"Unknown task.kl_form {self.kl_form!r}; choose one of {KL_FORMS}.")
     if self.kl_reduction not in KL_REDUCTIONS:
       raise ConfigError(f"Unknown task.kl_reduction {self.kl_reduction!r}; choose one of {KL_REDUCTIONS}.")
     if self.logit_scale_form not in LOGIT_SCALE_FORMS:
-      raise ConfigError(f"Unknown task.logit_scale_form {self.logit_scale_form!r}; choose one of "
-                        f"{LOGIT_SCALE_FORMS}.")
+      raise ConfigError(f"Unknown task.logit_scale_form {self.logit_scale_form!r}; choose one of {LOGIT_SCALE_FORMS}.")
     for key in ("kl_weight", "contrastive_weight"):
       if getattr(self, key) < 0:
         raise ConfigError(f"task.{key} must be >= 0, got {getattr(self, key)}.")
@@ -135,16 +139,23 @@ class TextImageTask:
     image_encoder = ImageEncoder(self.image_encoder, rngs=rngs) if self.uses_contrastive else None
     return TextFlowModel(backbone, tve, image_encoder, self.init_temperature)
 
-  def text_latent(self, model: TextFlowModel, emb: jax.Array, mask: jax.Array, key: jax.Array | None,
-                  temperature: float | jax.Array = 1.0) -> tuple[jax.Array, jax.Array, jax.Array]:
+  def text_latent(
+    self,
+    model: TextFlowModel,
+    emb: jax.Array,
+    mask: jax.Array,
+    key: jax.Array | None,
+    temperature: float | jax.Array = 1.0,
+  ) -> tuple[jax.Array, jax.Array, jax.Array]:
     """(z, mu, logvar), each [B, H, W, C]; z = mu + T sigma eps (T = 1 in training), z = mu when key is None."""
     mu, logvar = model.tve(emb, mask)
     if key is None:
       return mu, mu, logvar
     return mu + temperature * jnp.exp(0.5 * logvar) * jax.random.normal(key, mu.shape, mu.dtype), mu, logvar
 
-  def sample_source(self, model: TextFlowModel, emb: jax.Array, mask: jax.Array, key: jax.Array,
-                    temperature: float | jax.Array = 1.0) -> jax.Array:
+  def sample_source(
+    self, model: TextFlowModel, emb: jax.Array, mask: jax.Array, key: jax.Array, temperature: float | jax.Array = 1.0
+  ) -> jax.Array:
     """x0 for text [B, L, D] / mask [B, L]: z = mu + T sigma eps from the TVE, or T N(0, I) for the baseline.
 
     The temperature T (1 in training) trades variety for fidelity when sampling: T < 1 draws nearer the
@@ -196,14 +207,16 @@ class TextImageTask:
       aux = self.kl_weight * kl
       if self.uses_contrastive:
         image_features = model.image_encoder(images)
-        clip, clip_acc = contrastive_loss(z.reshape(b, -1), image_features, model.logit_scale[...],
-                                          self.max_logit_scale, self.logit_scale_form)
+        clip, clip_acc = contrastive_loss(
+          z.reshape(b, -1), image_features, model.logit_scale[...], self.max_logit_scale, self.logit_scale_form
+        )
         metrics.update(contrastive=clip, contrastive_acc=clip_acc, logit_scale=model.logit_scale[...])
         aux = aux + self.contrastive_weight * clip
     t = self.time_sampler(k_t, b)
     x_t = self.path.sample_xt(x0, x1, t)
-    per_sample, stage_metrics = per_sample_velocity_loss(model.backbone, x_t, t, cond,
-                                                         self.path.velocity_target(x0, x1), self.path)
+    per_sample, stage_metrics = per_sample_velocity_loss(
+      model.backbone, x_t, t, cond, self.path.velocity_target(x0, x1), self.path
+    )
     flow = jnp.mean(per_sample)
     metrics.update(stage_metrics)
     loss = flow + aux
@@ -240,8 +253,7 @@ class TextImageTask:
       else:
         uncond["context"] = jnp.zeros_like(base["context"])
         uncond["context_mask"] = jnp.zeros_like(base["context_mask"])
-      return self.path.velocity_from_output(
-          guidance.guided_call(model.backbone, x, t, base, uncond, cfg_scale), x, t)
+      return self.path.velocity_from_output(guidance.guided_call(model.backbone, x, t, base, uncond, cfg_scale), x, t)
 
     return v
 

@@ -17,8 +17,11 @@ from crossflow_jax.errors import CheckpointError
 def fingerprint_diff(saved: dict, current: dict) -> list[str]:
   """Human-readable differences between two flat fingerprints."""
   keys = sorted(set(saved) | set(current))
-  return [f"{k}: checkpoint has {saved.get(k)!r}, config has {current.get(k)!r}"
-          for k in keys if saved.get(k) != current.get(k)]
+  return [
+    f"{k}: checkpoint has {saved.get(k)!r}, config has {current.get(k)!r}"
+    for k in keys
+    if saved.get(k) != current.get(k)
+  ]
 
 
 class Checkpointer:
@@ -26,9 +29,13 @@ class Checkpointer:
 
   def __init__(self, workdir: str, *, max_to_keep: int = 3, async_save: bool = True, read_only: bool = False):
     self.directory = os.path.abspath(os.path.join(workdir, "checkpoints"))
-    options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=not read_only,
-                                           enable_async_checkpointing=async_save, read_only=read_only,
-                                           cleanup_tmp_directories=not read_only)
+    options = ocp.CheckpointManagerOptions(
+      max_to_keep=max_to_keep,
+      create=not read_only,
+      enable_async_checkpointing=async_save,
+      read_only=read_only,
+      cleanup_tmp_directories=not read_only,
+    )
     self.manager = ocp.CheckpointManager(self.directory, options=options)
 
   def latest_step(self) -> int | None:
@@ -41,6 +48,7 @@ class Checkpointer:
     items = {"state": ocp.args.StandardSave(state), "meta": ocp.args.JsonSave(meta or {})}
     if data_iterator is not None:
       import grain
+
       items["data"] = grain.checkpoint.CheckpointSave(data_iterator)
     self.manager.save(step, args=ocp.args.Composite(**items), force=force)
 
@@ -76,16 +84,22 @@ class Checkpointer:
     if diff:
       differing = {k: saved.get(k) for k in sorted(set(saved) | set(fingerprint)) if saved.get(k) != fingerprint.get(k)}
       trained = ", ".join(f"{k}={v!r}" for k, v in differing.items() if v is not None)
-      advice = advice or (f"This workdir was trained with {trained}; pass {fingerprint_fix(differing)} or use a new "
-                          "--workdir." if trained else
-                          "Use a new --workdir, or pass the config the checkpoint was trained with.")
+      advice = advice or (
+        f"This workdir was trained with {trained}; pass {fingerprint_fix(differing)} or use a new --workdir."
+        if trained
+        else "Use a new --workdir, or pass the config the checkpoint was trained with."
+      )
       raise CheckpointError(
-          f"The checkpoint at step {step} in {self.directory} was written by a different model:\n  "
-          + "\n  ".join(diff) + "\n" + advice)
+        f"The checkpoint at step {step} in {self.directory} was written by a different model:\n  "
+        + "\n  ".join(diff)
+        + "\n"
+        + advice
+      )
     return meta
 
-  def restore(self, step: int, abstract_state, *, data_iterator=None, fingerprint: dict | None = None,
-              advice: str = ""):
+  def restore(
+    self, step: int, abstract_state, *, data_iterator=None, fingerprint: dict | None = None, advice: str = ""
+  ):
     """Restores the state (into the shardings of `abstract_state`) and the iterator in place.
 
     fingerprint: of the model being built; checked against the checkpoint's first (`check_fingerprint`).
@@ -95,6 +109,7 @@ class Checkpointer:
     items = {"state": ocp.args.StandardRestore(abstract_state)}
     if data_iterator is not None:
       import grain
+
       items["data"] = grain.checkpoint.CheckpointRestore(data_iterator)
     try:
       out = self.manager.restore(step, args=ocp.args.Composite(**items))

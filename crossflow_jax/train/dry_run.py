@@ -21,14 +21,36 @@ from crossflow_jax.train.state import count_params, fast_init_tracing
 
 # config.json fields of the published text encoders, for dry runs on machines without their weights.
 KNOWN_TEXT_ENCODERS = {
-    "clip-vit-large-patch14": ("clip", {
-        "model_type": "clip_text_model", "vocab_size": 49408, "hidden_size": 768, "intermediate_size": 3072,
-        "num_hidden_layers": 12, "num_attention_heads": 12, "max_position_embeddings": 77, "hidden_act": "quick_gelu",
-        "layer_norm_eps": 1e-5}),
-    "t5-v1_1-xxl": ("t5", {
-        "model_type": "t5", "vocab_size": 32128, "d_model": 4096, "d_kv": 64, "d_ff": 10240, "num_layers": 24,
-        "num_heads": 64, "relative_attention_num_buckets": 32, "relative_attention_max_distance": 128,
-        "layer_norm_epsilon": 1e-6, "feed_forward_proj": "gated-gelu"}),
+  "clip-vit-large-patch14": (
+    "clip",
+    {
+      "model_type": "clip_text_model",
+      "vocab_size": 49408,
+      "hidden_size": 768,
+      "intermediate_size": 3072,
+      "num_hidden_layers": 12,
+      "num_attention_heads": 12,
+      "max_position_embeddings": 77,
+      "hidden_act": "quick_gelu",
+      "layer_norm_eps": 1e-5,
+    },
+  ),
+  "t5-v1_1-xxl": (
+    "t5",
+    {
+      "model_type": "t5",
+      "vocab_size": 32128,
+      "d_model": 4096,
+      "d_kv": 64,
+      "d_ff": 10240,
+      "num_layers": 24,
+      "num_heads": 64,
+      "relative_attention_num_buckets": 32,
+      "relative_attention_max_distance": 128,
+      "layer_norm_epsilon": 1e-6,
+      "feed_forward_proj": "gated-gelu",
+    },
+  ),
 }
 KNOWN_TEXT_ENCODERS["flan-t5-xxl"] = KNOWN_TEXT_ENCODERS["t5-v1_1-xxl"]
 SD_VAE = {"downsample_factor": 8, "latent_channels": 4}  # KL-f8 (sd-vae-ft-ema / -mse)
@@ -91,8 +113,10 @@ def dataset_features(config) -> tuple[tuple[int, int, int], int, int]:
     if not num_classes:
       num_classes = int(config.data.num_classes)
       if not num_classes:
-        raise ConfigError(f"Dataset {name!r} is not built yet, so its class count is unknown; set "
-                          "config.data.num_classes for the dry run.")
+        raise ConfigError(
+          f"Dataset {name!r} is not built yet, so its class count is unknown; set "
+          "config.data.num_classes for the dry run."
+        )
   captions = int(features["captions"].shape[0]) if "captions" in features else 0
   return shape, num_classes, captions
 
@@ -113,8 +137,9 @@ def abstract_data_spec(config) -> tuple[DataSpec, dict]:
     s = int(config.latent.image_size)
     if s % factor:
       raise ConfigError(f"config.latent.image_size={s} is not divisible by the VAE's downsampling factor {factor}.")
-    extra.update(latent_vae="dry-run", latent_scale_factor=float(config.latent.scale_factor),
-                 pixel_shape=(s, s, shape[2]))
+    extra.update(
+      latent_vae="dry-run", latent_scale_factor=float(config.latent.scale_factor), pixel_shape=(s, s, shape[2])
+    )
     image_shape = (s // factor, s // factor, channels)
   spec = DataSpec(config.data.name, image_shape, num_classes, num_captions=captions, **extra)
   return spec, report
@@ -155,15 +180,21 @@ def dry_run(config, *, print_fn=print) -> dict:
     rows.append((name + frozen, f"{n:,}", f"{100 * n / max(total, 1):.1f}%"))
   rows.append(("total", f"{total:,}", "100%"))
   widths = [max(len(r[i]) for r in rows) for i in range(3)]
-  print_fn(f"Dry run: {config.model.name} backbone on {spec.name} {tuple(spec.image_shape)}"
-           + (f" latents of {tuple(spec.pixel_shape)} images" if spec.latent_vae else "")
-           + f", task {exp.task.name}; nothing was allocated.")
+  print_fn(
+    f"Dry run: {config.model.name} backbone on {spec.name} {tuple(spec.image_shape)}"
+    + (f" latents of {tuple(spec.pixel_shape)} images" if spec.latent_vae else "")
+    + f", task {exp.task.name}; nothing was allocated."
+  )
   for i, r in enumerate(rows):
     print_fn("  ".join(c.ljust(w) if j == 0 else c.rjust(w) for j, (c, w) in enumerate(zip(r, widths))))
     if i == 0 or i == len(rows) - 2:
       print_fn("  ".join("-" * w for w in widths))
-  out = {"params": params, "total": total, "trainable": trainable,
-         "image_shape": list(spec.image_shape), "backbone_millions": round(params["backbone"] / 1e6, 1)}
+  out = {
+    "params": params,
+    "total": total,
+    "trainable": trainable,
+    "image_shape": list(spec.image_shape),
+    "backbone_millions": round(params["backbone"] / 1e6, 1),
+  }
   print_fn(json.dumps(out))
   return out
-

@@ -30,16 +30,16 @@ class DataSpec:
   """What the model needs to know about the data: stored and model-side shapes."""
 
   name: str
-  image_shape: tuple[int, int, int]   # (H, W, C) the model sees (after resizing)
+  image_shape: tuple[int, int, int]  # (H, W, C) the model sees (after resizing)
   num_classes: int
   class_names: tuple[str, ...] = ()
-  num_captions: int = 0                # captions per record (0: a class dataset)
-  text_identity: str = ""              # the frozen text encoder that embeds the captions
-  text_dim: int = 0                    # D of its token embeddings
-  num_tokens: int = 0                  # L, the fixed token length
-  latent_vae: str = ""                 # identity of the VAE whose latents image_shape is ('' = pixel space)
-  latent_scale_factor: float = 0.0     # z = scale_factor * posterior sample
-  pixel_shape: tuple[int, ...] = ()    # (S, S, C) the latents decode to (latent space only)
+  num_captions: int = 0  # captions per record (0: a class dataset)
+  text_identity: str = ""  # the frozen text encoder that embeds the captions
+  text_dim: int = 0  # D of its token embeddings
+  num_tokens: int = 0  # L, the fixed token length
+  latent_vae: str = ""  # identity of the VAE whose latents image_shape is ('' = pixel space)
+  latent_scale_factor: float = 0.0  # z = scale_factor * posterior sample
+  pixel_shape: tuple[int, ...] = ()  # (S, S, C) the latents decode to (latent space only)
 
   @property
   def decoded_shape(self) -> tuple[int, ...]:
@@ -47,18 +47,35 @@ class DataSpec:
     return tuple(self.pixel_shape) or tuple(self.image_shape)
 
   def to_dict(self) -> dict:
-    return {"name": self.name, "image_shape": list(self.image_shape), "num_classes": self.num_classes,
-            "class_names": list(self.class_names), "num_captions": self.num_captions,
-            "text_identity": self.text_identity, "text_dim": self.text_dim, "num_tokens": self.num_tokens,
-            "latent_vae": self.latent_vae, "latent_scale_factor": self.latent_scale_factor,
-            "pixel_shape": list(self.pixel_shape)}
+    return {
+      "name": self.name,
+      "image_shape": list(self.image_shape),
+      "num_classes": self.num_classes,
+      "class_names": list(self.class_names),
+      "num_captions": self.num_captions,
+      "text_identity": self.text_identity,
+      "text_dim": self.text_dim,
+      "num_tokens": self.num_tokens,
+      "latent_vae": self.latent_vae,
+      "latent_scale_factor": self.latent_scale_factor,
+      "pixel_shape": list(self.pixel_shape),
+    }
 
   @classmethod
   def from_dict(cls, d: dict) -> "DataSpec":
-    return cls(d["name"], tuple(d["image_shape"]), int(d["num_classes"]), tuple(d.get("class_names", ())),
-               int(d.get("num_captions", 0)), d.get("text_identity", ""), int(d.get("text_dim", 0)),
-               int(d.get("num_tokens", 0)), d.get("latent_vae", ""), float(d.get("latent_scale_factor", 0.0)),
-               tuple(d.get("pixel_shape", ())))
+    return cls(
+      d["name"],
+      tuple(d["image_shape"]),
+      int(d["num_classes"]),
+      tuple(d.get("class_names", ())),
+      int(d.get("num_captions", 0)),
+      d.get("text_identity", ""),
+      int(d.get("text_dim", 0)),
+      int(d.get("num_tokens", 0)),
+      d.get("latent_vae", ""),
+      float(d.get("latent_scale_factor", 0.0)),
+      tuple(d.get("pixel_shape", ())),
+    )
 
 
 @dataclasses.dataclass
@@ -77,8 +94,11 @@ class Experiment:
     return model_fingerprint(self.config, self.data)
 
   def meta(self) -> dict:
-    return {"fingerprint": self.fingerprint, "data": self.data.to_dict(),
-            "config": json.loads(self.config.to_json_best_effort())}
+    return {
+      "fingerprint": self.fingerprint,
+      "data": self.data.to_dict(),
+      "config": json.loads(self.config.to_json_best_effort()),
+    }
 
 
 def model_fingerprint(config, data: DataSpec) -> dict:
@@ -138,15 +158,17 @@ def _positive_or_zero(value) -> str:
 
 # Fingerprint keys that are not config keys themselves -> the flag that sets them to the checkpoint's value.
 _DERIVED_KEYS = {
-    "data.image_shape": lambda v: f"--data.name / --data.image_size (--latent.image_size in latent space) that give "
-                                  f"the model {v[0]}x{v[1]}x{v[2]} inputs",
-    "data.num_classes": lambda v: f"--data.name of a dataset with {v} classes",
-    "task.contrastive": lambda v: f"--task.contrastive_weight {_positive_or_zero(v)}",
-    "text.identity": lambda v: f"--text.encoder that loads {v!r}",
-    "text.num_tokens": lambda v: f"--text.max_length {v}",
-    "latent.vae": lambda v: f"--latent.vae that loads {v!r}",
-    "latent.pixel_shape": lambda v: f"--latent.image_size {v[0]}",
-    "optim.grad_clip": lambda v: f"--optim.grad_clip_norm {_positive_or_zero(v)}",
+  "data.image_shape": lambda v: (
+    f"--data.name / --data.image_size (--latent.image_size in latent space) that give "
+    f"the model {v[0]}x{v[1]}x{v[2]} inputs"
+  ),
+  "data.num_classes": lambda v: f"--data.name of a dataset with {v} classes",
+  "task.contrastive": lambda v: f"--task.contrastive_weight {_positive_or_zero(v)}",
+  "text.identity": lambda v: f"--text.encoder that loads {v!r}",
+  "text.num_tokens": lambda v: f"--text.max_length {v}",
+  "latent.vae": lambda v: f"--latent.vae that loads {v!r}",
+  "latent.pixel_shape": lambda v: f"--latent.image_size {v[0]}",
+  "optim.grad_clip": lambda v: f"--optim.grad_clip_norm {_positive_or_zero(v)}",
 }
 
 
@@ -182,8 +204,9 @@ def validate_run_config(config) -> None:
   if config.eval.fid_every < 0:
     raise ConfigError(f"config.eval.fid_every must be >= 0 (0 = never), got {config.eval.fid_every}.")
   if config.eval.fid_every and config.eval.features.partition(":")[0] not in ("classifier", "inception"):
-    raise ConfigError(f"config.eval.features={config.eval.features!r}: choose classifier, classifier:PATH or "
-                      "inception:PATH.")
+    raise ConfigError(
+      f"config.eval.features={config.eval.features!r}: choose classifier, classifier:PATH or inception:PATH."
+    )
 
 
 def build_experiment(config, data: DataSpec, *, devices=None) -> Experiment:
@@ -202,16 +225,22 @@ def build_experiment(config, data: DataSpec, *, devices=None) -> Experiment:
   rules = tuple((k, tuple(v) if isinstance(v, list) else v) for k, v in config.axis_rules)
   dp = data_parallel_size(mesh, rules)
   if config.batch_size % dp:
-    raise ConfigError(f"config.batch_size={config.batch_size} is not divisible by the data-parallel size {dp} "
-                      f"(mesh data x fsdp = {dict(mesh.shape)}); use a multiple of {dp}.")
+    raise ConfigError(
+      f"config.batch_size={config.batch_size} is not divisible by the data-parallel size {dp} "
+      f"(mesh data x fsdp = {dict(mesh.shape)}); use a multiple of {dp}."
+    )
   if config.batch_size % jax.process_count():
-    raise ConfigError(f"config.batch_size={config.batch_size} is not divisible by the process count "
-                      f"{jax.process_count()} (each process reads config.batch_size / {jax.process_count()} "
-                      f"images); use a multiple of {jax.process_count()}.")
+    raise ConfigError(
+      f"config.batch_size={config.batch_size} is not divisible by the process count "
+      f"{jax.process_count()} (each process reads config.batch_size / {jax.process_count()} "
+      f"images); use a multiple of {jax.process_count()}."
+    )
   if dp % jax.process_count():
-    raise ConfigError(f"The batch is split {dp} ways (mesh data x fsdp = {dict(mesh.shape)}) but there are "
-                      f"{jax.process_count()} processes, each reading its own images: make data x fsdp a multiple of "
-                      f"{jax.process_count()} (keep the tensor axis within a host).")
+    raise ConfigError(
+      f"The batch is split {dp} ways (mesh data x fsdp = {dict(mesh.shape)}) but there are "
+      f"{jax.process_count()} processes, each reading its own images: make data x fsdp a multiple of "
+      f"{jax.process_count()} (keep the tensor axis within a host)."
+    )
   return Experiment(config=config, data=data, task=task, model_fn=model_fn, tx=tx, mesh=mesh, rules=rules)
 
 

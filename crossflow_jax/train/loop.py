@@ -37,14 +37,20 @@ def log(msg: str) -> None:
 def open_data(config, split: str):
   """(source, info, DataSpec) for a split, building embedded datasets on first use."""
   data_dir = config.data.data_dir or default_data_dir()
-  source, info = load_source(config.data.name, split, data_dir=data_dir, manual_dir=config.data.manual_dir,
-                             holdout_pairs=config.data.holdout_pairs)
+  source, info = load_source(
+    config.data.name,
+    split,
+    data_dir=data_dir,
+    manual_dir=config.data.manual_dir,
+    holdout_pairs=config.data.holdout_pairs,
+  )
   size = config.data.image_size or info.image_shape[0]
   text = text_inputs.spec_fields(config.text) if info.num_captions else {}
   latent = latents.spec_fields(config, info.image_shape[2]) if config.latent.vae else {}
   shape = latent.pop("image_shape", (size, size, info.image_shape[2]))  # latent space: the model sees latents
-  spec = DataSpec(info.name, shape, info.num_classes, tuple(info.class_names),
-                  num_captions=info.num_captions, **text, **latent)
+  spec = DataSpec(
+    info.name, shape, info.num_classes, tuple(info.class_names), num_captions=info.num_captions, **text, **latent
+  )
   return source, info, spec
 
 
@@ -138,16 +144,30 @@ def write_samples(exp: Experiment, graphdef, params, step: int, workdir: str, ev
   rows = min(exp.data.num_classes, 10)
   if task.name != "image_to_class":
     labels = jnp.repeat(jnp.arange(rows, dtype=jnp.int32), cfg.sample.per_class)
-    images = generate_images(graphdef, params, labels, jax.random.PRNGKey(cfg.seed + 1), task=task,
-                             solver=cfg.sample.solver, num_steps=cfg.sample.steps, cfg_scale=cfg.sample.cfg_scale)
+    images = generate_images(
+      graphdef,
+      params,
+      labels,
+      jax.random.PRNGKey(cfg.seed + 1),
+      task=task,
+      solver=cfg.sample.solver,
+      num_steps=cfg.sample.steps,
+      cfg_scale=cfg.sample.cfg_scale,
+    )
     pixels = host_array(decode_to_pixels(exp, images))  # every process takes part; process 0 writes
     if jax.process_index() == 0:
       os.makedirs(os.path.join(workdir, "samples"), exist_ok=True)
-      save_grid(to_uint8(pixels), os.path.join(workdir, "samples", f"step_{step:07d}.png"),
-                ncols=cfg.sample.per_class)
+      save_grid(to_uint8(pixels), os.path.join(workdir, "samples", f"step_{step:07d}.png"), ncols=cfg.sample.per_class)
   if task.can_classify and eval_batch is not None:
-    pred = classify_images(graphdef, params, eval_batch["image"], task=task, solver=cfg.sample.solver,
-                           num_steps=cfg.sample.steps, cfg_scale=1.0)
+    pred = classify_images(
+      graphdef,
+      params,
+      eval_batch["image"],
+      task=task,
+      solver=cfg.sample.solver,
+      num_steps=cfg.sample.steps,
+      cfg_scale=1.0,
+    )
     out["class_accuracy"] = float(jnp.mean(pred == eval_batch["label"]))
   return out
 
@@ -175,8 +195,13 @@ def _train(config, workdir: str, sigterm: _SigtermFlag) -> dict:
   features = text_features(config, info)
   source = latents.latent_source(config, source, info, config.data.train_split, log=log)
   data_iter = pipeline.make_train_iterator(
-      source, batch_size=local_batch, image_size=spec.image_shape[0] if config.data.image_size else None,
-      seed=config.seed, worker_count=config.data.worker_count, text_features=features)
+    source,
+    batch_size=local_batch,
+    image_size=spec.image_shape[0] if config.data.image_size else None,
+    seed=config.seed,
+    worker_count=config.data.worker_count,
+    text_features=features,
+  )
   batch_shardings = batch_shardings_for(exp)
   eval_batch = None
   if exp.task.modality == "text" and config.sample_every:
@@ -184,8 +209,11 @@ def _train(config, workdir: str, sigterm: _SigtermFlag) -> dict:
   elif exp.task.can_classify and config.sample_every:
     eval_source, eval_info, _ = open_data(config, config.data.eval_split)
     eval_source = latents.latent_source(config, eval_source, eval_info, config.data.eval_split, log=log)
-    it = pipeline.make_eval_iterator(eval_source, batch_size=min(256, len(eval_source)) // jax.process_count(),
-                                     image_size=spec.image_shape[0] if config.data.image_size else None)
+    it = pipeline.make_eval_iterator(
+      eval_source,
+      batch_size=min(256, len(eval_source)) // jax.process_count(),
+      image_size=spec.image_shape[0] if config.data.image_size else None,
+    )
     eval_batch = global_batch(next(it), batch_shardings)
     if spec.latent_vae:  # classify the scaled posterior means
       eval_batch = latents.posterior_mean_images(eval_batch, spec.latent_scale_factor)
@@ -199,14 +227,28 @@ def _train(config, workdir: str, sigterm: _SigtermFlag) -> dict:
     state = ckpt.restore(latest, abstract, data_iterator=data_iter)
     start_step = int(state.step)
     log(f"Resumed from {ckpt.directory} at step {start_step}.")
-  log(f"Model: {count_params(state.params):,} parameters; mesh {dict(exp.mesh.shape)}; "
-      f"data {spec.name} {spec.image_shape}, {spec.num_classes} classes; task {exp.task.name}.")
+  log(
+    f"Model: {count_params(state.params):,} parameters; mesh {dict(exp.mesh.shape)}; "
+    f"data {spec.name} {spec.image_shape}, {spec.num_classes} classes; task {exp.task.name}."
+  )
 
-  step_fn = jit_train_step(graphdef, exp.task, exp.tx, config.optim.ema_decay, shardings, batch_shardings,
-                           ema_warmup=config.optim.ema_warmup,
-                           latent_scale_factor=spec.latent_scale_factor if spec.latent_vae else None)
-  writer = MetricsWriter(workdir, total_steps=config.total_steps, batch_size=config.batch_size,
-                         wandb_cfg=config.wandb, config_dict=config.to_dict())
+  step_fn = jit_train_step(
+    graphdef,
+    exp.task,
+    exp.tx,
+    config.optim.ema_decay,
+    shardings,
+    batch_shardings,
+    ema_warmup=config.optim.ema_warmup,
+    latent_scale_factor=spec.latent_scale_factor if spec.latent_vae else None,
+  )
+  writer = MetricsWriter(
+    workdir,
+    total_steps=config.total_steps,
+    batch_size=config.batch_size,
+    wandb_cfg=config.wandb,
+    config_dict=config.to_dict(),
+  )
   writer.truncate_after(start_step)
   meta = exp.meta()
   fid_eval = None
@@ -274,7 +316,12 @@ def _train(config, workdir: str, sigterm: _SigtermFlag) -> dict:
 
 
 def _diverged_message(bad_step: int, ckpt: Checkpointer, last_saved: int | None) -> str:
-  where = (f"the last good checkpoint is step {last_saved} in {ckpt.directory}" if last_saved is not None
-           else "no checkpoint was written")
-  return (f"The loss or gradient became NaN/inf at step {bad_step}; training stopped and updates from that step on "
-          f"were discarded; {where}. Lower optim.learning_rate, enable optim.grad_clip_norm or check the data.")
+  where = (
+    f"the last good checkpoint is step {last_saved} in {ckpt.directory}"
+    if last_saved is not None
+    else "no checkpoint was written"
+  )
+  return (
+    f"The loss or gradient became NaN/inf at step {bad_step}; training stopped and updates from that step on "
+    f"were discarded; {where}. Lower optim.learning_rate, enable optim.grad_clip_norm or check the data."
+  )

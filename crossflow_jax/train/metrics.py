@@ -30,9 +30,15 @@ class MetricsWriter:
     self._wandb = None
     if self.is_main and wandb_cfg is not None and wandb_cfg.enabled:
       import wandb
-      self._wandb = wandb.init(project=wandb_cfg.project, name=wandb_cfg.name or None,
-                               entity=wandb_cfg.entity or None, mode=wandb_cfg.mode, config=config_dict,
-                               dir=workdir)
+
+      self._wandb = wandb.init(
+        project=wandb_cfg.project,
+        name=wandb_cfg.name or None,
+        entity=wandb_cfg.entity or None,
+        mode=wandb_cfg.mode,
+        config=config_dict,
+        dir=workdir,
+      )
 
   def truncate_after(self, step: int) -> None:
     """Drops lines logged after `step` (a resumed run logs them again) and a torn last line.
@@ -115,8 +121,10 @@ def read_metrics(path: str) -> list[dict]:
 def plot_loss_curve(metrics_path: str, out_path: str) -> None:
   """Writes the loss (and a smoothed loss) against step as a PNG."""
   import matplotlib
+
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
+
   rows = [r for r in read_metrics(metrics_path) if "loss" in r]
   if not rows:
     return

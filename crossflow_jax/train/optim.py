@@ -47,8 +47,7 @@ def build_optimizer(optim_cfg, total_steps: int) -> optax.GradientTransformation
   if not 0.0 <= optim_cfg.ema_decay < 1.0:
     raise ConfigError(f"optim.ema_decay must be in [0, 1), got {optim_cfg.ema_decay}.")
   lr = learning_rate_schedule(optim_cfg.learning_rate, optim_cfg.warmup_steps, total_steps, optim_cfg.schedule)
-  adamw = optax.adamw(lr, b1=optim_cfg.b1, b2=optim_cfg.b2, weight_decay=optim_cfg.weight_decay,
-                      mask=weight_decay_mask)
+  adamw = optax.adamw(lr, b1=optim_cfg.b1, b2=optim_cfg.b2, weight_decay=optim_cfg.weight_decay, mask=weight_decay_mask)
   if optim_cfg.grad_clip_norm > 0:
     return optax.chain(optax.clip_by_global_norm(optim_cfg.grad_clip_norm), adamw)
   return adamw

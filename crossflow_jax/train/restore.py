@@ -15,7 +15,7 @@ from crossflow_jax.train.state import abstract_train_state
 class TrainedModel:
   experiment: Experiment
   graphdef: nnx.GraphDef
-  params: nnx.State          # EMA weights unless asked otherwise
+  params: nnx.State  # EMA weights unless asked otherwise
   step: int
 
 
@@ -30,21 +30,25 @@ def load_trained(workdir: str, *, step: int | None = None, weights: str = "ema")
   ckpt = Checkpointer(workdir, read_only=True)
   steps = ckpt.all_steps()
   if not steps:
-    raise CheckpointError(f"No checkpoint in {ckpt.directory}; train first with "
-                          f"`python train_flow.py --workdir {workdir}`.")
+    raise CheckpointError(
+      f"No checkpoint in {ckpt.directory}; train first with `python train_flow.py --workdir {workdir}`."
+    )
   if step is None:
     step = max(steps)
   elif step not in steps:
     raise CheckpointError(f"No checkpoint for step {step} in {ckpt.directory}; available steps: {sorted(steps)}.")
   meta = ckpt.read_meta(step)
   if "config" not in meta or "data" not in meta:
-    raise CheckpointError(f"Checkpoint step {step} in {ckpt.directory} has no crossflow_jax metadata; it was not "
-                          "written by train_flow.py.")
+    raise CheckpointError(
+      f"Checkpoint step {step} in {ckpt.directory} has no crossflow_jax metadata; it was not written by train_flow.py."
+    )
   fields = ckpt.state_fields(step)
   if fields is not None and {"ema": "ema_params", "params": "params"}[weights] not in fields:
     hint = " Pass --weights params to use the raw weights." if "params" in fields else ""
-    raise CheckpointError(f"Checkpoint step {step} in {ckpt.directory} holds no {weights!r} weights "
-                          f"(it has {sorted(fields)}); it was not written by train_flow.py with EMA.{hint}")
+    raise CheckpointError(
+      f"Checkpoint step {step} in {ckpt.directory} holds no {weights!r} weights "
+      f"(it has {sorted(fields)}); it was not written by train_flow.py with EMA.{hint}"
+    )
   config = config_from_meta(meta)
   with config.unlocked():
     config.mesh.data, config.mesh.fsdp, config.mesh.tensor = -1, 1, 1
@@ -56,9 +60,15 @@ def load_trained(workdir: str, *, step: int | None = None, weights: str = "ema")
   graphdef, abstract, _ = abstract_train_state(exp.model_fn, exp.tx, config.seed, exp.mesh, exp.rules)
   # Checked against the model built here (not the checkpoint against itself): a checkpoint whose stored config
   # now builds another model (a default or key that changed since it was written) is refused, naming the keys.
-  state = ckpt.restore(step, abstract, fingerprint=exp.fingerprint, advice=(
+  state = ckpt.restore(
+    step,
+    abstract,
+    fingerprint=exp.fingerprint,
+    advice=(
       f"The model this code builds from the checkpoint's stored config differs from the one that wrote it (a "
-      f"config key or default changed since); load {workdir} with the crossflow_jax version that trained it."))
+      f"config key or default changed since); load {workdir} with the crossflow_jax version that trained it."
+    ),
+  )
   ckpt.close()
   params = state.ema_params if weights == "ema" else state.params
   return TrainedModel(exp, graphdef, params, int(state.step))

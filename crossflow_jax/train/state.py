@@ -68,15 +68,21 @@ def _init_fn(model_fn: Callable[[nnx.Rngs], nnx.Module], tx: optax.GradientTrans
     model = model_fn(nnx.Rngs(params=init_key))
     _, params, rest = nnx.split(model, nnx.Param, ...)
     assert not jax.tree.leaves(rest), f"model has non-parameter state: {rest}"
-    return TrainState(step=jnp.zeros((), jnp.int32), params=params,
-                      ema_params=jax.tree.map(jnp.copy, params), opt_state=tx.init(params), rng=train_key,
-                      nonfinite_step=jnp.full((), -1, jnp.int32))
+    return TrainState(
+      step=jnp.zeros((), jnp.int32),
+      params=params,
+      ema_params=jax.tree.map(jnp.copy, params),
+      opt_state=tx.init(params),
+      rng=train_key,
+      nonfinite_step=jnp.full((), -1, jnp.int32),
+    )
 
   return init
 
 
-def create_train_state(model_fn: Callable[[nnx.Rngs], nnx.Module], tx: optax.GradientTransformation, seed: int,
-                       mesh: Mesh, rules: Rules):
+def create_train_state(
+  model_fn: Callable[[nnx.Rngs], nnx.Module], tx: optax.GradientTransformation, seed: int, mesh: Mesh, rules: Rules
+):
   """Builds the state directly into its shardings (one jit with out_shardings).
 
   Returns:

@@ -36,8 +36,12 @@ def shapes_prompt_sets(holdout_pairs: str, num: int, seed: int) -> dict[str, lis
     prompts = []
     for i in range(num):
       colour, shape = pairs[i % len(pairs)] if i < len(pairs) else pairs[rng.integers(len(pairs))]
-      attrs = {"colour": colour, "shape": shape, "size": int(rng.integers(len(shapes.SIZES))),
-               "position": int(rng.integers(len(shapes.POSITIONS)))}
+      attrs = {
+        "colour": colour,
+        "shape": shape,
+        "size": int(rng.integers(len(shapes.SIZES))),
+        "position": int(rng.integers(len(shapes.POSITIONS))),
+      }
       prompts.append(shapes.make_caption(attrs, rng))
     out[name] = prompts
   return out
@@ -50,7 +54,7 @@ def grid_prompts(exp, num: int) -> list[str]:
     sets = shapes_prompt_sets(cfg.data.holdout_pairs, num, cfg.seed + 11)
     if "holdout" in sets:
       half = num // 2
-      return sets["seen"][:num - half] + sets["holdout"][:half]
+      return sets["seen"][: num - half] + sets["holdout"][:half]
     return sets["seen"][:num]
   from crossflow_jax.data.text_cache import decode_caption
   from crossflow_jax.train.loop import open_data
@@ -80,9 +84,18 @@ def prepare(exp) -> dict:
 
 def _generate(exp, graphdef, params, emb, mask, seed: int):
   cfg = exp.config
-  images = generate_from_text(graphdef, params, jnp.asarray(emb), jnp.asarray(mask), jax.random.PRNGKey(seed),
-                              task=exp.task, solver=cfg.sample.solver, num_steps=cfg.sample.steps,
-                              cfg_scale=cfg.sample.cfg_scale, temperature=cfg.sample.temperature)
+  images = generate_from_text(
+    graphdef,
+    params,
+    jnp.asarray(emb),
+    jnp.asarray(mask),
+    jax.random.PRNGKey(seed),
+    task=exp.task,
+    solver=cfg.sample.solver,
+    num_steps=cfg.sample.steps,
+    cfg_scale=cfg.sample.cfg_scale,
+    temperature=cfg.sample.temperature,
+  )
   return decode_to_pixels(exp, images)
 
 

@@ -2,4 +2,4 @@
 
 from tfds_builders.cifar10.cifar10 import Cifar10
 
-__all__ = ['Cifar10']
+__all__ = ["Cifar10"]

@@ -2,4 +2,4 @@
 
 from tfds_builders.cifar10_captions.cifar10_captions import Cifar10Captions
 
-__all__ = ['Cifar10Captions']
+__all__ = ["Cifar10Captions"]

@@ -2,4 +2,4 @@
 
 from tfds_builders.digits.digits import Digits
 
-__all__ = ['Digits']
+__all__ = ["Digits"]

@@ -25,7 +25,7 @@ def split_indices() -> dict[str, np.ndarray]:
   (`np.random.default_rng(SPLIT_SEED)`), the train split the rest; both hold every class.
   """
   perm = np.random.default_rng(SPLIT_SEED).permutation(NUM_EXAMPLES)
-  return {'train': np.sort(perm[NUM_TEST:]), 'test': np.sort(perm[:NUM_TEST])}
+  return {"train": np.sort(perm[NUM_TEST:]), "test": np.sort(perm[:NUM_TEST])}
 
 
 def to_uint8(images: np.ndarray) -> np.ndarray:
@@ -39,14 +39,15 @@ class Digits(ImageClassificationBuilder, skip_registration=True):
   Record `i` of a split is `load_digits()` example `split_indices()[split][i]`.
   """
 
-  name = 'digits'
-  VERSION = tfds.core.Version('1.0.0')
-  RELEASE_NOTES: ClassVar[dict[str, str]] = {'1.0.0': 'Initial release.'}
+  name = "digits"
+  VERSION = tfds.core.Version("1.0.0")
+  RELEASE_NOTES: ClassVar[dict[str, str]] = {"1.0.0": "Initial release."}
   IMAGE_SHAPE = (8, 8, 1)
   CLASS_NAMES = CLASS_NAMES
-  DESCRIPTION = ("scikit-learn's handwritten digits (UCI optdigits test set), 8x8 grey, stored as uint8 "
-                 'round(v * 255 / 16).')
-  HOMEPAGE = 'https://archive.ics.uci.edu/dataset/80'
+  DESCRIPTION = (
+    "scikit-learn's handwritten digits (UCI optdigits test set), 8x8 grey, stored as uint8 round(v * 255 / 16)."
+  )
+  HOMEPAGE = "https://archive.ics.uci.edu/dataset/80"
   # TFDS 4.9.10 computes `code_path` via `importlib_resources`, which it does not install on
   # Python >= 3.9; setting it here avoids that import.
   code_path = epath.Path(__file__)
@@ -58,13 +59,10 @@ class Digits(ImageClassificationBuilder, skip_registration=True):
     digits = sk_datasets.load_digits()
     images = to_uint8(digits.images)[..., None]
     labels = digits.target.astype(np.int64)
-    return {
-        split: self._generate_examples(images, labels, idx)
-        for split, idx in split_indices().items()
-    }
+    return {split: self._generate_examples(images, labels, idx) for split, idx in split_indices().items()}
 
   def _generate_examples(
-      self, images: np.ndarray, labels: np.ndarray, indices: np.ndarray
+    self, images: np.ndarray, labels: np.ndarray, indices: np.ndarray
   ) -> Iterator[tuple[int, dict[str, np.ndarray | int]]]:
     for key, i in enumerate(indices):
-      yield key, {'image': images[i], 'label': int(labels[i])}
+      yield key, {"image": images[i], "label": int(labels[i])}

@@ -2,4 +2,4 @@
 
 from tfds_builders.flickr8k.flickr8k import Flickr8k
 
-__all__ = ['Flickr8k']
+__all__ = ["Flickr8k"]

@@ -2,4 +2,4 @@
 
 from tfds_builders.image_folder.image_folder import ImageFolder
 
-__all__ = ['ImageFolder']
+__all__ = ["ImageFolder"]

@@ -2,4 +2,4 @@
 
 from tfds_builders.image_text_folder.image_text_folder import ImageTextFolder
 
-__all__ = ['ImageTextFolder']
+__all__ = ["ImageTextFolder"]

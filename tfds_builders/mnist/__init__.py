@@ -2,4 +2,4 @@
 
 from tfds_builders.mnist.mnist import Mnist
 
-__all__ = ['Mnist']
+__all__ = ["Mnist"]

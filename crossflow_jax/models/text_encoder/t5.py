@@ -19,24 +19,24 @@ from crossflow_jax.models import layers
 from crossflow_jax.models.attention import dot_product_attention
 
 ACTIVATIONS = {
-    "gelu_new": lambda x: jax.nn.gelu(x, approximate=True),
-    "gelu": lambda x: jax.nn.gelu(x, approximate=False),
-    "relu": jax.nn.relu,
-    "silu": jax.nn.silu,
+  "gelu_new": lambda x: jax.nn.gelu(x, approximate=True),
+  "gelu": lambda x: jax.nn.gelu(x, approximate=False),
+  "relu": jax.nn.relu,
+  "silu": jax.nn.silu,
 }
 
 # transformers.T5Config defaults, used where config.json omits a key (as Hugging Face does).
 HF_DEFAULTS = {
-    "vocab_size": 32128,
-    "d_model": 512,
-    "d_kv": 64,
-    "d_ff": 2048,
-    "num_layers": 6,
-    "num_heads": 8,
-    "relative_attention_num_buckets": 32,
-    "relative_attention_max_distance": 128,
-    "layer_norm_epsilon": 1e-6,
-    "feed_forward_proj": "relu",
+  "vocab_size": 32128,
+  "d_model": 512,
+  "d_kv": 64,
+  "d_ff": 2048,
+  "num_layers": 6,
+  "num_heads": 8,
+  "relative_attention_num_buckets": 32,
+  "relative_attention_max_distance": 128,
+  "layer_norm_epsilon": 1e-6,
+  "feed_forward_proj": "relu",
 }
 
 
@@ -45,15 +45,15 @@ class T5EncoderConfig:
   """Sizes of a T5 v1.1 encoder, read from a Hugging Face config.json by `from_hf`."""
 
   vocab_size: int
-  d_model: int                 # D
-  d_kv: int                    # K (N * K need not equal D)
+  d_model: int  # D
+  d_kv: int  # K (N * K need not equal D)
   d_ff: int
   num_layers: int
-  num_heads: int               # N
+  num_heads: int  # N
   num_buckets: int
   max_distance: int
   layer_norm_eps: float
-  activation: str              # of the gated FFN: act(wi_0 x) * wi_1 x
+  activation: str  # of the gated FFN: act(wi_0 x) * wi_1 x
 
   @classmethod
   def from_hf(cls, hf: dict) -> "T5EncoderConfig":
@@ -61,13 +61,23 @@ class T5EncoderConfig:
     proj = c["feed_forward_proj"]
     act = proj.split("-")[-1]
     if not proj.startswith("gated-") or act not in ACTIVATIONS:
-      raise ConfigError(f"T5 feed_forward_proj {proj!r} is not supported: only the T5 v1.1 gated FFN "
-                        "('gated-gelu', as google/t5-v1_1-* and flan-t5) is. The original T5 ('relu') is not.")
+      raise ConfigError(
+        f"T5 feed_forward_proj {proj!r} is not supported: only the T5 v1.1 gated FFN "
+        "('gated-gelu', as google/t5-v1_1-* and flan-t5) is. The original T5 ('relu') is not."
+      )
     act = "gelu_new" if act == "gelu" else act  # Hugging Face maps 'gated-gelu' to the tanh GELU (gelu_new)
-    return cls(vocab_size=c["vocab_size"], d_model=c["d_model"], d_kv=c["d_kv"], d_ff=c["d_ff"],
-               num_layers=c["num_layers"], num_heads=c["num_heads"], num_buckets=c["relative_attention_num_buckets"],
-               max_distance=c["relative_attention_max_distance"], layer_norm_eps=c["layer_norm_epsilon"],
-               activation=act)
+    return cls(
+      vocab_size=c["vocab_size"],
+      d_model=c["d_model"],
+      d_kv=c["d_kv"],
+      d_ff=c["d_ff"],
+      num_layers=c["num_layers"],
+      num_heads=c["num_heads"],
+      num_buckets=c["relative_attention_num_buckets"],
+      max_distance=c["relative_attention_max_distance"],
+      layer_norm_eps=c["layer_norm_epsilon"],
+      activation=act,
+    )
 
 
 def relative_position_buckets(length: int, num_buckets: int, max_distance: int) -> np.ndarray:
@@ -80,8 +90,11 @@ def relative_position_buckets(length: int, num_buckets: int, max_distance: int) 
   buckets = (rel > 0).astype(np.int64) * half
   rel = np.abs(rel)
   max_exact = half // 2
-  scaled = (np.log(np.maximum(rel, 1).astype(np.float32) / np.float32(max_exact))
-            / np.float32(math.log(max_distance / max_exact)) * np.float32(half - max_exact))
+  scaled = (
+    np.log(np.maximum(rel, 1).astype(np.float32) / np.float32(max_exact))
+    / np.float32(math.log(max_distance / max_exact))
+    * np.float32(half - max_exact)
+  )
   large = np.minimum(max_exact + scaled.astype(np.int64), half - 1)
   return (buckets + np.where(rel < max_exact, rel, large)).astype(np.int32)
 
@@ -126,13 +139,14 @@ class T5Encoder(nnx.Module):
     self.vocab_size = config.vocab_size
     self.num_buckets = config.num_buckets
     self.max_distance = config.max_distance
-    self.shared = nnx.Embed(config.vocab_size, config.d_model, dtype=jnp.float32, param_dtype=jnp.float32,
-                            rngs=rngs)
+    self.shared = nnx.Embed(config.vocab_size, config.d_model, dtype=jnp.float32, param_dtype=jnp.float32, rngs=rngs)
     # Hugging Face keeps this table in the first layer (block.0); every layer uses it.
-    self.relative_attention_bias = nnx.Embed(config.num_buckets, config.num_heads, dtype=jnp.float32,
-                                             param_dtype=jnp.float32, rngs=rngs)
-    self.layers = nnx.List([T5Layer(config, rngs=rngs, dtype=dtype, attention_impl=attention_impl)
-                            for _ in range(config.num_layers)])
+    self.relative_attention_bias = nnx.Embed(
+      config.num_buckets, config.num_heads, dtype=jnp.float32, param_dtype=jnp.float32, rngs=rngs
+    )
+    self.layers = nnx.List(
+      [T5Layer(config, rngs=rngs, dtype=dtype, attention_impl=attention_impl) for _ in range(config.num_layers)]
+    )
     self.final_layer_norm = _norm(config.d_model, config.layer_norm_eps, rngs)
 
   def __call__(self, ids: jax.Array, mask: jax.Array) -> jax.Array:

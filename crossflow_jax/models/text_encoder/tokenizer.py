@@ -42,8 +42,10 @@ class TextTokenizer:
     from transformers import AutoTokenizer  # heavy import, only when a tokenizer is built
 
     if not has_tokenizer(folder):
-      raise WeightsError(f"{folder!r} has no tokenizer files (any of {list(TOKENIZER_FILES)}). Download them from "
-                         "the same Hugging Face repository as the weights.")
+      raise WeightsError(
+        f"{folder!r} has no tokenizer files (any of {list(TOKENIZER_FILES)}). Download them from "
+        "the same Hugging Face repository as the weights."
+      )
     try:
       self._tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True)
     except Exception as e:  # transformers raises many types (OSError, ValueError, ImportError) for a broken folder
@@ -59,9 +61,10 @@ class TextTokenizer:
     self.num_truncated = 0
     if model_vocab_size is not None and self.vocab_size > model_vocab_size:
       raise WeightsError(
-          f"The tokenizer in {folder!r} has {self.vocab_size} tokens but the encoder's embedding table has only "
-          f"{model_vocab_size} rows: the tokenizer and the weights come from different models. Use the tokenizer "
-          "files of the repository the weights come from.")
+        f"The tokenizer in {folder!r} has {self.vocab_size} tokens but the encoder's embedding table has only "
+        f"{model_vocab_size} rows: the tokenizer and the weights come from different models. Use the tokenizer "
+        "files of the repository the weights come from."
+      )
 
   def __call__(self, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
     """Tokenizes a batch of prompts.
@@ -78,21 +81,31 @@ class TextTokenizer:
     texts = list(texts)
     for i, text in enumerate(texts):
       if not isinstance(text, str) or not text.strip():
-        raise PromptError(f"Prompt {i} is empty ({text!r}); every prompt needs some text. For the unconditional "
-                          "branch of classifier-free guidance use the model's null embedding, not an empty prompt.")
+        raise PromptError(
+          f"Prompt {i} is empty ({text!r}); every prompt needs some text. For the unconditional "
+          "branch of classifier-free guidance use the model's null embedding, not an empty prompt."
+        )
     if not texts:
       return np.zeros((0, self.max_length), np.int32), np.zeros((0, self.max_length), np.int32)
     lengths = [len(x) for x in self._tokenizer(texts, truncation=False, verbose=False)["input_ids"]]
-    enc = self._tokenizer(texts, padding="max_length", truncation=True, max_length=self.max_length,
-                          return_attention_mask=True, return_tensors="np")
+    enc = self._tokenizer(
+      texts,
+      padding="max_length",
+      truncation=True,
+      max_length=self.max_length,
+      return_attention_mask=True,
+      return_tensors="np",
+    )
     self._report_truncation(texts, lengths)
     ids, mask = enc["input_ids"].astype(np.int32), enc["attention_mask"].astype(np.int32)
     if ids.shape != (len(texts), self.max_length):  # internal invariant of padding="max_length"
       raise AssertionError(f"tokenizer returned {ids.shape}, expected {(len(texts), self.max_length)}")
     if self.model_vocab_size is not None and ids.size and int(ids.max()) >= self.model_vocab_size:
-      raise WeightsError(f"The tokenizer in {self.folder!r} produced id {int(ids.max())} but the encoder's embedding "
-                         f"table has only {self.model_vocab_size} rows: the tokenizer and the weights come from "
-                         "different models.")
+      raise WeightsError(
+        f"The tokenizer in {self.folder!r} produced id {int(ids.max())} but the encoder's embedding "
+        f"table has only {self.model_vocab_size} rows: the tokenizer and the weights come from "
+        "different models."
+      )
     return ids, mask
 
   def _report_truncation(self, texts: list[str], lengths: list[int]) -> None:
@@ -100,8 +113,17 @@ class TextTokenizer:
     for text, n in long:
       self.num_truncated += 1
       if self.num_truncated <= MAX_LOGGED_TRUNCATIONS:
-        logging.warning("Prompt %r has %d tokens, more than max_length=%d; truncated to %d tokens.",
-                        text[:60] + ("..." if len(text) > 60 else ""), n, self.max_length, self.max_length)
+        logging.warning(
+          "Prompt %r has %d tokens, more than max_length=%d; truncated to %d tokens.",
+          text[:60] + ("..." if len(text) > 60 else ""),
+          n,
+          self.max_length,
+          self.max_length,
+        )
     if long and self.num_truncated > MAX_LOGGED_TRUNCATIONS:
-      logging.warning("%d prompts of this batch were truncated to max_length=%d (%d so far).", len(long),
-                      self.max_length, self.num_truncated)
+      logging.warning(
+        "%d prompts of this batch were truncated to max_length=%d (%d so far).",
+        len(long),
+        self.max_length,
+        self.num_truncated,
+      )
