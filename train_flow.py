@@ -52,7 +52,7 @@ def main(argv):
 
     dry_run(_CONFIG.value)
     return
-  from crossflow_jax.train.loop import train
+  from crossflow_jax.training import train
 
   train(_CONFIG.value, _WORKDIR.value)
 

@@ -31,15 +31,14 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 from absl import flags  # noqa: E402
 from flax import nnx  # noqa: E402
-from jax._src.ad_checkpoint import saved_residuals  # noqa: E402  (what jax.ad_checkpoint.print_saved_residuals prints)
 from ml_collections import config_flags  # noqa: E402
 
 from crossflow_jax.command_line import run_main  # noqa: E402
 from crossflow_jax.data import latents  # noqa: E402
+from crossflow_jax.experiment.build import build_experiment  # noqa: E402
+from crossflow_jax.experiment.state import abstract_train_state, count_params  # noqa: E402
 from crossflow_jax.train.dry_run import abstract_data_spec  # noqa: E402
-from crossflow_jax.train.experiment import build_experiment  # noqa: E402
 from crossflow_jax.train.loop import batch_shardings_for  # noqa: E402
-from crossflow_jax.train.state import abstract_train_state, count_params, fast_init_tracing  # noqa: E402
 from crossflow_jax.train.step import jit_train_step  # noqa: E402
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config.", lock_config=True)
@@ -77,8 +76,14 @@ def saved_activation_bytes(graphdef, task, params, batch, latent_scale_factor: f
 
   batch = {k: jax.ShapeDtypeStruct(v.shape, v.dtype) for k, v in batch.items()}
   params = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), params)
-  residuals = saved_residuals(loss, params, batch)
-  return sum(aval.size * aval.dtype.itemsize for aval, where in residuals if not where.startswith("from the argument"))
+  # The residuals are the leaves of the VJP closure: the outputs of this jaxpr (as jax.ad_checkpoint's
+  # print_saved_residuals lists them). Those that are inputs are the arguments themselves; a reduce_precision
+  # output counts as its input.
+  jaxpr = jax.make_jaxpr(lambda p, b: jax.vjp(loss, p, b)[1])(params, batch).jaxpr
+  through = {id(e.outvars[0]): e.invars[0] for e in jaxpr.eqns if e.primitive.name == "reduce_precision"}
+  inputs = {id(v) for v in jaxpr.invars}
+  saved = [v for v in jaxpr.outvars if id(through.get(id(v), v)) not in inputs]
+  return sum(v.aval.size * v.aval.dtype.itemsize for v in saved)
 
 
 def main(argv):
@@ -108,10 +113,9 @@ def main(argv):
   )
   batch = abstract_batch(exp, cfg.batch_size)
   gib = lambda n: round(int(n) / 2**30, 3)  # noqa: E731
-  with fast_init_tracing():
-    saved = saved_activation_bytes(
-      graphdef, exp.task, abstract_state.params, batch, spec.latent_scale_factor if spec.latent_vae else None
-    )
+  saved = saved_activation_bytes(
+    graphdef, exp.task, abstract_state.params, batch, spec.latent_scale_factor if spec.latent_vae else None
+  )
   result = {
     "config": os.path.basename(config_flags.get_config_filename(flags.FLAGS["config"])),
     "backend": jax.default_backend(),

@@ -24,11 +24,13 @@ from ml_collections import config_flags  # noqa: E402
 
 from benchmarks import reference_settings  # noqa: E402
 from crossflow_jax.command_line import run_main  # noqa: E402
+from crossflow_jax.data.spec import DataSpec  # noqa: E402
 from crossflow_jax.eval.feature_classifier import RECIPES, FeatureClassifier, base_dataset  # noqa: E402
 from crossflow_jax.eval.generate import generate  # noqa: E402
+from crossflow_jax.experiment.build import build_experiment  # noqa: E402
+from crossflow_jax.experiment.loaded import LoadedModel  # noqa: E402
+from crossflow_jax.experiment.state import create_train_state  # noqa: E402
 from crossflow_jax.models.classifier import ClassifierConfig, ImageClassifier  # noqa: E402
-from crossflow_jax.train.experiment import DataSpec, build_experiment  # noqa: E402
-from crossflow_jax.train.state import create_train_state  # noqa: E402
 
 DEFAULT_CONFIG = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs", "digits_c2i.py")
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config (class task).", lock_config=True)
@@ -55,15 +57,14 @@ def main(argv):
   exp = build_experiment(cfg, DataSpec("synthetic", shape, 10))
   graphdef, state, _ = create_train_state(exp.model_fn, exp.tx, cfg.seed, exp.mesh, exp.rules)
   n = _NUM.value
-  cond = {"labels": (np.arange(n) % 10).astype(np.int32)}
+  requests = [int(x) for x in np.arange(n) % 10]
+  loaded = LoadedModel.of(exp, graphdef, state.ema_params, 0)
   images = {}
 
   def gen():
     images["x"], _ = generate(
-      exp,
-      graphdef,
-      state.ema_params,
-      cond,
+      loaded,
+      requests,
       solver=_SOLVER.value,
       steps=_STEPS.value,
       cfg_scale=_CFG.value,
@@ -85,8 +86,8 @@ def main(argv):
     "generation_img_per_s": _rate(gen, n),
   }
   recipe = RECIPES[base_dataset(cfg.data.name)]
-  model = ImageClassifier(ClassifierConfig(tuple(shape), (("label", 10),), widths=recipe.widths), rngs=nnx.Rngs(0))
-  clf = FeatureClassifier(model, {"dataset": cfg.data.name, "test_accuracy": {}}, "")
+  classifier = ImageClassifier(ClassifierConfig(tuple(shape), (("label", 10),), widths=recipe.widths), rngs=nnx.Rngs(0))
+  clf = FeatureClassifier(classifier, {"dataset": cfg.data.name, "test_accuracy": {}}, "")
   result["classifier_features_img_per_s"] = _rate(lambda: clf.features(images["x"]), n)
   if _INCEPTION.value:
     from crossflow_jax.models.inception import FIDInceptionV3, load_fid_inception, make_feature_fn

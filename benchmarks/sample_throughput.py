@@ -30,12 +30,14 @@ from ml_collections import config_flags  # noqa: E402
 
 from benchmarks import flops, reference_settings  # noqa: E402
 from crossflow_jax.command_line import run_main  # noqa: E402
+from crossflow_jax.data.spec import DataSpec  # noqa: E402
+from crossflow_jax.experiment.build import build_experiment  # noqa: E402
+from crossflow_jax.experiment.state import create_train_state  # noqa: E402
 from crossflow_jax.models.factory import backbone_config  # noqa: E402
-from crossflow_jax.sampling.sampler import draw_source, solve  # noqa: E402
-from crossflow_jax.tasks.class_image import TO_IMAGE  # noqa: E402
-from crossflow_jax.tasks.text_image import TASKS as TEXT_TASKS  # noqa: E402
-from crossflow_jax.train.experiment import DataSpec, build_experiment  # noqa: E402
-from crossflow_jax.train.state import create_train_state  # noqa: E402
+from crossflow_jax.sampling.sampler import draw_source, is_guided, solve  # noqa: E402
+from crossflow_jax.sampling.solvers import time_grid  # noqa: E402
+from crossflow_jax.tasks.base import TO_IMAGE  # noqa: E402
+from crossflow_jax.tasks.registry import TASKS  # noqa: E402
 
 DEFAULT_CONFIG = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs", "digits_c2i.py")
 TEXT_DIM = 384  # all-MiniLM-L6-v2-shaped synthetic token embeddings for text configs
@@ -65,45 +67,41 @@ def _time(fn, repeats: int) -> float:
   return float(np.median(times))
 
 
-def sampling_inputs(exp, graphdef, params, n: int, image_shape):
-  """(x0 [n, H, W, C], cond) for the config's task: label latents, or a text latent's shape and text tokens."""
-  task = exp.task
-  if task.modality != "text":
-    labels = jnp.arange(n, dtype=jnp.int32) % exp.data.num_classes
-    return draw_source(graphdef, params, labels, jax.random.PRNGKey(0), task=task), {"labels": labels}
-  from crossflow_jax.sampling.text_sampler import _cond
-
+def synthetic_conditions(exp, n: int) -> dict:
+  """Condition arrays [n, ...] of the task's kind: labels arange(n) % E, or N(0, 1) token embeddings (all kept)."""
   rng = np.random.default_rng(0)
-  emb = jnp.asarray(rng.standard_normal((n, exp.data.num_tokens, exp.data.text_dim)), jnp.float32)
-  mask = jnp.ones((n, exp.data.num_tokens), jnp.int32)
-  x0 = jax.random.normal(jax.random.PRNGKey(0), (n, *image_shape), jnp.float32)  # the source's shape (TVE runs once)
-  return x0, _cond(task, emb, mask)
+  made = {
+    "label": lambda: jnp.arange(n, dtype=jnp.int32) % max(exp.data.num_classes, 1),
+    "text_emb": lambda: jnp.asarray(rng.standard_normal((n, exp.data.num_tokens, exp.data.text_dim)), jnp.float32),
+    "text_mask": lambda: jnp.ones((n, exp.data.num_tokens), jnp.int32),
+  }
+  return {k: made[k]() for k in exp.conditions.keys}
+
+
+def sampling_inputs(exp, graphdef, params, n: int):
+  """(x0 [n, H, W, C], cond): the task's source for synthetic conditions (the TVE runs here, once)."""
+  cond = synthetic_conditions(exp, n)
+  return draw_source(graphdef, params, cond, jax.random.PRNGKey(0), jnp.float32(1.0), task=exp.task), cond
 
 
 def measure(exp, graphdef, params, x0, cond, cfg_scale: float, nfe: int, forward_flops: float | None) -> dict:
   task = exp.task
   n = x0.shape[0]
 
+  guided = is_guided(task, cfg_scale)
+  ts, scale = time_grid(_STEPS.value), jnp.float32(cfg_scale)
+
   def sample():
     return solve(
-      graphdef,
-      params,
-      x0,
-      cond,
-      task=task,
-      solver=_SOLVER.value,
-      num_steps=_STEPS.value,
-      cfg_scale=cfg_scale,
-      direction=TO_IMAGE,
+      graphdef, params, x0, cond, ts, scale, task=task, solver=_SOLVER.value, guided=guided, direction=TO_IMAGE
     )
 
   @jax.jit
   def one_eval(params, x):
     model = nnx.merge(graphdef, params)
-    v = task.velocity_fn(model, cond, direction=TO_IMAGE, cfg_scale=cfg_scale)
+    v = task.velocity_fn(model, cond, direction=TO_IMAGE, scale=scale, guided=guided)
     return v(x, jnp.full((x.shape[0],), 0.5))
 
-  guided = task.guidance != "none" and cfg_scale != 1.0
   t_sample = _time(sample, _REPEATS.value)
   t_eval = _time(lambda: one_eval(params, x0), max(_REPEATS.value, 5))
   out = {
@@ -128,7 +126,7 @@ def main(argv):
   del argv
   cfg = _CONFIG.value
   image_shape = reference_settings.apply(cfg, _PRESET.value)
-  if cfg.task.name in TEXT_TASKS:
+  if TASKS[cfg.task.name].needs_captions:
     spec = DataSpec(
       "synthetic",
       image_shape,
@@ -143,12 +141,12 @@ def main(argv):
   exp = build_experiment(cfg, spec)
   graphdef, state, _ = create_train_state(exp.model_fn, exp.tx, cfg.seed, exp.mesh, exp.rules)
   params = state.ema_params
-  x0, cond = sampling_inputs(exp, graphdef, params, _NUM.value, image_shape)
+  x0, cond = sampling_inputs(exp, graphdef, params, _NUM.value)
   nfe = _STEPS.value * (2 if _SOLVER.value == "heun" else 1)
   backbone = backbone_config(cfg.model, image_shape=tuple(image_shape), **exp.task.backbone_conditioning)
   forward_flops = flops.forward_flops_per_image(backbone)
   runs = {"unguided": measure(exp, graphdef, params, x0, cond, 1.0, nfe, forward_flops)}
-  if _CFG.value != 1.0 and exp.task.guidance != "none":
+  if is_guided(exp.task, _CFG.value):
     runs["guided"] = measure(exp, graphdef, params, x0, cond, _CFG.value, nfe, forward_flops)
   result = {
     "config": _PRESET.value or os.path.basename(config_flags.get_config_filename(flags.FLAGS["config"])),

@@ -40,7 +40,7 @@ _CFG = flags.DEFINE_float("cfg_scale", None, "Guidance scale (default: the train
 
 def main(argv):
   del argv
-  from crossflow_jax import sample_text
+  from crossflow_jax import sample
   from crossflow_jax.errors import ConfigError
 
   if not _WORKDIR.value:
@@ -49,7 +49,7 @@ def main(argv):
   with tempfile.TemporaryDirectory() as tmp:
     for t in (float(x) for x in _TEMPS.value.split(",")):
       path = os.path.join(tmp, f"T{t}.npz")
-      sample_text.prompts_to_file(
+      sample.prompts_to_file(
         _WORKDIR.value,
         path,
         list(CAPTIONS),

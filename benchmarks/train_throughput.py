@@ -34,11 +34,12 @@ from ml_collections import config_flags  # noqa: E402
 
 from benchmarks import flops, reference_settings  # noqa: E402
 from crossflow_jax.command_line import run_main  # noqa: E402
+from crossflow_jax.data.spec import DataSpec  # noqa: E402
+from crossflow_jax.experiment.build import build_experiment  # noqa: E402
+from crossflow_jax.experiment.state import count_params, create_train_state  # noqa: E402
 from crossflow_jax.models.factory import backbone_config  # noqa: E402
-from crossflow_jax.tasks.text_image import TASKS as TEXT_TASKS  # noqa: E402
-from crossflow_jax.train.experiment import DataSpec, build_experiment  # noqa: E402
+from crossflow_jax.tasks.registry import TASKS  # noqa: E402
 from crossflow_jax.train.loop import batch_shardings_for  # noqa: E402
-from crossflow_jax.train.state import count_params, create_train_state  # noqa: E402
 from crossflow_jax.train.step import jit_train_step  # noqa: E402
 
 DEFAULT_CONFIG = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs", "digits_c2i.py")
@@ -97,7 +98,7 @@ def main(argv):
   if _BATCH.value:
     with cfg.unlocked():
       cfg.batch_size = _BATCH.value
-  text = cfg.task.name in TEXT_TASKS
+  text = TASKS[cfg.task.name].needs_captions
   if text:  # token embeddings of the shape all-MiniLM-L6-v2 gives; the TVE and encoders are timed too
     spec = DataSpec(
       "synthetic",

@@ -131,7 +131,7 @@ def run_main(main, argv=None, entry_flags=(), default_config: str | None = None)
       # ml_collections reports unknown/ill-typed override keys with these.
       _die(
         f"Config override error: {str(e).strip(chr(39))}\n"
-        "Check the key against configs/base.py (every key with its default)."
+        "Check the key against crossflow_jax/experiment/defaults.py (every key with its default)."
       )
 
   def wrapped(args):

@@ -23,12 +23,21 @@ the first prompt's latent to the second's; arithmetic writes rows [a, b, c, z(a)
 import json
 import os
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 from absl import flags
 
 from crossflow_jax.command_line import run_main
-from crossflow_jax.errors import ConfigError
+from crossflow_jax.data.images import save_grid, to_uint8
+from crossflow_jax.data.prompts import read_prompts_file
+from crossflow_jax.errors import ConfigError, PromptError
 from crossflow_jax.eval.conditional import classify_split
+from crossflow_jax.eval.retrieval import retrieve_split
+from crossflow_jax.eval.shapes_eval import judge_model
+from crossflow_jax.experiment.loaded import load_model
+from crossflow_jax.sampling import sampler
+from crossflow_jax.sampling.latent_ops import interpolate_latents, latent_arithmetic
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Training workdir holding checkpoints/.")
 _LABELS = flags.DEFINE_string("class_label", "", "Comma-separated class labels (default: every class).")
@@ -59,30 +68,38 @@ _RETRIEVE = flags.DEFINE_string("retrieve_split", "", "Image -> caption retrieva
 _JUDGE = flags.DEFINE_integer("judge_shapes", 0, "shapes models: judge N prompts of seen and of held-out pairs.")
 
 
-def parse_labels(text: str, num_classes: int) -> list[int]:
-  if not text:
-    return list(range(num_classes))
-  try:
-    labels = [int(x) for x in text.split(",") if x.strip()]
-  except ValueError as e:
-    raise ConfigError(f"--class_label must be comma-separated integers, got {text!r}.") from e
-  bad = [x for x in labels if not 0 <= x < num_classes]
-  if bad or not labels:
-    raise ConfigError(f"--class_label {bad or text!r} out of range: this model has classes 0..{num_classes - 1}.")
-  return labels
+def _check_out(out: str, allowed=(".png", ".npz")) -> str:
+  ext = os.path.splitext(out)[1].lower()
+  if ext not in allowed:
+    raise ConfigError(f"--out must end in {' or '.join(allowed)}, got {out!r}.")
+  os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
+  return ext
 
 
-def _batched(fn, items: np.ndarray, batch: int) -> np.ndarray:
-  """Applies fn to fixed-size chunks (the last one padded) so one program serves all."""
-  out = []
-  for i in range(0, len(items), batch):
-    chunk = items[i : i + batch]
-    pad = batch - len(chunk) if len(items) > batch else 0
-    if pad:
-      chunk = np.concatenate([chunk, np.repeat(chunk[-1:], pad, axis=0)])
-    res = np.asarray(fn(chunk, i))
-    out.append(res[: len(res) - pad] if pad else res)
-  return np.concatenate(out)
+def load_for(workdir: str, kind: str, *, step: int | None, weights: str):
+  """The model of `workdir`, after checking it takes `kind` requests ('class_label' or 'prompt') and, for
+  prompts, that this machine's text encoder is the one it was trained with."""
+  model = load_model(workdir, step=step, weights=weights)
+  if model.conditions.kind != kind:
+    hint = {"class_label": "--class_label or --classify_split", "prompt": '--prompt "..." (or --prompts_file)'}
+    raise ConfigError(
+      f"The model in {workdir} ({model.task.name}) is conditioned on a {model.conditions.kind.replace('_', ' ')}; "
+      f"use {hint[model.conditions.kind]}."
+    )
+  if not model.task.can_generate:
+    raise ConfigError(
+      f"The model in {workdir} was trained {model.task.name} only; it cannot draw images. Use --classify_split "
+      "or --retrieve_split."
+    )
+  model.conditions.check_encoder()
+  return model
+
+
+def _write(out: str, ext: str, images: np.ndarray, ncols: int, **arrays) -> None:
+  if ext == ".png":
+    save_grid(images, out, ncols=ncols)
+  else:
+    np.savez(out, images=images, **arrays)
 
 
 def sample_to_file(
@@ -99,62 +116,161 @@ def sample_to_file(
   weights: str = "ema",
   batch_size: int = 256,
 ) -> dict:
-  """Samples `num_samples` images per label and writes FILE.png or FILE.npz (guidance: `cfg_scale`, else the
-  model's config.sample.cfg_scale). Returns a summary."""
-  import jax
-  import jax.numpy as jnp
-
-  from crossflow_jax.eval.grids import save_grid, to_uint8
-  from crossflow_jax.sample_text import guidance_scale
-  from crossflow_jax.sampling.latent_decode import decode_to_pixels
-  from crossflow_jax.sampling.sampler import generate_images
-  from crossflow_jax.train.restore import load_trained
-
-  ext = os.path.splitext(out)[1].lower()
-  if ext not in (".png", ".npz"):
-    raise ConfigError(f"--out must end in .png or .npz, got {out!r}.")
+  """`num_samples` images per class label -> a grid PNG (a row per label) or an npz (images, labels)."""
+  ext = _check_out(out)
   if num_samples < 1:
     raise ConfigError(f"--num_samples must be >= 1, got {num_samples}.")
-  trained = load_trained(workdir, step=step, weights=weights)
-  task = trained.experiment.task
-  if task.modality == "text":
-    raise ConfigError('This is a text model: pass --prompt "..." (or --prompts_file), not --class_label.')
-  if task.name == "image_to_class":
-    raise ConfigError("This model was trained image -> class only; it cannot draw images. Use --classify_split.")
-  cfg_scale = guidance_scale(trained, cfg_scale)
-  wanted = np.repeat(np.asarray(parse_labels(labels, task.num_classes), np.int32), num_samples)
-  batch = min(batch_size, len(wanted))
-  batch -= batch % jax.device_count() if batch >= jax.device_count() else 0
-
-  def draw(chunk, offset):
-    key = jax.random.fold_in(jax.random.PRNGKey(seed), offset)
-    return decode_to_pixels(
-      trained.experiment,
-      generate_images(
-        trained.graphdef,
-        trained.params,
-        jnp.asarray(chunk),
-        key,
-        task=task,
-        solver=solver,
-        num_steps=steps,
-        cfg_scale=cfg_scale,
-      ),
-    )
-
-  images = to_uint8(_batched(draw, wanted, max(batch, 1)))
-  os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
-  if ext == ".png":
-    save_grid(images, out, ncols=num_samples)
-  else:
-    np.savez(out, images=images, labels=wanted)
+  model = load_for(workdir, "class_label", step=step, weights=weights)
+  cfg_scale = model.recipe_cfg_scale(cfg_scale)
+  wanted = np.repeat(np.asarray(model.conditions.parse(labels), np.int32), num_samples)
+  pixels = sampler.generate_in_batches(
+    model,
+    model.conditions.encode(wanted),
+    seed=seed,
+    batch_size=batch_size,
+    solver=solver,
+    steps=steps,
+    cfg_scale=cfg_scale,
+  )
+  images = to_uint8(pixels)
+  _write(out, ext, images, num_samples, labels=wanted)
   return {
     "out": out,
     "num_images": int(len(images)),
-    "checkpoint_step": trained.step,
+    "checkpoint_step": model.step,
     "weights": weights,
     "cfg_scale": cfg_scale,
   }
+
+
+def prompts_to_file(
+  workdir: str,
+  out: str,
+  prompts: list[str],
+  *,
+  num_samples: int = 8,
+  steps: int = 50,
+  solver: str = "heun",
+  cfg_scale: float | None = None,
+  temperature: float | None = None,
+  seed: int = 0,
+  step: int | None = None,
+  weights: str = "ema",
+  batch_size: int = 256,
+) -> dict:
+  """`num_samples` images per prompt (in order) -> a grid PNG (a row per prompt) or an npz (images, prompts)."""
+  ext = _check_out(out)
+  if not prompts:
+    raise PromptError('No prompt given: pass --prompt "..." or --prompts_file FILE.')
+  if num_samples < 1:
+    raise ConfigError(f"--num_samples must be >= 1, got {num_samples}.")
+  model = load_for(workdir, "prompt", step=step, weights=weights)
+  cfg_scale, temperature = model.recipe_cfg_scale(cfg_scale), model.recipe_temperature(temperature)
+  repeated = [p for p in prompts for _ in range(num_samples)]
+  pixels = sampler.generate_in_batches(
+    model,
+    model.conditions.encode(repeated),
+    seed=seed,
+    batch_size=batch_size,
+    solver=solver,
+    steps=steps,
+    cfg_scale=cfg_scale,
+    temperature=temperature,
+  )
+  images = to_uint8(pixels)
+  _write(out, ext, images, num_samples, prompts=np.asarray(repeated))
+  return {"out": out, "num_images": int(len(images)), "num_prompts": len(prompts), "checkpoint_step": model.step}
+
+
+def _source_latents(model, prompts: list[str], seed: int, temperature: float) -> jax.Array:
+  """z = mu + T sigma eps [N, H, W, C] of each prompt (one draw per prompt, the same eps for all)."""
+  if not model.task.can_retrieve:
+    raise ConfigError(
+      f"Latent interpolation and arithmetic need a text latent; {model.task.name} has none (its source is noise)."
+    )
+  cond = {k: jnp.asarray(v) for k, v in model.conditions.encode(prompts).items()}
+  key = jax.random.PRNGKey(seed)
+  return jnp.concatenate(
+    [
+      sampler.draw_source(
+        model.graphdef,
+        model.params,
+        {k: v[i : i + 1] for k, v in cond.items()},
+        key,
+        jnp.float32(temperature),
+        task=model.task,
+      )
+      for i in range(len(prompts))
+    ]
+  )
+
+
+def _decode_strip(model, z, *, steps, solver, cfg_scale) -> np.ndarray:
+  images = sampler.flow_from_sources(model, z, {}, solver=solver, steps=steps, cfg_scale=cfg_scale)
+  return to_uint8(np.asarray(model.codec.decode(images)))
+
+
+def interpolation_to_file(
+  workdir: str,
+  out: str,
+  prompts: list[str],
+  *,
+  num_samples: int = 8,
+  steps: int = 50,
+  solver: str = "heun",
+  cfg_scale: float | None = None,
+  temperature: float | None = None,
+  seed: int = 0,
+  step: int | None = None,
+  weights: str = "ema",
+  batch_size: int = 256,
+) -> dict:
+  """A strip of `num_samples` images whose text latents run straight from prompt A's to prompt B's."""
+  del batch_size
+  ext = _check_out(out)
+  if len(prompts) != 2:
+    raise ConfigError(f"--interpolate takes exactly two prompts (repeat the flag), got {len(prompts)}.")
+  if num_samples < 2:
+    raise ConfigError(f"--num_samples must be >= 2 for an interpolation, got {num_samples}.")
+  model = load_for(workdir, "prompt", step=step, weights=weights)
+  cfg_scale = model.recipe_cfg_scale(cfg_scale)
+  z = _source_latents(model, prompts, seed, model.recipe_temperature(temperature))
+  images = _decode_strip(
+    model, interpolate_latents(z[0], z[1], num_samples), steps=steps, solver=solver, cfg_scale=cfg_scale
+  )
+  _write(out, ext, images, num_samples, prompts=np.asarray(prompts))
+  return {"out": out, "num_images": int(len(images)), "checkpoint_step": model.step}
+
+
+def arithmetic_to_file(
+  workdir: str,
+  out: str,
+  prompts: list[str],
+  *,
+  num_samples: int = 4,
+  steps: int = 50,
+  solver: str = "heun",
+  cfg_scale: float | None = None,
+  temperature: float | None = None,
+  seed: int = 0,
+  step: int | None = None,
+  weights: str = "ema",
+  batch_size: int = 256,
+) -> dict:
+  """Rows [a, b, c, z(a) + z(b) - z(c)] (re-standardised), one row per seed seed..seed+num_samples-1."""
+  del batch_size
+  ext = _check_out(out)
+  if len(prompts) != 3:
+    raise ConfigError(f"--arithmetic takes exactly three prompts a, b, c (repeat the flag), got {len(prompts)}.")
+  model = load_for(workdir, "prompt", step=step, weights=weights)
+  cfg_scale, temperature = model.recipe_cfg_scale(cfg_scale), model.recipe_temperature(temperature)
+  rows = []
+  for r in range(num_samples):
+    z = _source_latents(model, prompts, seed + r, temperature)
+    rows.append(jnp.concatenate([z, latent_arithmetic(z[0], z[1], z[2])[None]]))
+  images = _decode_strip(model, jnp.concatenate(rows), steps=steps, solver=solver, cfg_scale=cfg_scale)
+  _write(out, ext, images, 4, prompts=np.asarray(prompts))
+  return {"out": out, "num_images": int(len(images)), "checkpoint_step": model.step}
 
 
 def main(argv):
@@ -185,38 +301,25 @@ def main(argv):
       "Use one of --prompt/--prompts_file, --interpolate, --arithmetic, --retrieve_split, "
       "--judge_shapes and --classify_split at a time."
     )
-  from crossflow_jax import sample_text
-
   draw = dict(cfg_scale=_CFG.value, temperature=_TEMPERATURE.value, seed=_SEED.value)  # text models' drawing flags
   if _PROMPT.value or _PROMPTS_FILE.value:
-    prompts = list(_PROMPT.value) + (sample_text.read_prompts_file(_PROMPTS_FILE.value) if _PROMPTS_FILE.value else [])
-    result = sample_text.prompts_to_file(_WORKDIR.value, _OUT.value, prompts, num_samples=_NUM.value, **draw, **common)
+    prompts = list(_PROMPT.value) + (read_prompts_file(_PROMPTS_FILE.value) if _PROMPTS_FILE.value else [])
+    result = prompts_to_file(_WORKDIR.value, _OUT.value, prompts, num_samples=_NUM.value, **draw, **common)
   elif _INTERPOLATE.value:
-    result = sample_text.interpolation_to_file(
+    result = interpolation_to_file(
       _WORKDIR.value, _OUT.value, _INTERPOLATE.value, num_samples=_NUM.value, **draw, **common
     )
   elif _ARITHMETIC.value:
-    result = sample_text.arithmetic_to_file(
-      _WORKDIR.value, _OUT.value, _ARITHMETIC.value, num_samples=_NUM.value, **draw, **common
-    )
-  elif _RETRIEVE.value:
-    result = sample_text.retrieve_split(
-      _WORKDIR.value, _RETRIEVE.value, num_eval=_NUM_EVAL.value, method=_METHOD.value, **common
-    )
-  elif _JUDGE.value:
-    result = sample_text.judge_shapes(_WORKDIR.value, num_prompts=_JUDGE.value, **draw, **common)
-  elif _CLASSIFY.value:
-    result = classify_split(
-      _WORKDIR.value,
-      _CLASSIFY.value,
-      steps=_STEPS.value,
-      solver=_SOLVER.value,
-      method=_METHOD.value,
-      num_eval=_NUM_EVAL.value,
-      step=_STEP.value,
-      weights=_WEIGHTS.value,
-      batch_size=_BATCH.value,
-    )
+    result = arithmetic_to_file(_WORKDIR.value, _OUT.value, _ARITHMETIC.value, num_samples=_NUM.value, **draw, **common)
+  elif _RETRIEVE.value or _JUDGE.value or _CLASSIFY.value:
+    model = load_model(_WORKDIR.value, step=_STEP.value, weights=_WEIGHTS.value)
+    flows = dict(steps=_STEPS.value, solver=_SOLVER.value, batch_size=_BATCH.value)
+    if _RETRIEVE.value:
+      result = retrieve_split(model, _RETRIEVE.value, num_eval=_NUM_EVAL.value, method=_METHOD.value, **flows)
+    elif _JUDGE.value:
+      result = judge_model(model, num_prompts=_JUDGE.value, **draw, **flows)
+    else:
+      result = classify_split(model, _CLASSIFY.value, num_eval=_NUM_EVAL.value, method=_METHOD.value, **flows)
   else:
     result = sample_to_file(
       _WORKDIR.value,

@@ -18,17 +18,26 @@ result records its temperature and guidance scale.
 """
 
 import itertools
+import json
 import os
 import time
 
+import jax
 import numpy as np
 
+from crossflow_jax.data import shapes
+from crossflow_jax.data.images import save_grid, to_uint8
+from crossflow_jax.data.spec import data_dir_of
 from crossflow_jax.errors import ConfigError
 from crossflow_jax.eval import features as features_lib
+from crossflow_jax.eval import shapes_judge
+from crossflow_jax.eval.conditional import classify_split
 from crossflow_jax.eval.feature_classifier import RECIPES, base_dataset, get_classifier
 from crossflow_jax.eval.frechet import StatsAccumulator, frechet_distance_from_stats, min_samples_for_covariance
-from crossflow_jax.eval.generate import eval_conditions, generate
+from crossflow_jax.eval.generate import eval_requests, generate
 from crossflow_jax.eval.manifold import precision_recall_density_coverage
+from crossflow_jax.eval.retrieval import retrieve_split
+from crossflow_jax.experiment.loaded import load_model
 
 
 def parse_list(text: str, cast, name: str) -> list:
@@ -77,13 +86,16 @@ def class_accuracy(classifier, images: np.ndarray, labels: np.ndarray) -> float:
   return float(np.mean(pred == labels))
 
 
-def text_metrics(exp, images: np.ndarray, prompts: list[str], classifier=None) -> dict[str, float]:
-  """Shapes attribute accuracy of images against their prompts: analytic judge and in-domain classifier."""
-  from crossflow_jax.data import shapes
-  from crossflow_jax.eval import shapes_judge
-  from crossflow_jax.eval.grids import to_uint8
+def label_metrics(model, images: np.ndarray, labels: list, classifier=None) -> dict[str, float]:
+  """The in-domain classifier's agreement with the requested labels."""
+  if classifier is None:
+    return {}
+  return {f"class_accuracy[{classifier.feature_space}]": class_accuracy(classifier, images, np.asarray(labels))}
 
-  if base_dataset(exp.data.name) != "shapes":
+
+def prompt_metrics(model, images: np.ndarray, prompts: list[str], classifier=None) -> dict[str, float]:
+  """Shapes attribute accuracy of images against their prompts: analytic judge and in-domain classifier."""
+  if base_dataset(model.data.name) != "shapes":
     return {}
   out = {f"shapes_judge/{k}": v for k, v in shapes_judge.score(to_uint8(images), prompts).items()}
   if classifier is not None:
@@ -94,10 +106,12 @@ def text_metrics(exp, images: np.ndarray, prompts: list[str], classifier=None) -
   return out
 
 
+# What the images were asked to show (`conditions.kind`) -> how to check they show it.
+CONDITIONAL_METRICS = {"class_label": label_metrics, "prompt": prompt_metrics}
+
+
 def evaluate_model(
-  exp,
-  graphdef,
-  params,
+  model,
   *,
   extractor,
   reference,
@@ -114,19 +128,17 @@ def evaluate_model(
   k: int = 3,
   temperature: float = 1.0,
   log=print,
-) -> tuple[dict, np.ndarray, dict]:
-  """(metrics, images float32 [N, H, W, C] in [-1, 1], conditions) for one (solver, steps, cfg_scale) setting.
+) -> tuple[dict, np.ndarray, list]:
+  """(metrics, images float32 [N, H, W, C] in [-1, 1], requests) for one (solver, steps, cfg_scale) setting.
 
-  conditions: {'labels': int32 [N]} or {'prompts': [N] str}, what each image was asked to show.
-  temperature: text models' source temperature (recorded in the metrics as `temperature`); class models ignore it.
+  model: a `LoadedModel`; requests: what each image was asked to show (labels or prompts).
+  temperature: the source temperature (recorded as `temperature` where the task has one).
   """
   check_num_samples(num_samples, extractor.feature_dim, extractor.feature_space)
-  cond = eval_conditions(exp, num_samples, data_dir=data_dir, split=split)
+  requests = eval_requests(model, num_samples, data_dir=data_dir, split=split)
   images, gen_rate = generate(
-    exp,
-    graphdef,
-    params,
-    cond,
+    model,
+    requests,
     solver=solver,
     steps=steps,
     cfg_scale=cfg_scale,
@@ -139,25 +151,21 @@ def evaluate_model(
   fake = extractor.features(images)
   feat_rate = len(images) / max(time.time() - start, 1e-9)
   metrics = {"solver": solver, "steps": steps, "cfg_scale": cfg_scale, "num_samples": num_samples, "seed": seed}
-  if "prompts" in cond:
+  if model.task.uses_temperature:
     metrics["temperature"] = float(temperature)
   metrics.update({"generation_img_per_s": round(gen_rate, 2), "feature_img_per_s": round(feat_rate, 2)})
   metrics.update(feature_metrics(extractor, reference, real_features, fake, k=k))
-  if "labels" in cond and cond_classifier is not None:
-    metrics[f"class_accuracy[{cond_classifier.feature_space}]"] = class_accuracy(
-      cond_classifier, images, cond["labels"]
-    )
-  if "prompts" in cond:
-    metrics.update(text_metrics(exp, images, cond["prompts"], cond_classifier))
-  return metrics, images, cond
+  metrics.update(CONDITIONAL_METRICS[model.conditions.kind](model, images, requests, cond_classifier))
+  return metrics, images, requests
 
 
-def conditional_classifier(exp, extractor, *, data_dir: str, manual_dir: str, log=print):
-  """The in-domain classifier for conditional accuracy (the extractor itself when it is one), or None."""
-  if hasattr(extractor, "predict") and extractor.dataset == exp.data.name:
+def conditional_classifier(data, extractor, *, data_dir: str, manual_dir: str, log=print):
+  """The in-domain classifier of dataset `data` (a DataSpec) for conditional accuracy (the extractor itself when
+  it is one), or None."""
+  if hasattr(extractor, "predict") and extractor.dataset == data.name:
     return extractor
-  if base_dataset(exp.data.name) in RECIPES:
-    return get_classifier(exp.data.name, data_dir=data_dir, manual_dir=manual_dir, log=log)
+  if base_dataset(data.name) in RECIPES:
+    return get_classifier(data.name, data_dir=data_dir, manual_dir=manual_dir, log=log)
   return None
 
 
@@ -217,20 +225,21 @@ def settings_grid(cfg_scales: list[float], steps: list[int], temperatures: list 
   return list(itertools.product(cfg_scales, steps, temperatures or [None]))
 
 
-def source_temperatures(exp, temperature: str | float | None = None) -> list:
+def source_temperatures(model, temperature: str | float | None = None) -> list:
   """The source temperatures to score a model at: [None] for class models; for text models the given list, else
   1 (the TVE's own spread) and the recipe's `sample.temperature` when that differs."""
   given = temperature is not None and str(temperature).strip() != ""
-  if exp.task.modality != "text":
+  if not model.task.uses_temperature:
     if given:
       raise ConfigError(
-        f"--temperature is for text models; this {exp.task.name} model draws from labels. Drop --temperature."
+        f"--temperature is for models whose source has a temperature (text models); this {model.task.name} "
+        "model's has none. Drop --temperature."
       )
     return [None]
   values = (
     parse_list(temperature, float, "temperature")
     if given
-    else list(dict.fromkeys([1.0, float(exp.config.sample.temperature)]))
+    else list(dict.fromkeys([1.0, float(model.config.sample.temperature)]))
   )
   if any(v < 0 for v in values):
     raise ConfigError(f"--temperature must be >= 0 (1: the TVE's own spread, 0: its mean), got {values}.")
@@ -279,31 +288,23 @@ def evaluate_workdir(
   `save_samples` all its images (uint8) and their labels or prompts (`<out>_samples.npz`).
   Returns the JSON content: {'settings': ..., 'recipe_sample': ..., 'results': [metrics per setting], ...}.
   """
-  import json
-
-  import jax
-
-  from crossflow_jax.data.sources import default_data_dir
-  from crossflow_jax.eval.grids import save_grid, to_uint8
-  from crossflow_jax.train.restore import load_trained
-
   if not out.endswith(".json"):
     raise ConfigError(f"--out must be a .json file, got {out!r}.")
   cfg_scales = parse_list(cfg_scale, float, "cfg_scale")
   step_counts = parse_list(steps, int, "steps")
-  trained = load_trained(workdir, step=step, weights=weights)
-  exp = trained.experiment
-  cfg = exp.config
-  temperatures = source_temperatures(exp, temperature)
-  data_dir = cfg.data.data_dir or default_data_dir()
+  model = load_model(workdir, step=step, weights=weights)  # restored once, for every setting and metric
+  model.conditions.check_encoder()
+  cfg = model.config
+  temperatures = source_temperatures(model, temperature)
+  data_dir = data_dir_of(cfg)
   split = split or cfg.data.eval_split
-  resolution = int(exp.data.decoded_shape[0])  # of the images scored (decoded pixels for latent models)
+  resolution = int(model.data.decoded_shape[0])  # of the images scored (decoded pixels for latent models)
   result = {
     "workdir": os.path.abspath(workdir),
-    "checkpoint_step": trained.step,
+    "checkpoint_step": model.step,
     "weights": weights,
-    "task": exp.task.name,
-    "dataset": exp.data.name,
+    "task": model.task.name,
+    "dataset": model.data.name,
     "split": split,
     "resolution": resolution,
     "devices": jax.device_count(),
@@ -317,20 +318,25 @@ def evaluate_workdir(
     },
   }
   result["recipe_sample"] = {"cfg_scale": float(cfg.sample.cfg_scale)}  # what the training config samples with
-  if exp.task.modality == "text":
+  if model.task.uses_temperature:
     result["settings"]["temperature"] = temperatures
     result["recipe_sample"]["temperature"] = float(cfg.sample.temperature)
   results = []
-  can_generate = exp.task.name != "image_to_class"
+  can_generate = model.task.can_generate
   if can_generate and num_samples > 0:
     extractor = features_lib.build_feature_extractor(
-      features, dataset=exp.data.name, resolution=resolution, data_dir=data_dir, manual_dir=cfg.data.manual_dir, log=log
+      features,
+      dataset=model.data.name,
+      resolution=resolution,
+      data_dir=data_dir,
+      manual_dir=cfg.data.manual_dir,
+      log=log,
     )
     check_num_samples(num_samples, extractor.feature_dim, extractor.feature_space)
     reference, real = features_lib.reference_statistics(
-      extractor, dataset=exp.data.name, split=split, data_dir=data_dir, manual_dir=cfg.data.manual_dir, log=log
+      extractor, dataset=model.data.name, split=split, data_dir=data_dir, manual_dir=cfg.data.manual_dir, log=log
     )
-    cond_clf = conditional_classifier(exp, extractor, data_dir=data_dir, manual_dir=cfg.data.manual_dir, log=log)
+    cond_clf = conditional_classifier(model.data, extractor, data_dir=data_dir, manual_dir=cfg.data.manual_dir, log=log)
     result["feature_space"] = extractor.feature_space
     result["feature_extractor"] = {"path": getattr(extractor, "path", ""), "test_accuracy": extractor.test_accuracy}
     result["reference"] = {
@@ -347,13 +353,11 @@ def evaluate_workdir(
       }
     for c, s, t in settings_grid(cfg_scales, step_counts, temperatures):
       log(
-        f"Evaluating {workdir} step {trained.step}: {solver} {s} steps, cfg {c:g}"
+        f"Evaluating {workdir} step {model.step}: {solver} {s} steps, cfg {c:g}"
         f"{'' if t is None else f', temperature {t:g}'}, {num_samples} samples, features {extractor.feature_space}"
       )
-      metrics, images, cond = evaluate_model(
-        exp,
-        trained.graphdef,
-        trained.params,
+      metrics, images, requests = evaluate_model(
+        model,
         extractor=extractor,
         reference=reference,
         real_features=real,
@@ -376,47 +380,25 @@ def evaluate_workdir(
     os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
     save_grid(to_uint8(images[:64]), paths["grid"], ncols=8)
     if save_samples:
-      np.savez(paths["samples"], images=to_uint8(images), **{k: np.asarray(v) for k, v in cond.items()})
+      np.savez(paths["samples"], images=to_uint8(images), **{model.conditions.npz_key: np.asarray(requests)})
       result["samples"] = paths["samples"]
     if len(results) > 1:
       fid_key = f"fid[{extractor.feature_space}]"
       with open(paths["table"], "w") as f:
-        f.write(f"{fid_key} of {workdir} (step {trained.step}, {solver}, {num_samples} samples)\n\n")
+        f.write(f"{fid_key} of {workdir} (step {model.step}, {solver}, {num_samples} samples)\n\n")
         f.write(sweep_table(results, fid_key) + "\n")
       plot_sweep(results, fid_key, paths["plot"])
       result["sweep_table"], result["sweep_plot"] = paths["table"], paths["plot"]
   elif not can_generate:
-    log("This model maps images to classes only: no images to score; reporting image -> class accuracy.")
+    log("This model maps images to its source only: no images to score; reporting image -> source accuracy.")
   result["results"] = results
-  if exp.task.modality != "text" and exp.task.can_classify and num_classify > 0:
-    from crossflow_jax.eval.conditional import classify_split
-
-    cls = classify_split(
-      workdir,
-      split,
-      steps=step_counts[-1],
-      solver=solver,
-      num_eval=num_classify,
-      step=step,
-      weights=weights,
-      batch_size=min(batch_size, num_classify),
-    )
+  inverse = dict(steps=step_counts[-1], solver=solver, num_eval=num_classify, batch_size=min(batch_size, num_classify))
+  if model.task.can_classify and num_classify > 0:
+    cls = classify_split(model, split, **inverse)
     result["image_to_class_accuracy"] = cls["accuracy"]
     result["image_to_class"] = cls
-  if exp.task.modality == "text" and num_classify > 0 and exp.task.name != "noise_to_image_text":
-    from crossflow_jax.sample_text import retrieve_split
-
-    ret = retrieve_split(
-      workdir,
-      split,
-      num_eval=num_classify,
-      steps=step_counts[-1],
-      solver=solver,
-      step=step,
-      weights=weights,
-      batch_size=min(batch_size, num_classify),
-    )
-    result["retrieval"] = ret
+  if model.task.can_retrieve and num_classify > 0:
+    result["retrieval"] = retrieve_split(model, split, **inverse)
   os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
   with open(out, "w") as f:
     json.dump(result, f, indent=1)

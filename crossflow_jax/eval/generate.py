@@ -1,9 +1,9 @@
 """Images for evaluation: the jitted sampler over fixed-size batches spread across all devices.
 
 Batch i uses `fold_in(PRNGKey(seed), i)`, and the batch is sharded over the model's data mesh
-axis, so the same seed gives the same images on 1 or 8 devices. Class models draw a balanced set
-of labels (`arange(N) % num_classes`); text models draw one caption of each eval-split record in
-turn (record i mod n, caption (i div n) mod K).
+axis, so the same seed gives the same images on 1 or 8 devices. What the images show comes from the
+model's conditions (`eval_requests`): class models a balanced set of labels, text models one caption
+of each eval-split record in turn (record i mod n, caption (i div n) mod K).
 """
 
 import time
@@ -15,35 +15,17 @@ import numpy as np
 from crossflow_jax.errors import ConfigError
 from crossflow_jax.parallel.distributed import host_array
 from crossflow_jax.parallel.sharding import batch_sharding
+from crossflow_jax.sampling import sampler
 
 
-def eval_conditions(exp, num_samples: int, *, data_dir: str, split: str) -> dict:
-  """What each of the N generated images is conditioned on: {'labels': int32 [N]} or {'prompts': [N] str}."""
-  task = exp.task
-  if task.modality == "text":
-    from crossflow_jax.data.sources import load_source
-    from crossflow_jax.data.text_cache import decode_caption
-
-    cfg = exp.config
-    source, _ = load_source(
-      cfg.data.name,
-      split,
-      data_dir=data_dir,
-      manual_dir=cfg.data.manual_dir,
-      holdout_pairs=cfg.data.holdout_pairs if split == "holdout" else "",
-    )
-    n = len(source)
-    prompts = []
-    for i in range(num_samples):
-      captions = np.asarray(source[i % n]["captions"]).reshape(-1)
-      prompts.append(decode_caption(captions[(i // n) % len(captions)]))
-    return {"prompts": prompts}
-  if task.name == "image_to_class":
+def eval_requests(model, num_samples: int, *, data_dir: str, split: str) -> list:
+  """What each of the N generated images is asked to show: N class labels (balanced) or N prompts."""
+  if not model.task.can_generate:
     raise ConfigError(
-      "This model was trained image -> class only; it draws no images, so FID does not apply. "
-      "Its image -> class accuracy is reported instead (--num_samples 0)."
+      f"This model ({model.task.name}) maps images to its source only; it draws no images, so FID does not "
+      "apply. Its image -> source accuracy is reported instead (--num_samples 0)."
     )
-  return {"labels": (np.arange(num_samples) % task.num_classes).astype(np.int32)}
+  return model.conditions.eval_requests(num_samples, model.config, split, data_dir=data_dir)
 
 
 def device_batch_size(batch_size: int, num: int) -> int:
@@ -74,10 +56,8 @@ class Progress:
 
 
 def generate(
-  exp,
-  graphdef,
-  params,
-  cond: dict,
+  model,
+  requests: list,
   *,
   solver: str,
   steps: int,
@@ -87,25 +67,14 @@ def generate(
   temperature: float = 1.0,
   log=print,
 ) -> tuple[np.ndarray, float]:
-  """(float32 images [N, H, W, C] in [-1, 1], img/s) for the conditions of `eval_conditions`.
+  """(float32 pixels [N, H, W, C] in [-1, 1], img/s) for `requests` (labels or prompts) of a `LoadedModel`.
 
-  temperature: text models' source temperature T in z = mu + T sigma eps (1: the TVE's own spread).
+  temperature: the source temperature T where the task has one (text: z = mu + T sigma eps).
   """
-  from crossflow_jax.sampling.latent_decode import decode_to_pixels
-  from crossflow_jax.sampling.sampler import generate_images
-  from crossflow_jax.sampling.text_sampler import generate_from_text
-
-  task = exp.task
-  if "prompts" in cond:
-    from crossflow_jax.data.text_inputs import encode_prompts
-
-    emb, mask = encode_prompts(exp.config.text, cond["prompts"])
-    inputs = {"text_emb": emb, "text_mask": mask}
-  else:
-    inputs = {"labels": np.asarray(cond["labels"], np.int32)}
+  inputs = model.conditions.encode(requests)
   n = len(next(iter(inputs.values())))
   bs = device_batch_size(batch_size, n)
-  shardings = {k: batch_sharding(exp.mesh, exp.rules, v.ndim) for k, v in inputs.items()}
+  shardings = {k: batch_sharding(model.mesh, model.rules, v.ndim) for k, v in inputs.items()}
   progress = Progress("generating", n, log)
   out = []
   for i, lo in enumerate(range(0, n, bs)):
@@ -115,24 +84,10 @@ def generate(
       chunk = {k: np.concatenate([v, np.repeat(v[-1:], bs - keep, 0)]) for k, v in chunk.items()}
     chunk = {k: jax.device_put(v, shardings[k]) for k, v in chunk.items()}
     key = jax.random.fold_in(jax.random.PRNGKey(seed), i)
-    if "labels" in chunk:
-      images = generate_images(
-        graphdef, params, chunk["labels"], key, task=task, solver=solver, num_steps=steps, cfg_scale=cfg_scale
-      )
-    else:
-      images = generate_from_text(
-        graphdef,
-        params,
-        chunk["text_emb"],
-        chunk["text_mask"],
-        key,
-        task=task,
-        solver=solver,
-        num_steps=steps,
-        cfg_scale=cfg_scale,
-        temperature=temperature,
-      )
-    images = decode_to_pixels(exp, images)  # latent models: through the VAE, in decode_batch_size batches
+    images = sampler.generate(
+      model, chunk, key, solver=solver, steps=steps, cfg_scale=cfg_scale, temperature=temperature
+    )
+    images = model.codec.decode(images)  # latent models: through the VAE, in decode_batch_size batches
     out.append(host_array(jnp.clip(images, -1.0, 1.0))[:keep])  # multi-host: gathered from every process
     progress.update(lo + keep)
   return np.concatenate(out).astype(np.float32), progress.images_per_s

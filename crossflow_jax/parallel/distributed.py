@@ -51,7 +51,13 @@ def _parse_device_ids(local_device_ids: str | list[int] | tuple[int, ...]) -> li
 
 
 def detected_cluster() -> str:
-  """The name of the cluster environment JAX detects without arguments ('' if none), from AUTO_CLUSTERS."""
+  """The name of the cluster environment JAX detects without arguments ('' if none), from AUTO_CLUSTERS.
+
+  JAX has no public API for this: `jax.distributed.initialize()` detects only by initialising (and with no cluster
+  raises ValueError), and TPU VMs are recognised by its import-time libtpu probe plus a GCE metadata query. So this
+  reads JAX's own registry of cluster environments (private; without it, no auto-detection), which also keeps the
+  answer the same as the one `jax.distributed.initialize()` will reach.
+  """
   try:
     from jax._src import clusters
   except ImportError:  # another JAX layout: no auto-detection
@@ -69,9 +75,7 @@ def detected_cluster() -> str:
 
 
 def is_initialized() -> bool:
-  from jax._src import distributed
-
-  return distributed.global_state.client is not None
+  return jax.distributed.is_initialized()
 
 
 def _cpu_only() -> bool:

@@ -15,9 +15,10 @@ import os
 
 from flax import nnx
 
+from crossflow_jax.data.spec import DataSpec
 from crossflow_jax.errors import ConfigError
-from crossflow_jax.train.experiment import DataSpec, build_experiment
-from crossflow_jax.train.state import count_params, fast_init_tracing
+from crossflow_jax.experiment.build import build_experiment
+from crossflow_jax.experiment.state import count_params, init_rngs
 
 # config.json fields of the published text encoders, for dry runs on machines without their weights.
 KNOWN_TEXT_ENCODERS = {
@@ -73,8 +74,7 @@ def text_encoder_params(spec: str) -> tuple[int, int, str]:
   family, hf_config = text_encoder_config(spec)
   config_cls, module_cls = FAMILIES[family]
   config = config_cls.from_hf(hf_config)
-  with fast_init_tracing():
-    module = nnx.eval_shape(lambda: module_cls(config, rngs=nnx.Rngs(0)))
+  module = nnx.eval_shape(lambda: module_cls(config, rngs=init_rngs(0)))
   return count_params(nnx.split(module, nnx.Param)[1]), int(module.embed_dim), family
 
 
@@ -167,8 +167,7 @@ def dry_run(config, *, print_fn=print) -> dict:
   with config.unlocked():  # the dry run sees this machine's devices, whatever mesh the run asks for
     config.mesh.data, config.mesh.fsdp, config.mesh.tensor = -1, 1, 1
   exp = build_experiment(config, spec, devices=jax.devices()[:1])
-  with fast_init_tracing():
-    model = nnx.eval_shape(lambda: exp.model_fn(nnx.Rngs(0)))
+  model = nnx.eval_shape(lambda: exp.model_fn(init_rngs(0)))
   params = component_params(model)
   trainable = sum(params.values())
   if "text_encoder" in report:

@@ -10,75 +10,29 @@ import os
 import signal
 
 import jax
-import jax.numpy as jnp
-import numpy as np
 
 from crossflow_jax.data import latents, pipeline, text_inputs
-from crossflow_jax.data.sources import default_data_dir, get_builder, load_source
+from crossflow_jax.data.spec import open_data, text_features
 from crossflow_jax.errors import TrainingDivergedError
-from crossflow_jax.eval.grids import save_grid, to_uint8
-from crossflow_jax.parallel.distributed import any_process, host_array
+from crossflow_jax.experiment.build import Experiment, build_experiment
+from crossflow_jax.experiment.checkpoint import Checkpointer
+from crossflow_jax.experiment.loaded import LoadedModel
+from crossflow_jax.experiment.state import abstract_train_state, count_params, create_train_state
+from crossflow_jax.parallel.distributed import any_process
 from crossflow_jax.parallel.sharding import batch_sharding
-from crossflow_jax.sampling.latent_decode import decode_to_pixels
-from crossflow_jax.sampling.sampler import classify_images, generate_images
-from crossflow_jax.train import text_eval
-from crossflow_jax.train.checkpoint import Checkpointer
-from crossflow_jax.train.experiment import DataSpec, Experiment, build_experiment
+from crossflow_jax.train import hooks as hooks_lib
+from crossflow_jax.train.hooks import global_batch, log
 from crossflow_jax.train.metrics import MetricsWriter, plot_loss_curve
-from crossflow_jax.train.state import abstract_train_state, count_params, create_train_state
 from crossflow_jax.train.step import jit_train_step
 
 
-def log(msg: str) -> None:
-  if jax.process_index() == 0:
-    print(msg, flush=True)
-
-
-def open_data(config, split: str):
-  """(source, info, DataSpec) for a split, building embedded datasets on first use."""
-  data_dir = config.data.data_dir or default_data_dir()
-  source, info = load_source(
-    config.data.name,
-    split,
-    data_dir=data_dir,
-    manual_dir=config.data.manual_dir,
-    holdout_pairs=config.data.holdout_pairs,
-  )
-  size = config.data.image_size or info.image_shape[0]
-  text = text_inputs.spec_fields(config.text) if info.num_captions else {}
-  latent = latents.spec_fields(config, info.image_shape[2]) if config.latent.vae else {}
-  shape = latent.pop("image_shape", (size, size, info.image_shape[2]))  # latent space: the model sees latents
-  spec = DataSpec(
-    info.name, shape, info.num_classes, tuple(info.class_names), num_captions=info.num_captions, **text, **latent
-  )
-  return source, info, spec
-
-
-def text_features(config, info):
-  """The pipeline's caption map for a captioned dataset (None for class datasets); builds the cache once."""
-  if not info.num_captions:
-    return None
-  data_dir = config.data.data_dir or default_data_dir()
-  splits = sorted(get_builder(config.data.name, data_dir, auto_build=False).info.splits)
-  sources = [load_source(config.data.name, s, data_dir=data_dir)[0] for s in splits]
-  return text_inputs.pipeline_features(config.text, info.dataset_dir, sources, log=log)
-
-
 def batch_shardings_for(exp: Experiment) -> dict:
-  """NamedShardings of the batch arrays, sharded over the batch axis."""
-  if exp.task.modality == "text":
-    ndims = {"image": 4, "text_emb": 3, "text_mask": 2}
-  else:
-    ndims = {"image": 4, "label": 1}
+  """NamedShardings of the batch arrays (the task's `batch_spec`), sharded over the batch axis."""
+  ndims = dict(exp.task.batch_spec)
   if exp.data.latent_vae:  # posterior moments in place of images; the step draws the latent
     del ndims["image"]
     ndims.update({k: 4 for k in latents.LATENT_KEYS})
   return {k: batch_sharding(exp.mesh, exp.rules, n) for k, n in ndims.items()}
-
-
-def global_batch(local: dict, shardings: dict) -> dict:
-  """Process-local numpy batch -> global jax.Arrays sharded over the batch axis (keys of `shardings`)."""
-  return {k: jax.make_array_from_process_local_data(shardings[k], np.asarray(local[k])) for k in shardings}
 
 
 class _SigtermFlag:
@@ -136,54 +90,21 @@ def _mesh_context(exp: Experiment):
   return jax.set_mesh(exp.mesh) if exp.config.model.attention_impl == "splash" else contextlib.nullcontext()
 
 
-def write_samples(exp: Experiment, graphdef, params, step: int, workdir: str, eval_batch: dict | None) -> dict:
-  """A grid of EMA samples (per_class per class or prompt) and, for reversible class tasks, class accuracy."""
-  if exp.task.modality == "text":
-    return text_eval.write_text_samples(exp, graphdef, params, step, workdir, eval_batch)
-  cfg, task, out = exp.config, exp.task, {}
-  rows = min(exp.data.num_classes, 10)
-  if task.name != "image_to_class":
-    labels = jnp.repeat(jnp.arange(rows, dtype=jnp.int32), cfg.sample.per_class)
-    images = generate_images(
-      graphdef,
-      params,
-      labels,
-      jax.random.PRNGKey(cfg.seed + 1),
-      task=task,
-      solver=cfg.sample.solver,
-      num_steps=cfg.sample.steps,
-      cfg_scale=cfg.sample.cfg_scale,
-    )
-    pixels = host_array(decode_to_pixels(exp, images))  # every process takes part; process 0 writes
-    if jax.process_index() == 0:
-      os.makedirs(os.path.join(workdir, "samples"), exist_ok=True)
-      save_grid(to_uint8(pixels), os.path.join(workdir, "samples", f"step_{step:07d}.png"), ncols=cfg.sample.per_class)
-  if task.can_classify and eval_batch is not None:
-    pred = classify_images(
-      graphdef,
-      params,
-      eval_batch["image"],
-      task=task,
-      solver=cfg.sample.solver,
-      num_steps=cfg.sample.steps,
-      cfg_scale=1.0,
-    )
-    out["class_accuracy"] = float(jnp.mean(pred == eval_batch["label"]))
-  return out
-
-
-def train(config, workdir: str) -> dict:
+def train(config, workdir: str, hooks=(hooks_lib.standard_hooks,)) -> dict:
   """Trains (or resumes) the experiment described by `config` in `workdir`.
+
+  hooks: factories `(experiment, workdir) -> hook` of what runs beside the step (`train/hooks.py`); by default
+  sample grids and class accuracy (`crossflow_jax.training.train` adds the shapes judge and FID).
 
   Returns the last logged metrics. Raises CrossflowError subclasses for bad input, before any
   file in workdir is written. A SIGTERM (preemption) at any time makes every process save the same
   step and return.
   """
   with _SigtermFlag() as sigterm:
-    return _train(config, workdir, sigterm)
+    return _train(config, workdir, sigterm, hooks)
 
 
-def _train(config, workdir: str, sigterm: _SigtermFlag) -> dict:
+def _train(config, workdir: str, sigterm: _SigtermFlag, hook_factories) -> dict:
   source, info, spec = open_data(config, config.data.train_split)
   exp = build_experiment(config, spec)
   ckpt = Checkpointer(workdir, max_to_keep=config.keep_checkpoints, async_save=config.async_checkpointing)
@@ -192,7 +113,7 @@ def _train(config, workdir: str, sigterm: _SigtermFlag) -> dict:
     ckpt.check_fingerprint(latest, exp.fingerprint)  # another model's checkpoint: stop before any work
 
   local_batch = config.batch_size // jax.process_count()
-  features = text_features(config, info)
+  features = text_features(config, info, log=log)
   source = latents.latent_source(config, source, info, config.data.train_split, log=log)
   data_iter = pipeline.make_train_iterator(
     source,
@@ -203,20 +124,10 @@ def _train(config, workdir: str, sigterm: _SigtermFlag) -> dict:
     text_features=features,
   )
   batch_shardings = batch_shardings_for(exp)
-  eval_batch = None
-  if exp.task.modality == "text" and config.sample_every:
-    eval_batch = text_eval.prepare(exp)
-  elif exp.task.can_classify and config.sample_every:
-    eval_source, eval_info, _ = open_data(config, config.data.eval_split)
-    eval_source = latents.latent_source(config, eval_source, eval_info, config.data.eval_split, log=log)
-    it = pipeline.make_eval_iterator(
-      eval_source,
-      batch_size=min(256, len(eval_source)) // jax.process_count(),
-      image_size=spec.image_shape[0] if config.data.image_size else None,
-    )
-    eval_batch = global_batch(next(it), batch_shardings)
-    if spec.latent_vae:  # classify the scaled posterior means
-      eval_batch = latents.posterior_mean_images(eval_batch, spec.latent_scale_factor)
+  hooks = []
+  for make in hook_factories:
+    made = make(exp, workdir)
+    hooks.extend(made if isinstance(made, list) else [made])
 
   os.makedirs(workdir, exist_ok=True)
   if latest is None:
@@ -251,11 +162,6 @@ def _train(config, workdir: str, sigterm: _SigtermFlag) -> dict:
   )
   writer.truncate_after(start_step)
   meta = exp.meta()
-  fid_eval = None
-  if config.eval.fid_every:
-    from crossflow_jax.train.fid_eval import FidDuringTraining
-
-    fid_eval = FidDuringTraining(config, exp, workdir, log=log)
   last_good_saved = latest
   record = {}
 
@@ -283,19 +189,17 @@ def _train(config, workdir: str, sigterm: _SigtermFlag) -> dict:
         state, metrics = step_fn(state, batch)
         step += 1
         last = step == config.total_steps
-        sample_now = bool(config.sample_every) and (step % config.sample_every == 0 or last)
-        fid_now = fid_eval is not None and (step % config.eval.fid_every == 0 or last)
-        if step % config.log_every == 0 or last or sample_now or fid_now:
+        due = [hook for hook in hooks if hook.due(step, last)]
+        if step % config.log_every == 0 or last or due:
           fetched = _fetch(metrics)
           bad = int(state.nonfinite_step)
           if bad >= 0:
             raise TrainingDivergedError(_diverged_message(bad, ckpt, last_good_saved))
           fetched.update(writer.throughput(step))
-          if sample_now:
-            fetched.update(write_samples(exp, graphdef, state.ema_params, step, workdir, eval_batch))
-          if fid_now:
-            fetched.update(fid_eval(graphdef, state.ema_params, step, save_best))
-          if sample_now or fid_now:
+          if due:
+            ema_model = LoadedModel.of(exp, graphdef, state.ema_params, step)
+            for hook in due:
+              fetched.update(hook(ema_model, step, save_best))
             writer.start(step)  # sampling time is not training throughput
           record = writer.write(step, fetched)
         stop = stop_now()
@@ -307,8 +211,8 @@ def _train(config, workdir: str, sigterm: _SigtermFlag) -> dict:
           break
   finally:
     ckpt.close()
-    if fid_eval is not None:
-      fid_eval.close()
+    for hook in hooks:
+      hook.close()
     writer.close()
     if jax.process_index() == 0 and os.path.exists(writer.path):
       plot_loss_curve(writer.path, os.path.join(workdir, "loss.png"))

@@ -8,7 +8,7 @@ import optax
 from flax import nnx
 
 from crossflow_jax.data import latents
-from crossflow_jax.train.state import TrainState
+from crossflow_jax.experiment.state import TrainState
 
 
 def ema_decay_at(step: jax.Array, ema_decay: float, warmup: bool) -> jax.Array:

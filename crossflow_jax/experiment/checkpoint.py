@@ -76,7 +76,7 @@ class Checkpointer:
     config for keys that joined the fingerprint after it was written. The message names every differing
     key and the flags that rebuild the checkpoint's model; `advice` replaces the closing advice.
     """
-    from crossflow_jax.train.experiment import fingerprint_fix, saved_fingerprint
+    from crossflow_jax.experiment.fingerprint import fingerprint_fix, saved_fingerprint
 
     meta = self.read_meta(step)
     saved = saved_fingerprint(meta)

@@ -1,4 +1,4 @@
-"""Image grids written as PNG."""
+"""Images as files: [-1, 1] floats to uint8, and grids written as PNG."""
 
 import numpy as np
 from PIL import Image

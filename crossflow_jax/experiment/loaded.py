@@ -1,25 +1,62 @@
-"""Loading a trained model from a workdir for sampling and evaluation."""
+"""A trained model, restored once per command: what sampling and evaluation take."""
 
 import dataclasses
 
 import jax
+import ml_collections
 from flax import nnx
+from jax.sharding import Mesh
 
-from crossflow_jax.errors import CheckpointError
-from crossflow_jax.train.checkpoint import Checkpointer
-from crossflow_jax.train.experiment import DataSpec, Experiment, build_experiment, config_from_meta
-from crossflow_jax.train.state import abstract_train_state
+from crossflow_jax.data.latent_codec import LatentCodec
+from crossflow_jax.data.spec import DataSpec
+from crossflow_jax.errors import CheckpointError, ConfigError
+from crossflow_jax.experiment.build import Experiment, build_experiment
+from crossflow_jax.experiment.checkpoint import Checkpointer
+from crossflow_jax.experiment.defaults import config_from_meta
+from crossflow_jax.experiment.state import abstract_train_state
 
 
-@dataclasses.dataclass
-class TrainedModel:
-  experiment: Experiment
+@dataclasses.dataclass(frozen=True)
+class LoadedModel:
+  """The split model and everything sampling needs to use it.
+
+  graphdef / params: the model (params: EMA weights unless asked otherwise); task: its registered task;
+  data: what it was trained on; conditions: requests (labels / prompts) -> condition arrays; codec: model space
+  <-> pixels; mesh / rules: where batches are sharded; config: the training config (`sample.*` gives the
+  recipe's sampling defaults); step: the checkpoint's step.
+  """
+
   graphdef: nnx.GraphDef
-  params: nnx.State  # EMA weights unless asked otherwise
+  params: nnx.State
+  task: object
+  data: DataSpec
+  conditions: object
+  codec: LatentCodec
+  mesh: Mesh
+  rules: tuple
+  config: ml_collections.ConfigDict
   step: int
 
+  @classmethod
+  def of(cls, exp: Experiment, graphdef, params, step: int) -> "LoadedModel":
+    return cls(graphdef, params, exp.task, exp.data, exp.conditions, exp.codec, exp.mesh, exp.rules, exp.config, step)
 
-def load_trained(workdir: str, *, step: int | None = None, weights: str = "ema") -> TrainedModel:
+  def recipe_cfg_scale(self, given: float | None = None) -> float:
+    """The guidance scale: as given, else the training config's sample.cfg_scale."""
+    value = float(self.config.sample.cfg_scale if given is None else given)
+    if value < 0:
+      raise ConfigError(f"--cfg_scale must be >= 0 (1: no guidance, 0: the unconditional field), got {value}.")
+    return value
+
+  def recipe_temperature(self, given: float | None = None) -> float:
+    """The source temperature: as given, else the training config's sample.temperature (1 for old checkpoints)."""
+    value = float(self.config.sample.temperature if given is None else given)
+    if value < 0:
+      raise ConfigError(f"--temperature must be >= 0 (1: the TVE's own spread, 0: its mean), got {value}.")
+    return value
+
+
+def load_model(workdir: str, *, step: int | None = None, weights: str = "ema") -> LoadedModel:
   """Restores a checkpoint of `workdir` (latest unless `step`) on the devices of this machine.
 
   The mesh is replaced by a data-parallel one over the local devices, so a model trained on a
@@ -71,4 +108,4 @@ def load_trained(workdir: str, *, step: int | None = None, weights: str = "ema")
   )
   ckpt.close()
   params = state.ema_params if weights == "ema" else state.params
-  return TrainedModel(exp, graphdef, params, int(state.step))
+  return LoadedModel.of(exp, graphdef, params, int(state.step))
