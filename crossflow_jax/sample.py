@@ -167,9 +167,10 @@ def prompts_to_file(
   model = load_for(workdir, "prompt", step=step, weights=weights)
   cfg_scale, temperature = model.recipe_cfg_scale(cfg_scale), model.recipe_temperature(temperature)
   repeated = [p for p in prompts for _ in range(num_samples)]
+  cond = {k: np.repeat(v, num_samples, axis=0) for k, v in model.conditions.encode(prompts).items()}
   pixels = sampler.generate_in_batches(
     model,
-    model.conditions.encode(repeated),
+    cond,
     seed=seed,
     batch_size=batch_size,
     solver=solver,

@@ -14,20 +14,20 @@ import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
 from configs import digits_c2i  # noqa: E402
+from crossflow_jax.data.spec import DataSpec  # noqa: E402
 from crossflow_jax.eval.generate import generate  # noqa: E402
-from crossflow_jax.train.experiment import DataSpec, build_experiment  # noqa: E402
-from crossflow_jax.train.state import create_train_state  # noqa: E402
+from crossflow_jax.experiment.build import build_experiment  # noqa: E402
+from crossflow_jax.experiment.loaded import LoadedModel  # noqa: E402
+from crossflow_jax.experiment.state import create_train_state  # noqa: E402
 
 
-def run(devices, cond):
+def run(devices, labels):
   config = digits_c2i.get_config("smoke")
   exp = build_experiment(config, DataSpec("synthetic", (8, 8, 1), 10), devices=devices)
   graphdef, state, _ = create_train_state(exp.model_fn, exp.tx, config.seed, exp.mesh, exp.rules)
   images, _ = generate(
-    exp,
-    graphdef,
-    state.ema_params,
-    cond,
+    LoadedModel.of(exp, graphdef, state.ema_params, 0),
+    labels,
     solver="heun",
     steps=4,
     cfg_scale=2.0,
@@ -40,9 +40,9 @@ def run(devices, cond):
 
 def main():
   assert jax.device_count() == 8, jax.devices()
-  cond = {"labels": (np.arange(20) % 10).astype(np.int32)}  # 20 = 16 + a padded batch of 4
-  one, n1 = run(jax.devices()[:1], cond)
-  eight, n8 = run(None, cond)
+  labels = [int(x) for x in np.arange(20) % 10]  # 20 = 16 + a padded batch of 4
+  one, n1 = run(jax.devices()[:1], labels)
+  eight, n8 = run(None, labels)
   print(
     json.dumps(
       {

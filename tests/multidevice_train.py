@@ -28,10 +28,11 @@ import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
 from configs import digits_c2i, shapes_t2i  # noqa: E402
-from crossflow_jax.train.checkpoint import Checkpointer  # noqa: E402
-from crossflow_jax.train.experiment import DataSpec, build_experiment  # noqa: E402
+from crossflow_jax.data.spec import DataSpec  # noqa: E402
+from crossflow_jax.experiment.build import build_experiment  # noqa: E402
+from crossflow_jax.experiment.checkpoint import Checkpointer  # noqa: E402
+from crossflow_jax.experiment.state import abstract_train_state, create_train_state  # noqa: E402
 from crossflow_jax.train.loop import batch_shardings_for  # noqa: E402
-from crossflow_jax.train.state import abstract_train_state, create_train_state  # noqa: E402
 from crossflow_jax.train.step import jit_train_step  # noqa: E402
 
 IMAGE_SHAPE, NUM_CLASSES = (8, 8, 1), 10

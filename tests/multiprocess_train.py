@@ -62,9 +62,11 @@ def reference_losses(config) -> list[float]:
   import numpy as np
 
   from crossflow_jax.data import pipeline
-  from crossflow_jax.train.experiment import build_experiment
-  from crossflow_jax.train.loop import batch_shardings_for, global_batch, open_data
-  from crossflow_jax.train.state import create_train_state
+  from crossflow_jax.data.spec import open_data
+  from crossflow_jax.experiment.build import build_experiment
+  from crossflow_jax.experiment.state import create_train_state
+  from crossflow_jax.train.hooks import global_batch
+  from crossflow_jax.train.loop import batch_shardings_for
   from crossflow_jax.train.step import jit_train_step
 
   source, _, spec = open_data(config, config.data.train_split)
@@ -95,20 +97,21 @@ def reference_losses(config) -> list[float]:
 
 
 def evaluate_checkpoint(workdir: str, out_dir: str, fid: str) -> dict:
-  """The sample grid (as `loop.write_samples` writes it) and, with a classifier, the FID (as during training)."""
-  from crossflow_jax.train.fid_eval import FidDuringTraining
-  from crossflow_jax.train.loop import write_samples
-  from crossflow_jax.train.restore import load_trained
+  """The sample grid (as the training loop's `SampleGrid` hook writes it) and, with a classifier, the FID (as
+  during training)."""
+  from crossflow_jax.eval.training_hooks import FidDuringTraining
+  from crossflow_jax.experiment.loaded import load_model
+  from crossflow_jax.train.hooks import SampleGrid
 
-  trained = load_trained(workdir)
-  write_samples(trained.experiment, trained.graphdef, trained.params, trained.step, out_dir, None)
+  model = load_model(workdir)
+  grid = SampleGrid(model, out_dir)  # a LoadedModel has the config, task and conditions the hook reads
+  grid(model, model.step, None)
+  grid.close()
   if not fid:
     return {}
-  scorer = FidDuringTraining(
-    trained.experiment.config, trained.experiment, os.path.join(out_dir, "fid"), log=lambda msg: None
-  )
+  scorer = FidDuringTraining(model, os.path.join(out_dir, "fid"), log=lambda msg: None)
   try:
-    metrics = scorer(trained.graphdef, trained.params, trained.step, lambda checkpointer: None)
+    metrics = scorer(model, model.step, lambda checkpointer: None)
   finally:
     scorer.close()
   return {k: v for k, v in metrics.items() if k.startswith("fid[")}
@@ -142,7 +145,7 @@ def main():
   elif num_processes > 1:
     import signal
 
-    from crossflow_jax.train.loop import train
+    from crossflow_jax.training import train
 
     out["record"] = train(config, workdir)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a SIGTERM after train() returned finds the run saved, exiting

@@ -1,4 +1,4 @@
-"""Class sources (`tasks/class_sources.py`) and the class <-> image task (`tasks/class_image.py`)."""
+"""Class sources (`tasks/class_sources.py`) and the class <-> image tasks (`tasks/class_flow.py` and its subclasses)."""
 
 import itertools
 import types
@@ -9,16 +9,24 @@ import numpy as np
 import pytest
 from flax import nnx
 
+from crossflow_jax.data.spec import DataSpec
 from crossflow_jax.errors import ConfigError
+from crossflow_jax.experiment.defaults import get_config
 from crossflow_jax.flow.paths import CondOTPath
 from crossflow_jax.flow.time_samplers import UniformTimeSampler
-from crossflow_jax.tasks.class_image import TASKS, TO_IMAGE, TO_SOURCE, ClassImageTask, FlowModel
+from crossflow_jax.sampling.sampler import is_guided
+from crossflow_jax.tasks.base import TO_IMAGE, TO_SOURCE
+from crossflow_jax.tasks.class_flow import ClassFlow, FlowModel
 from crossflow_jax.tasks.class_sources import KINDS, class_means
+from crossflow_jax.tasks.registry import TASKS as ALL_TASKS
+from crossflow_jax.tasks.registry import build_task
 from tests.helpers import EndTimeSampler, RecordingBackbone
 
 FIXED_KINDS = ("rectangle", "grayscale", "smoothrand")
 SHAPE = (8, 8, 1)
 E = 10
+# The class <-> image tasks by name.
+TASKS = {name: cls for name, cls in ALL_TASKS.items() if not cls.needs_captions}
 
 # ---- class_means --------------------------------------------------------------------------
 
@@ -65,15 +73,25 @@ def test_class_means_errors():
     assert kind in str(info.value)
 
 
-# ---- ClassImageTask: configuration --------------------------------------------------------
+# ---- class tasks: configuration --------------------------------------------------------
 
 
-def _task(name="class_to_image", **kw) -> ClassImageTask:
+def _make(name: str, **kw) -> ClassFlow:
+  """The registered class task `name`; a name that is not a class task goes through `build_task` on class data."""
+  if name not in TASKS:
+    config = get_config()
+    with config.unlocked():
+      config.task.name = name
+    return build_task(config, DataSpec("digits", SHAPE, E))
+  return TASKS[name](num_classes=E, image_shape=SHAPE, **kw)
+
+
+def _task(name="class_to_image", **kw) -> ClassFlow:
   kw.setdefault("time_sampler", UniformTimeSampler())
   if name == "noise_to_image":
     kw.setdefault("source", "gaussian")
     kw.setdefault("guidance", "null_class")
-  return ClassImageTask(name=name, num_classes=E, image_shape=SHAPE, **kw)
+  return _make(name, **kw)
 
 
 @pytest.mark.parametrize(
@@ -81,7 +99,7 @@ def _task(name="class_to_image", **kw) -> ClassImageTask:
   [
     (dict(name="text_to_image"), "task.name"),
     (dict(guidance="perceptual"), "task.guidance"),
-    (dict(name="noise_to_image", source="smoothrand"), "source='gaussian'"),
+    (dict(name="noise_to_image", source="smoothrand", guidance="null_class"), "source='gaussian'"),
     (dict(name="noise_to_image", source="gaussian", guidance="indicator"), "null_class"),
     (dict(name="class_to_image", source="gaussian"), "gaussian"),
     (dict(name="image_to_class", source="gaussian"), "gaussian"),
@@ -96,7 +114,7 @@ def test_invalid_task_config(kwargs, match):
   kwargs = dict(kwargs)
   name = kwargs.pop("name", "class_to_image")
   with pytest.raises(ConfigError, match=match):
-    ClassImageTask(name=name, num_classes=E, image_shape=SHAPE, **kwargs)
+    _make(name, **kwargs)
 
 
 def test_valid_task_configs():
@@ -150,7 +168,7 @@ def _batch(b=8, seed=0):
   }
 
 
-# ---- ClassImageTask: loss -----------------------------------------------------------------
+# ---- class tasks: loss -----------------------------------------------------------------
 
 
 @pytest.mark.parametrize(
@@ -264,7 +282,7 @@ def test_bidirectional_indicator_rolls_targets_within_each_direction():
   assert both >= 2  # both directions had flagged samples to roll, so a cross-direction roll was possible
 
 
-# ---- ClassImageTask: sampling helpers -----------------------------------------------------
+# ---- class tasks: sampling helpers -----------------------------------------------------
 
 
 @pytest.mark.parametrize("source", KINDS)
@@ -307,7 +325,11 @@ def test_velocity_fn_guided_runs_backbone_once_on_2b(name, direction):
   task = _task(name)
   backbone = FakeBackbone()
   v = task.velocity_fn(
-    types.SimpleNamespace(backbone=backbone), {"labels": jnp.zeros((b,), jnp.int32)}, direction=direction, cfg_scale=s
+    types.SimpleNamespace(backbone=backbone),
+    {"label": jnp.zeros((b,), jnp.int32)},
+    direction=direction,
+    scale=s,
+    guided=is_guided(task, s),
   )
   x = jnp.asarray(np.random.default_rng(0).standard_normal((b, *SHAPE)), jnp.float32)
   t = jnp.full((b,), 0.25)
@@ -334,9 +356,10 @@ def test_velocity_fn_unguided_runs_backbone_on_b():
     backbone = FakeBackbone()
     v = task.velocity_fn(
       types.SimpleNamespace(backbone=backbone),
-      {"labels": jnp.zeros((b,), jnp.int32)},
+      {"label": jnp.zeros((b,), jnp.int32)},
       direction=TO_IMAGE,
-      cfg_scale=cfg_scale,
+      scale=cfg_scale,
+      guided=is_guided(task, cfg_scale),
     )
     np.testing.assert_allclose(v(x, t), x)  # conditional pass only
     assert len(backbone.calls) == 1 and backbone.calls[0]["x"] == (b, *SHAPE)
@@ -349,7 +372,9 @@ def test_velocity_fn_null_class_guidance():
   task = _task("noise_to_image")
   backbone = FakeBackbone()
   labels = jnp.asarray([0, 1, 2, 9], jnp.int32)
-  v = task.velocity_fn(types.SimpleNamespace(backbone=backbone), {"labels": labels}, direction=TO_IMAGE, cfg_scale=s)
+  v = task.velocity_fn(
+    types.SimpleNamespace(backbone=backbone), {"label": labels}, direction=TO_IMAGE, scale=s, guided=is_guided(task, s)
+  )
   x = jnp.ones((b, *SHAPE))
   out = np.asarray(v(x, jnp.zeros((b,))))
   assert len(backbone.calls) == 1 and backbone.calls[0]["x"] == (2 * b, *SHAPE)

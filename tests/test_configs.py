@@ -7,8 +7,8 @@ import jax
 import pytest
 
 from crossflow_jax.errors import ConfigError
+from crossflow_jax.experiment.build import build_experiment
 from crossflow_jax.train.dry_run import abstract_data_spec
-from crossflow_jax.train.experiment import build_experiment
 
 RECIPES = sorted(
   p.stem
@@ -28,7 +28,7 @@ def test_recipe_builds(name, arg):
   exp = build_experiment(config, spec, devices=jax.devices()[:1])
   assert exp.task.name == config.task.name
   exp_is_text = config.task.name in ("text_to_image", "image_to_text", "bidirectional_text", "noise_to_image_text")
-  assert (exp.task.modality == "text") == exp_is_text == bool(spec.num_captions)
+  assert exp.task.needs_captions == exp_is_text == bool(spec.num_captions)
 
 
 def test_reference_settings():

@@ -9,13 +9,13 @@ from flax import nnx
 
 from configs import base
 from crossflow_jax.errors import ConfigError
+from crossflow_jax.experiment.optim import weight_decay_mask
+from crossflow_jax.experiment.state import count_params, init_rngs
 from crossflow_jax.flow.multiscale import per_sample_velocity_loss, pooled_target
 from crossflow_jax.models import dimr
 from crossflow_jax.models.factory import backbone_config, build_backbone
 from crossflow_jax.models.norms import TDLayerNorm, TDRMSNorm, TimeDependentParameter
 from crossflow_jax.train.metrics import read_metrics
-from crossflow_jax.train.optim import weight_decay_mask
-from crossflow_jax.train.state import count_params, fast_init_tracing
 from tests.helpers import tiny_config
 
 
@@ -57,8 +57,7 @@ def _randomize(model: nnx.Module, seed: int = 0) -> None:
 def test_crossflow_256px_backbone_has_the_published_size():
   """CrossFlow's 256 px DiMR (4x32x32 latent): 950.8M parameters; ours within 0.5%."""
   cfg = _model_cfg("DiMR-256")
-  with fast_init_tracing():
-    model = nnx.eval_shape(lambda: build_backbone(cfg, image_shape=(32, 32, 4), rngs=nnx.Rngs(0), use_indicator=True))
+  model = nnx.eval_shape(lambda: build_backbone(cfg, image_shape=(32, 32, 4), rngs=init_rngs(0), use_indicator=True))
   n = count_params(nnx.split(model, nnx.Param)[1])
   assert abs(n - 950.8e6) / 950.8e6 < 0.005, n
   stages = model.cfg.stages
@@ -192,7 +191,7 @@ def test_bad_stage_configs_are_named(overrides, match):
 
 @pytest.mark.slow
 def test_tiny_dimr_trains_on_digits(tmp_path):
-  from crossflow_jax.train.loop import train
+  from crossflow_jax.training import train
 
   c = tiny_config(
     str(tmp_path / "data"),

@@ -210,7 +210,7 @@ def test_sigterm_makes_every_process_save_the_same_step(tmp_path):
   import signal
   import time
 
-  from crossflow_jax.train.checkpoint import Checkpointer
+  from crossflow_jax.experiment.checkpoint import Checkpointer
 
   data_dir = str(tmp_path / "data")
   _build_digits(data_dir)

@@ -189,19 +189,19 @@ def test_sweep_table_layout():
 
 
 def test_checkpoint_without_ema_weights_is_refused(tmp_path):
-  from crossflow_jax.train.loop import train
-  from crossflow_jax.train.restore import load_trained
+  from crossflow_jax.experiment.loaded import load_model
+  from crossflow_jax.training import train
 
   workdir = tmp_path / "run"
   train(tiny_config(str(tmp_path / "data"), total_steps=2, save_every=2), str(workdir))
-  load_trained(str(workdir))  # fine as written
+  load_model(str(workdir))  # fine as written
   meta_path = workdir / "checkpoints" / "2" / "state" / "_METADATA"
   meta = json.loads(meta_path.read_text())
   meta["tree_metadata"] = {k: v for k, v in meta["tree_metadata"].items() if "'ema_params'" not in k}
   shutil.copy(meta_path, tmp_path / "backup")
   meta_path.write_text(json.dumps(meta))
   with pytest.raises(CheckpointError, match=r"no 'ema' weights.*--weights params"):
-    load_trained(str(workdir))
+    load_model(str(workdir))
 
 
 def test_generation_is_the_same_on_1_and_8_devices():
@@ -228,8 +228,8 @@ def test_generation_is_the_same_on_1_and_8_devices():
 
 
 def test_training_scores_fid_and_keeps_the_best_checkpoint(tmp_path):
-  from crossflow_jax.train.loop import train
-  from crossflow_jax.train.restore import load_trained
+  from crossflow_jax.experiment.loaded import load_model
+  from crossflow_jax.training import train
 
   data = str(tmp_path / "data")
   clf = train_classifier("digits", data_dir=data, out_dir=str(tmp_path / "clf"), epochs=3)
@@ -248,4 +248,4 @@ def test_training_scores_fid_and_keeps_the_best_checkpoint(tmp_path):
   best = json.loads((tmp_path / "run" / "best" / "best.json").read_text())
   assert best["metrics"]["fid[classifier:digits]"] == min(fids.values())
   assert best["step"] == min(fids, key=fids.get)
-  assert load_trained(str(tmp_path / "run" / "best")).step == best["step"]
+  assert load_model(str(tmp_path / "run" / "best")).step == best["step"]

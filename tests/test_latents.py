@@ -15,12 +15,13 @@ import pytest
 from flax import nnx
 
 from crossflow_jax.data import latents
+from crossflow_jax.data.spec import open_data
 from crossflow_jax.errors import CheckpointError, DataError, WeightsError
+from crossflow_jax.experiment.state import TrainState
 from crossflow_jax.models.vae import AutoencoderKL, VAEConfig, save_vae
-from crossflow_jax.train.loop import open_data, train
 from crossflow_jax.train.metrics import read_metrics
-from crossflow_jax.train.state import TrainState
 from crossflow_jax.train.step import train_step
+from crossflow_jax.training import train
 from tests.helpers import tiny_config
 
 IMAGE_SIZE = 32
@@ -128,21 +129,19 @@ def test_latent_cache_training_and_decoded_samples(dirs, tmp_path):
   assert z["images"].shape == (6, IMAGE_SIZE, IMAGE_SIZE, 1) and z["images"].dtype == np.uint8
 
   from crossflow_jax.eval.conditional import classify_split  # image -> class: pixels encoded to latents
+  from crossflow_jax.experiment.loaded import load_model
 
-  result = classify_split(workdir, "test", steps=2, solver="euler", num_eval=16, batch_size=16)
+  model = load_model(workdir)
+  result = classify_split(model, "test", steps=2, solver="euler", num_eval=16, batch_size=16)
   assert result["num_images"] == 16 and 0.0 <= result["accuracy"] <= 1.0
 
-  from crossflow_jax.sampling.latent_decode import decode_to_pixels
-  from crossflow_jax.train.restore import load_trained
-
-  trained = load_trained(workdir)
-  trained.experiment.data.latent_vae = "AutoencoderKL-0123456789abcdef"  # as if trained with another VAE
+  model.data.latent_vae = "AutoencoderKL-0123456789abcdef"  # as if trained with another VAE
   with pytest.raises(
     WeightsError,
     match=r"trained in the latent space of VAE AutoencoderKL-0123456789abcdef, but "
     r".* now holds VAE AutoencoderKL-",
   ):
-    decode_to_pixels(trained.experiment, np.zeros((1, 4, 4, 4), np.float32))
+    model.codec.decode(np.zeros((1, 4, 4, 4), np.float32))
 
   # The checkpoint records the VAE and scale: resuming with another scale is refused before any work.
   with pytest.raises(CheckpointError, match=r"latent.scale_factor: checkpoint has 0.18215, config has 0.2301"):

@@ -1,4 +1,4 @@
-"""The optax chain (`train/optim.py`): which parameters AdamW's weight decay reaches."""
+"""The optax chain (`experiment/optim.py`): which parameters AdamW's weight decay reaches."""
 
 import jax
 import jax.numpy as jnp
@@ -7,7 +7,7 @@ import optax
 import pytest
 from flax import nnx
 
-from crossflow_jax.train.optim import build_optimizer, weight_decay_mask
+from crossflow_jax.experiment.optim import build_optimizer, weight_decay_mask
 
 
 def _name(path) -> str:
@@ -27,8 +27,8 @@ def _decayed(params) -> tuple[set, set]:
 def text_model():
   """The DiT + TVE + image encoder of configs/shapes_t2i.py:smoke, built abstractly, and its config."""
   from configs import shapes_t2i
+  from crossflow_jax.experiment.build import build_experiment
   from crossflow_jax.train.dry_run import abstract_data_spec
-  from crossflow_jax.train.experiment import build_experiment
 
   config = shapes_t2i.get_config("smoke")
   spec, _ = abstract_data_spec(config)
@@ -73,9 +73,9 @@ def test_only_dense_conv_and_attention_kernels_are_decayed(text_model):
 
 def test_learned_class_table_and_class_embeddings_are_not_decayed():
   from crossflow_jax.models.dit import DiT, DiTConfig
-  from crossflow_jax.tasks.class_image import ClassImageTask
+  from crossflow_jax.tasks.bidirectional import Bidirectional
 
-  task = ClassImageTask(name="bidirectional", num_classes=3, image_shape=(8, 8, 1), source="learned")
+  task = Bidirectional(num_classes=3, image_shape=(8, 8, 1), source="learned")
   backbone = DiT(
     DiTConfig(
       image_size=(8, 8),

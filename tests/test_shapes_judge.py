@@ -165,38 +165,43 @@ def test_gates_follow_the_renderers_specification():
 
 
 def test_judge_abstention_reaches_the_cli_and_the_training_metrics(monkeypatch):
-  """`--judge_shapes` (sample_text.judge_shapes) and the training loop's judge_* metrics report the same gated
+  """`--judge_shapes` (shapes_eval.judge_model) and the training loop's judge_* metrics report the same gated
   figures, abstention rate included, for the same images."""
   from types import SimpleNamespace
 
-  from crossflow_jax import sample_text
-  from crossflow_jax.eval.grids import to_uint8
-  from crossflow_jax.train import text_eval
+  from crossflow_jax.data.images import to_uint8
+  from crossflow_jax.data.prompts import shapes_prompt_sets
+  from crossflow_jax.eval import shapes_eval
+  from crossflow_jax.sampling import sampler
 
   drawn = {}
 
-  def fake_generate(trained, emb, mask, **kwargs):
+  def fake_generate(model, cond, **kwargs):
     """Renders each prompt; every other image is noise (the judge abstains)."""
+    prompts = cond["prompt"]
     rng = np.random.default_rng(len(drawn))
-    attrs = shapes.parse_captions(emb)
+    attrs = shapes.parse_captions(prompts)
     images = shapes.render_batch(*(attrs[k] for k in shapes.ATTRIBUTES), 16, rng) / 127.5 - 1
     images[1::2] = rng.standard_normal(images[1::2].shape)
-    drawn[tuple(emb)] = images
+    drawn[tuple(prompts)] = images
     return images
 
-  exp = SimpleNamespace(
-    data=SimpleNamespace(name="shapes/s16"), config=SimpleNamespace(data=SimpleNamespace(holdout_pairs="red:triangle"))
+  model = SimpleNamespace(
+    data=SimpleNamespace(name="shapes/s16"),
+    config=SimpleNamespace(data=SimpleNamespace(holdout_pairs="red:triangle")),
+    task=SimpleNamespace(name="text_to_image", can_generate=True),
+    conditions=SimpleNamespace(kind="prompt", check_encoder=lambda: None, encode=lambda prompts: {"prompt": prompts}),
+    recipe_temperature=lambda t: 0.25,
+    recipe_cfg_scale=lambda c: 2.0,
+    step=7,
   )
-  monkeypatch.setattr(sample_text, "load_text_model", lambda *a, **k: SimpleNamespace(experiment=exp, step=7))
-  monkeypatch.setattr(sample_text, "_temperature", lambda trained, t: 0.25)
-  monkeypatch.setattr(sample_text, "guidance_scale", lambda trained, c: 2.0)
-  monkeypatch.setattr(sample_text, "_encode", lambda trained, prompts: (prompts, None))
-  monkeypatch.setattr(sample_text, "_generate_batched", fake_generate)
-  result = sample_text.judge_shapes("unused", num_prompts=10)
+  monkeypatch.setattr(sampler, "generate_in_batches", fake_generate)
+  result = shapes_eval.judge_model(model, num_prompts=10)
+  assert (result["temperature"], result["cfg_scale"], result["checkpoint_step"]) == (0.25, 2.0, 7)
   for name in ("seen", "holdout"):
     assert result[name]["abstain"] == 0.5 and result[name]["all"] == 0.5, result
-    prompts = text_eval.shapes_prompt_sets("red:triangle", 10, 1000)[name]  # judge_shapes' seed 0 + 1000
-    loop = text_eval.judge_metrics(to_uint8(drawn[tuple(prompts)]), prompts, f"judge_{name}")
+    prompts = shapes_prompt_sets("red:triangle", 10, 1000)[name]  # judge_model's seed 0 + 1000
+    loop = shapes_eval.judge_metrics(to_uint8(drawn[tuple(prompts)]), prompts, f"judge_{name}")
     assert loop[f"judge_{name}_abstain"] == 0.5
     assert {f"judge_{name}_{k}": v for k, v in result[name].items()} == {k: round(v, 4) for k, v in loop.items()}
 

@@ -7,8 +7,8 @@ import pytest
 
 import tfds_builders
 from crossflow_jax.errors import CheckpointError, ConfigError, PromptError, WeightsError
-from crossflow_jax.train.loop import train
 from crossflow_jax.train.metrics import read_metrics
+from crossflow_jax.training import train
 from tests.helpers import recipe_config, run_cli
 
 SMALL = 192  # records per split of the test build
@@ -64,15 +64,15 @@ def test_t2i_trains_from_the_cache(trained, data_dir):
 
 def test_prompt_cli_png_and_npz(trained, tmp_path):
   """--prompts_file keeps file order, --num_samples per prompt; an over-long prompt is cut to 24 tokens and said so."""
-  from crossflow_jax import sample_text
+  from crossflow_jax import sample
 
-  out = sample_text.prompts_to_file(
+  out = sample.prompts_to_file(
     str(trained), str(tmp_path / "one.png"), ["a small red circle in the top left"], num_samples=3, steps=4
   )
   assert out["num_images"] == 3 and (tmp_path / "one.png").exists()
   # The source temperature: T = 0 draws the TVE mean (the same image every time), T = 1 varies.
   for temperature in (0.0, 1.0):
-    sample_text.prompts_to_file(
+    sample.prompts_to_file(
       str(trained),
       str(tmp_path / f"t{temperature}.npz"),
       ["a big blue box at the center"],
@@ -84,7 +84,7 @@ def test_prompt_cli_png_and_npz(trained, tmp_path):
   assert (same == same[0]).all() and not (varied == varied[0]).all()
   # Guidance defaults to the recipe's sample.cfg_scale (2 for shapes_t2i), not to 1.
   for name, cfg_scale in (("default", None), ("two", 2.0), ("one", 1.0)):
-    sample_text.prompts_to_file(
+    sample.prompts_to_file(
       str(trained),
       str(tmp_path / f"cfg_{name}.npz"),
       ["a big blue box at the center"],
@@ -121,9 +121,11 @@ def test_prompt_cli_png_and_npz(trained, tmp_path):
 
 
 def test_interpolation_arithmetic_and_retrieval(trained, tmp_path):
-  from crossflow_jax import sample_text
+  from crossflow_jax import sample
+  from crossflow_jax.eval.retrieval import retrieve_split
+  from crossflow_jax.experiment.loaded import load_model
 
-  out = sample_text.interpolation_to_file(
+  out = sample.interpolation_to_file(
     str(trained),
     str(tmp_path / "interp.npz"),
     ["a small red circle in the top left", "a big blue box at the center"],
@@ -131,7 +133,7 @@ def test_interpolation_arithmetic_and_retrieval(trained, tmp_path):
     steps=4,
   )
   assert out["num_images"] == 5 and np.load(tmp_path / "interp.npz")["images"].shape == (5, 16, 16, 3)
-  out = sample_text.arithmetic_to_file(
+  out = sample.arithmetic_to_file(
     str(trained),
     str(tmp_path / "arith.png"),
     ["a red circle in the center", "a blue box in the center", "a red box in the center"],
@@ -139,27 +141,25 @@ def test_interpolation_arithmetic_and_retrieval(trained, tmp_path):
     steps=4,
   )
   assert out["num_images"] == 8 and (tmp_path / "arith.png").exists()
-  result = sample_text.retrieve_split(str(trained), "test", num_eval=32, steps=4)
+  result = retrieve_split(load_model(str(trained)), "test", num_eval=32, steps=4)
   assert result["num_candidates"] == 432 and result["num_images"] == 32
   assert 0.0 <= result["top1"] <= result["top5"] <= 1.0
   assert result["chance_top1"] == pytest.approx(1 / 432)
 
 
 def test_bad_prompts(trained, tmp_path):
-  from crossflow_jax import sample_text
+  from crossflow_jax import sample
 
   with pytest.raises(PromptError, match="empty"):
-    sample_text.prompts_to_file(str(trained), str(tmp_path / "x.png"), ["  "], num_samples=1, steps=2)
+    sample.prompts_to_file(str(trained), str(tmp_path / "x.png"), ["  "], num_samples=1, steps=2)
   with pytest.raises(ConfigError, match="--temperature must be >= 0.*got -1.0"):
-    sample_text.prompts_to_file(
+    sample.prompts_to_file(
       str(trained), str(tmp_path / "x.png"), ["a red box"], num_samples=1, steps=2, temperature=-1.0
     )
   with pytest.raises(ConfigError, match="--cfg_scale must be >= 0.*got -2.0"):
-    sample_text.prompts_to_file(
-      str(trained), str(tmp_path / "x.png"), ["a red box"], num_samples=1, steps=2, cfg_scale=-2.0
-    )
+    sample.prompts_to_file(str(trained), str(tmp_path / "x.png"), ["a red box"], num_samples=1, steps=2, cfg_scale=-2.0)
   with pytest.raises(ConfigError, match="exactly two"):
-    sample_text.interpolation_to_file(str(trained), str(tmp_path / "x.png"), ["a"], steps=2)
+    sample.interpolation_to_file(str(trained), str(tmp_path / "x.png"), ["a"], steps=2)
   r = run_cli(
     ["-m", "crossflow_jax.sample", "--workdir", str(trained), "--prompt", "", "--out", str(tmp_path / "e.png")]
   )
@@ -213,12 +213,12 @@ def test_eval_fid_scores_text_models_at_both_temperatures(trained, tmp_path, mon
 def test_encoder_mismatch_is_refused(trained, monkeypatch):
   import types
 
-  from crossflow_jax import sample_text
+  from crossflow_jax import sample
   from crossflow_jax.data import text_inputs
 
   monkeypatch.setattr(text_inputs, "encoder_for", lambda cfg: types.SimpleNamespace(identity="bert:other:sha256=0"))
   with pytest.raises(WeightsError, match="do not match"):
-    sample_text.load_text_model(str(trained), step=None, weights="ema")
+    sample.load_for(str(trained), "prompt", step=None, weights="ema")
 
 
 def test_resume_with_another_image_size_is_refused(trained, data_dir, tmp_path):
@@ -238,11 +238,13 @@ def test_noise_baseline_trains_and_samples(data_dir, tmp_path):
   train(c, str(tmp_path))
   records = read_metrics(tmp_path / "metrics.jsonl")
   assert all(np.isfinite(r["loss"]) for r in records) and "kl" not in records[-1]
-  from crossflow_jax import sample_text
+  from crossflow_jax import sample
+  from crossflow_jax.eval.retrieval import retrieve_split
+  from crossflow_jax.experiment.loaded import load_model
 
-  out = sample_text.prompts_to_file(
+  out = sample.prompts_to_file(
     str(tmp_path), str(tmp_path / "b.npz"), ["a big white square in the center"], num_samples=2, steps=3, cfg_scale=2.0
   )
   assert out["num_images"] == 2
-  with pytest.raises(ConfigError, match="baseline"):
-    sample_text.retrieve_split(str(tmp_path), "test", num_eval=4, steps=2)
+  with pytest.raises(ConfigError, match="noise_to_image_text.*no text latent to flow back to"):
+    retrieve_split(load_model(str(tmp_path)), "test", num_eval=4, steps=2)

@@ -1,4 +1,5 @@
-"""The text <-> image task (`tasks/text_image.py`) and the TVE losses (`flow/losses.py`)."""
+"""The text <-> image tasks (`tasks/text_flow.py`, `tasks/noise_to_image_text.py`) and the TVE losses
+(`flow/losses.py`)."""
 
 import os
 import subprocess
@@ -11,20 +12,21 @@ import numpy as np
 import pytest
 from flax import nnx
 
+from crossflow_jax.data.spec import DataSpec
 from crossflow_jax.errors import ConfigError
+from crossflow_jax.eval.retrieval import rank_candidates, retrieval_accuracy
+from crossflow_jax.experiment.defaults import get_config
 from crossflow_jax.flow.losses import contrastive_loss, kl_divergence
 from crossflow_jax.flow.paths import CondOTPath
 from crossflow_jax.flow.time_samplers import build_time_sampler
 from crossflow_jax.models.dit import DiT, DiTConfig
 from crossflow_jax.models.image_encoder import ImageEncoderConfig
 from crossflow_jax.models.text_ve import TextVEConfig
-from crossflow_jax.sampling.text_sampler import (
-  interpolate_latents,
-  latent_arithmetic,
-  rank_candidates,
-  retrieval_accuracy,
-)
-from crossflow_jax.tasks.text_image import TO_IMAGE, TO_SOURCE, TextImageTask
+from crossflow_jax.sampling.latent_ops import interpolate_latents, latent_arithmetic
+from crossflow_jax.sampling.sampler import is_guided
+from crossflow_jax.tasks.base import TO_IMAGE, TO_SOURCE
+from crossflow_jax.tasks.noise_to_image_text import NoiseToImageText
+from crossflow_jax.tasks.registry import TASKS, build_task
 from tests.helpers import EndTimeSampler, RecordingBackbone
 
 SHAPE = (8, 8, 3)
@@ -32,8 +34,14 @@ L, D = 6, 16
 
 
 def _task(name="text_to_image", **kw):
+  """The registered text task `name` (tiny TVE and image encoder); a name that is not a text task goes through
+  `build_task` on captioned data."""
+  if name not in TASKS or not TASKS[name].needs_captions:
+    config = get_config()
+    with config.unlocked():
+      config.task.name = name
+    return build_task(config, DataSpec("tiny", SHAPE, 0, num_captions=1, text_dim=D, num_tokens=L))
   defaults = dict(
-    name=name,
     image_shape=SHAPE,
     text_dim=D,
     num_tokens=L,
@@ -45,7 +53,15 @@ def _task(name="text_to_image", **kw):
     time_sampler=build_time_sampler("uniform"),
   )
   defaults.update(kw)
-  return TextImageTask(**defaults)
+  cls = TASKS[name]
+  if cls is NoiseToImageText:  # the baseline has no TVE, image encoder or TVE losses
+    defaults = {k: v for k, v in defaults.items() if k in NoiseToImageText.__dataclass_fields__}
+  return cls(**defaults)
+
+
+def _draw(task, model, emb, mask, key, temperature=1.0):
+  """The task's source for captions (emb [B, L, D], mask [B, L]) at `temperature`."""
+  return task.draw_source(model, {"text_emb": emb, "text_mask": mask}, key, temperature)
 
 
 def _model(task, seed=0):
@@ -171,14 +187,14 @@ def test_source_is_the_tve_sample_and_padding_is_ignored():
   eps = jax.random.normal(key, mu.shape)
   np.testing.assert_allclose(z, mu + jnp.exp(0.5 * logvar) * eps, rtol=1e-5, atol=1e-6)
   garbage = jnp.where(batch["text_mask"][..., None] > 0, batch["text_emb"], 1e3)
-  z2 = task.sample_source(model, garbage, batch["text_mask"], key)
+  z2 = _draw(task, model, garbage, batch["text_mask"], key)
   np.testing.assert_allclose(z2, z, rtol=1e-5, atol=1e-5)
   # Sampling temperature T: mu + T sigma eps with the same eps; T = 0 is the mean.
   np.testing.assert_allclose(
-    task.sample_source(model, batch["text_emb"], batch["text_mask"], key, 0.0), mu, rtol=1e-6, atol=1e-6
+    _draw(task, model, batch["text_emb"], batch["text_mask"], key, 0.0), mu, rtol=1e-6, atol=1e-6
   )
   np.testing.assert_allclose(
-    task.sample_source(model, batch["text_emb"], batch["text_mask"], key, 0.5),
+    _draw(task, model, batch["text_emb"], batch["text_mask"], key, 0.5),
     mu + 0.5 * (z - mu),
     rtol=1e-5,
     atol=1e-5,
@@ -207,13 +223,16 @@ def test_guided_velocity_is_one_2b_pass(name, direction):
   backbone = FakeBackbone()
   b, s = 3, 2.0
   batch = _batch(b)
-  cond = {"context": batch["text_emb"], "context_mask": batch["text_mask"]} if task.is_baseline else {}
-  v = task.velocity_fn(types.SimpleNamespace(backbone=backbone), cond, direction=direction, cfg_scale=s)
+  baseline = isinstance(task, NoiseToImageText)
+  cond = {"text_emb": batch["text_emb"], "text_mask": batch["text_mask"]} if baseline else {}
+  v = task.velocity_fn(
+    types.SimpleNamespace(backbone=backbone), cond, direction=direction, scale=s, guided=is_guided(task, s)
+  )
   x = jnp.ones((b, *SHAPE))
   out = np.asarray(v(x, jnp.zeros((b,))))
   assert len(backbone.calls) == 1
   call = backbone.calls[0]
-  if task.is_baseline:
+  if baseline:
     n_tok = np.asarray(batch["text_mask"]).sum(1)
     np.testing.assert_array_equal(call["context_mask"][b:], 0)  # the unconditional half sees no text
     want = 1 + s * n_tok  # v_u + s (v_c - v_u) with v_c = 1 + n, v_u = 1
@@ -230,7 +249,9 @@ def test_target_prediction_turns_the_guided_output_into_a_velocity():
   task = _task(path=CondOTPath(prediction="target"))
   backbone = FakeBackbone()
   b, s = 3, 2.0
-  v = task.velocity_fn(types.SimpleNamespace(backbone=backbone), {}, direction=TO_IMAGE, cfg_scale=s)
+  v = task.velocity_fn(
+    types.SimpleNamespace(backbone=backbone), {}, direction=TO_IMAGE, scale=s, guided=is_guided(task, s)
+  )
   x = jnp.ones((b, *SHAPE))
   out = np.asarray(v(x, jnp.full((b,), 0.75)))
   x1_hat = 2.0 + s * (1.0 - 2.0)  # as in the velocity test above
@@ -273,9 +294,6 @@ CROSSFLOW_RECIPES = {
 def _recipe_task(recipe):
   """configs/<recipe>.py (tiny TVE / image encoder / backbone sizes) and its task."""
   import importlib
-
-  from crossflow_jax.tasks.factory import build_task
-  from crossflow_jax.train.experiment import DataSpec
 
   c = importlib.import_module(f"configs.{recipe}").get_config()
   with c.unlocked():

@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 
 from crossflow_jax.errors import CheckpointError, DataError, TrainingDivergedError
-from crossflow_jax.train.checkpoint import Checkpointer
-from crossflow_jax.train.loop import train
+from crossflow_jax.experiment.checkpoint import Checkpointer
 from crossflow_jax.train.metrics import plot_loss_curve, read_metrics
+from crossflow_jax.training import train
 from tests.helpers import popen_cli, run_cli, tiny_config
 
 
@@ -150,10 +150,9 @@ def test_kill_9_during_saves_leaves_a_loadable_checkpoint(tmp_path, data_dir):
   assert latest is not None and latest >= 3
   ck.close()
   assert all(int(d.split(".")[0]) > latest for d in in_flight), (in_flight, latest)
-  from crossflow_jax.train.restore import load_trained
+  from crossflow_jax.experiment.loaded import load_model
 
-  trained = load_trained(str(workdir))
-  assert trained.step == latest
+  assert load_model(str(workdir)).step == latest
   # Training resumes from it.
   r = run_cli(common + ["--total_steps", str(latest + 3), "--save_every", "1000"])
   assert r.returncode == 0, r.stderr[-3000:]
@@ -242,14 +241,14 @@ def test_resume_with_another_flow_prediction_is_refused(tmp_path, data_dir):
   assert sorted(os.listdir(tmp_path / "checkpoints")) == before
 
 
-def test_load_trained_checks_the_model_it_builds(tmp_path, data_dir):
-  """load_trained compares the checkpoint with the model it builds, not with itself; older checkpoints still load."""
-  from crossflow_jax.train.restore import load_trained
+def test_load_model_checks_the_model_it_builds(tmp_path, data_dir):
+  """load_model compares the checkpoint with the model it builds, not with itself; older checkpoints still load."""
+  from crossflow_jax.experiment.loaded import load_model
 
   train(tiny_config(data_dir, total_steps=2, save_every=2), str(tmp_path))
   # A checkpoint written before flow.* and task.std_scale joined the fingerprint: derived from its stored config.
   _edit_saved_fingerprint(tmp_path, 2, lambda fp: [fp.pop(k) for k in list(fp) if k.startswith(("flow.", "task.std"))])
-  assert load_trained(str(tmp_path)).step == 2
+  assert load_model(str(tmp_path)).step == 2
   train(tiny_config(data_dir, total_steps=3, save_every=3), str(tmp_path))  # and resumes
   assert Checkpointer(str(tmp_path), read_only=True).latest_step() == 3
   # A checkpoint whose fingerprint says its model differs from the one its config builds now is refused.
@@ -259,7 +258,7 @@ def test_load_trained_checks_the_model_it_builds(tmp_path, data_dir):
     match=r"flow.prediction: checkpoint has 'target', config has 'velocity'"
     r"[\s\S]*crossflow_jax version that trained it",
   ):
-    load_trained(str(tmp_path))
+    load_model(str(tmp_path))
 
 
 def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path, data_dir):

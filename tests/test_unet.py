@@ -10,11 +10,11 @@ from flax import nnx
 
 from configs import base
 from crossflow_jax.errors import ConfigError
+from crossflow_jax.experiment.loaded import load_model
 from crossflow_jax.models import factory
 from crossflow_jax.models.unet import UNet, UNetConfig
-from crossflow_jax.train.loop import train
 from crossflow_jax.train.metrics import read_metrics
-from crossflow_jax.train.restore import load_trained
+from crossflow_jax.training import train
 from tests.helpers import recipe_config
 
 # 8x8 -> 4x4 with attention on the 4x4 map (and in the middle), every conditioning.
@@ -208,8 +208,8 @@ def test_loss_goes_down_on_digits(tmp_path):
   losses = [r["loss"] for r in read_metrics(tmp_path / "run" / "metrics.jsonl")]
   assert len(losses) == 30
   assert np.mean(losses[-20:]) < 0.5 * np.mean(losses[:2]), losses
-  raw, ema = (load_trained(str(tmp_path / "run"), weights=w) for w in ("params", "ema"))
-  assert isinstance(nnx.eval_shape(lambda: raw.experiment.model_fn(_rngs())).backbone, UNet) and raw.step == 150
+  raw, ema = (load_model(str(tmp_path / "run"), weights=w) for w in ("params", "ema"))
+  assert isinstance(nnx.merge(raw.graphdef, raw.params).backbone, UNet) and raw.step == 150
   flat = lambda m: dict(jax.tree_util.tree_leaves_with_path(nnx.to_pure_dict(m.params)))  # noqa: E731
   raw, ema = flat(raw), flat(ema)
   assert len(raw) > 50 and raw.keys() == ema.keys()
