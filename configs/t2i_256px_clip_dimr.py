@@ -17,7 +17,7 @@ line for a CPU run, e.g. `--model.dimr.stage_dims "(64, 16)" --model.dimr.stage_
 
 The loss is CrossFlow's for every t2i_* recipe: flow MSE with sigma_min 1e-5 at logit-normal t, the (0.3 mu)^6
 KL summed over the latent dimensions at weight 1e-2, and the image-text InfoNCE at weight 1 with CrossFlow's raw
-logit scale (tests/test_text_task.py checks it against a transcription of CrossFlow's code).
+logit scale (tests/tasks/test_text_task.py checks it against a transcription of CrossFlow's code).
 """
 
 from configs import base

@@ -49,7 +49,7 @@ BLUR_SIGMAS = (0.0, 0.5, 1.0, 1.5, 2.0, 3.0)  # Gaussian blurs (pixels) of the f
 MIN_CONTRAST = 0.1  # Object minus background brightness below this: blank (abstains).
 _EIGHT_CONNECTED = np.ones((3, 3), bool)
 
-# Abstention gates. Each is calibrated on renders of `crossflow_jax.data.shapes` (tests/test_shapes_judge.py: 1000
+# Abstention gates. Each is calibrated on renders of `crossflow_jax.data.shapes` (tests/eval/test_shapes_judge.py: 1000
 # per image size, clean and degraded by a 0.5 px blur plus N(0, 0.05) noise in [-1, 1] units); [the renders' range].
 MAX_BACKGROUND = 0.1  # Largest median RGB channel in [0, 1]; the renderer's is 0 [<= 0.03]: grey or noise above.
 MAX_STRAY_MASS = 0.05  # Brightness mass of the second foreground component / the object's [0]: two objects, noise.

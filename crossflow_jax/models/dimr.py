@@ -197,7 +197,7 @@ class DepthwiseConv(nnx.Module):
   `conv_general_dilated`: XLA's SPMD partitioner computes the kernel gradient of a grouped conv wrongly
   (off by an integer factor) on meshes where an axis larger than 1 does not shard the batch, such as
   (data, fsdp, tensor) = (2, 2, 2); the shifted sum is elementwise work it partitions correctly, and XLA
-  fuses it into one loop. tests/multidevice_train.py trains DiMR on (2, 2, 2) against one device.
+  fuses it into one loop. tests/parallel/multidevice_train.py trains DiMR on (2, 2, 2) against one device.
   """
 
   def __init__(self, dim: int, kernel_size: int, *, rngs: nnx.Rngs, dtype):

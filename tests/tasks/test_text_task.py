@@ -427,7 +427,7 @@ os.environ["JAX_PLATFORMS"] = "cpu"
 sys.path.insert(0, sys.argv[1])
 import jax, jax.numpy as jnp, numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
-from tests.test_text_task import _task, _model, _batch
+from tests.tasks.test_text_task import _task, _model, _batch
 from flax import nnx
 task = _task(contrastive_weight=1.0)
 graphdef, params = nnx.split(_model(task), nnx.Param)
@@ -443,7 +443,7 @@ print(json.dumps({k: [float(one[k]), float(eight[k])] for k in ("loss", "contras
 
 def test_contrastive_negatives_span_all_devices():
   """The loss on a batch sharded over 8 devices equals the 1-device loss: InfoNCE sees the global batch."""
-  repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  repo = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
   out = subprocess.run(
     [sys.executable, "-c", _SHARDED_SCRIPT, repo],
     capture_output=True,

@@ -113,7 +113,7 @@ def _free_port() -> int:
 
 
 def _launch(tmp_path, out: str, devices: int, args: list[str]) -> subprocess.Popen:
-  """tests/multiprocess_train.py OUT ... with `devices` simulated CPU devices; OUT goes under tmp_path."""
+  """tests/parallel/multiprocess_train.py OUT ... with `devices` simulated CPU devices; OUT goes under tmp_path."""
   env = dict(
     os.environ,
     JAX_PLATFORMS="cpu",

@@ -22,6 +22,7 @@ from crossflow_jax.parallel.sharding import (
   logical_to_spec,
   state_shardings,
 )
+from tests.helpers import REPO
 
 RULES = axes.DEFAULT_RULES
 TESTS_DIR = os.path.dirname(os.path.abspath(__file__))
@@ -190,7 +191,7 @@ def test_training_matches_single_device_on_8_device_meshes(tmp_path):
     capture_output=True,
     text=True,
     timeout=900,
-    cwd=os.path.dirname(TESTS_DIR),
+    cwd=REPO,
   )
   assert proc.returncode == 0, proc.stderr[-5000:]
   result = json.loads(proc.stdout.strip().splitlines()[-1])

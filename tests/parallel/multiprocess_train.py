@@ -1,6 +1,6 @@
 """Helper for test_distributed.py: a multi-process (jax.distributed, CPU gloo) run of the real training loop.
 
-  python tests/multiprocess_train.py OUT.json WORKDIR DATA_DIR COORDINATOR NUM_PROCESSES PROCESS_ID \
+  python tests/parallel/multiprocess_train.py OUT.json WORKDIR DATA_DIR COORDINATOR NUM_PROCESSES PROCESS_ID \
       [--steps N] [--sample_every N] [--fid CLASSIFIER_DIR] [--eval]
 
 NUM_PROCESSES > 1: this process joins the others through `initialize_distributed` (each with its own
@@ -26,7 +26,7 @@ import json
 import os
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 
 SHARDS = 2
 FID_SAMPLES = 136  # > 129, the fewest for a FID in 128-d classifier features

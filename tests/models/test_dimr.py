@@ -165,7 +165,7 @@ def test_time_parameters_are_not_weight_decayed():
   flat = jax.tree_util.tree_flatten_with_path(weight_decay_mask(params))[0]
   on = {jax.tree_util.keystr(k) for k, v in flat if v}
   tau = {jax.tree_util.keystr(k) for k, _ in flat if "tau_" in jax.tree_util.keystr(k)}
-  assert tau and not tau & on  # (the whole decayed set: tests/test_optim.py)
+  assert tau and not tau & on  # (the whole decayed set: tests/experiment/test_optim.py)
   assert any("'kernel'" in k for k in on)
 
 

@@ -12,7 +12,7 @@ from crossflow_jax.train.dry_run import abstract_data_spec
 
 RECIPES = sorted(
   p.stem
-  for p in pathlib.Path(__file__).parent.parent.joinpath("configs").glob("*.py")
+  for p in pathlib.Path(__file__).parents[2].joinpath("configs").glob("*.py")
   if p.stem not in ("__init__", "base")
 )
 # The `:variant`s each recipe accepts besides none; the published-model recipes are shrunk by overrides instead.

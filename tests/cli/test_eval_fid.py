@@ -214,7 +214,7 @@ def test_generation_is_the_same_on_1_and_8_devices():
     XLA_FLAGS="--xla_force_host_platform_device_count=8 --xla_backend_optimization_level=0",
   )
   proc = subprocess.run(
-    [sys.executable, os.path.join(REPO, "tests", "multidevice_generate.py")],
+    [sys.executable, os.path.join(REPO, "tests", "cli", "multidevice_generate.py")],
     env=env,
     capture_output=True,
     text=True,

@@ -14,7 +14,7 @@ from crossflow_jax.errors import DataError
 from tfds_builders import __main__ as cli
 from tfds_builders.mnist import Mnist
 
-SHARED_DATA = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data")
+SHARED_DATA = os.path.join(os.path.dirname(__file__), "..", "..", "..", "shared", "data")
 MNIST_NPZ = os.path.join(SHARED_DATA, "mnist.npz")
 CIFAR10_NPZ = os.path.join(SHARED_DATA, "cifar10_jpeg_q75.npz")
 # Full mnist / cifar10 builds take ~10 s / ~35 s on 2 cores; tests write a prefix instead.

@@ -15,7 +15,7 @@ from crossflow_jax.errors import ConfigError, DataError
 from tfds_builders.image_text_folder.image_text_folder import load_image
 
 SHARED_DATA = os.environ.get(
-  "CROSSFLOW_SHARED_DATA", os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data")
+  "CROSSFLOW_SHARED_DATA", os.path.join(os.path.dirname(__file__), "..", "..", "..", "shared", "data")
 )
 needs_shared = pytest.mark.skipif(not os.path.isdir(SHARED_DATA), reason=f"{SHARED_DATA} (../shared/data) is absent")
 

@@ -1,6 +1,6 @@
 """FID Inception-v3: parity with a PyTorch transcription of pytorch-fid, the published check vector, clear errors.
 
-The parity tests give the transcription (tests/reference_fid_inception.py, checked once to equal pytorch-fid
+The parity tests give the transcription (tests/models/reference_fid_inception.py, checked once to equal pytorch-fid
 0.3.0's `InceptionV3([3], resize_input=True, normalize_input=False)` bit for bit) random weights and random
 BatchNorm statistics, save them as a .pth, convert that with tools/convert_fid_inception.py and load the result.
 The check-vector test needs the real weights: set CROSSFLOW_FID_INCEPTION (see `test_check_vector`).
@@ -19,7 +19,7 @@ from crossflow_jax.models import inception
 
 # Features are O(1)..O(40) with these random weights; float32 op-order differences stay near 1e-6 of that.
 REL_TOL = 1e-4
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 SHARED_DATA = os.environ.get("CROSSFLOW_SHARED_DATA", os.path.join(REPO, "..", "shared", "data"))
 WEIGHTS_ENV = "CROSSFLOW_FID_INCEPTION"
 
@@ -44,7 +44,7 @@ def _rel_err(ours, ref) -> float:
 def reference(tmp_path_factory):
   """(PyTorch reference with random weights, its converted .safetensors path, the Flax model loaded from it)."""
   torch = pytest.importorskip("torch")
-  import reference_fid_inception as ref
+  from tests.models import reference_fid_inception as ref
 
   torch.set_num_threads(min(2, os.cpu_count() or 1))
   model = ref.randomize(ref.FIDInceptionV3(), seed=0)
