@@ -12,6 +12,7 @@ import os
 import orbax.checkpoint as ocp
 
 from crossflow_jax.errors import CheckpointError
+from crossflow_jax.experiment.fingerprint import fingerprint_fix, saved_fingerprint
 
 
 def fingerprint_diff(saved: dict, current: dict) -> list[str]:
@@ -76,8 +77,6 @@ class Checkpointer:
     config for keys that joined the fingerprint after it was written. The message names every differing
     key and the flags that rebuild the checkpoint's model; `advice` replaces the closing advice.
     """
-    from crossflow_jax.experiment.fingerprint import fingerprint_fix, saved_fingerprint
-
     meta = self.read_meta(step)
     saved = saved_fingerprint(meta)
     diff = fingerprint_diff(saved, fingerprint)

@@ -20,8 +20,11 @@ import functools
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.sharding import PartitionSpec
 
 from crossflow_jax.errors import ConfigError
+from crossflow_jax.parallel import axes
+from crossflow_jax.parallel.sharding import logical_to_spec
 
 IMPLEMENTATIONS = ("auto", "xla", "cudnn", "splash")
 SPLASH_BLOCK = 128  # lengths are padded to a multiple of this; block sizes are the largest of 512/256/128 that divide
@@ -337,11 +340,6 @@ def _splash_local(q, k, v, key_mask, *, scale: float, interpret: bool):
 
 def _splash_specs(mesh, batch: int, num_heads: int):
   """shard_map specs (q/k/v, key_mask) on `mesh`: batch over the `batch` rule's axes, heads over `heads`'."""
-  from jax.sharding import PartitionSpec
-
-  from crossflow_jax.parallel import axes
-  from crossflow_jax.parallel.sharding import logical_to_spec
-
   spec = logical_to_spec((axes.BATCH, None, axes.HEADS, None), axes.DEFAULT_RULES, mesh)
 
   def fits(entry, size):
