@@ -35,7 +35,7 @@ from crossflow_jax.errors import ConfigError, PromptError
 from crossflow_jax.eval.conditional import classify_split
 from crossflow_jax.eval.retrieval import retrieve_split
 from crossflow_jax.eval.shapes_eval import judge_model
-from crossflow_jax.experiment.loaded import load_model
+from crossflow_jax.experiment.restore import load_model
 from crossflow_jax.sampling import sampler
 from crossflow_jax.sampling.latent_ops import interpolate_latents, latent_arithmetic
 

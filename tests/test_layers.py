@@ -3,7 +3,7 @@
 Layers, bottom to top (a module may import its own layer's package and any layer below):
 
   0 errors   1 flow, parallel   2 models   3 data   4 tasks   5 experiment   6 sampling   7 train, eval
-  8 the command-line modules (crossflow_jax.sample, crossflow_jax.training, crossflow_jax.command_line)
+  8 the command-line modules (crossflow_jax.sample, .training, .export, .command_line)
 
 `flow` and `parallel`, and `train` and `eval`, sit side by side: neither imports the other. No library module
 imports a command-line module, and the package's import graph has no cycle.
@@ -29,6 +29,7 @@ LAYERS = {
   "sample": 8,
   "training": 8,
   "command_line": 8,
+  "export": 8,
 }
 
 

@@ -37,7 +37,7 @@ from crossflow_jax.eval.frechet import StatsAccumulator, frechet_distance_from_s
 from crossflow_jax.eval.generate import eval_requests, generate
 from crossflow_jax.eval.manifold import precision_recall_density_coverage
 from crossflow_jax.eval.retrieval import retrieve_split
-from crossflow_jax.experiment.loaded import load_model
+from crossflow_jax.experiment.restore import load_model
 
 
 def parse_list(text: str, cast, name: str) -> list:

@@ -189,7 +189,7 @@ def test_sweep_table_layout():
 
 
 def test_checkpoint_without_ema_weights_is_refused(tmp_path):
-  from crossflow_jax.experiment.loaded import load_model
+  from crossflow_jax.experiment.restore import load_model
   from crossflow_jax.training import train
 
   workdir = tmp_path / "run"
@@ -228,7 +228,7 @@ def test_generation_is_the_same_on_1_and_8_devices():
 
 
 def test_training_scores_fid_and_keeps_the_best_checkpoint(tmp_path):
-  from crossflow_jax.experiment.loaded import load_model
+  from crossflow_jax.experiment.restore import load_model
   from crossflow_jax.training import train
 
   data = str(tmp_path / "data")

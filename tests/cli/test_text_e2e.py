@@ -123,7 +123,7 @@ def test_prompt_cli_png_and_npz(trained, tmp_path):
 def test_interpolation_arithmetic_and_retrieval(trained, tmp_path):
   from crossflow_jax import sample
   from crossflow_jax.eval.retrieval import retrieve_split
-  from crossflow_jax.experiment.loaded import load_model
+  from crossflow_jax.experiment.restore import load_model
 
   out = sample.interpolation_to_file(
     str(trained),
@@ -240,7 +240,7 @@ def test_noise_baseline_trains_and_samples(data_dir, tmp_path):
   assert all(np.isfinite(r["loss"]) for r in records) and "kl" not in records[-1]
   from crossflow_jax import sample
   from crossflow_jax.eval.retrieval import retrieve_split
-  from crossflow_jax.experiment.loaded import load_model
+  from crossflow_jax.experiment.restore import load_model
 
   out = sample.prompts_to_file(
     str(tmp_path), str(tmp_path / "b.npz"), ["a big white square in the center"], num_samples=2, steps=3, cfg_scale=2.0

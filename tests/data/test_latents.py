@@ -129,7 +129,7 @@ def test_latent_cache_training_and_decoded_samples(dirs, tmp_path):
   assert z["images"].shape == (6, IMAGE_SIZE, IMAGE_SIZE, 1) and z["images"].dtype == np.uint8
 
   from crossflow_jax.eval.conditional import classify_split  # image -> class: pixels encoded to latents
-  from crossflow_jax.experiment.loaded import load_model
+  from crossflow_jax.experiment.restore import load_model
 
   model = load_model(workdir)
   result = classify_split(model, "test", steps=2, solver="euler", num_eval=16, batch_size=16)

@@ -10,7 +10,7 @@ from flax import nnx
 
 from configs import base
 from crossflow_jax.errors import ConfigError
-from crossflow_jax.experiment.loaded import load_model
+from crossflow_jax.experiment.restore import load_model
 from crossflow_jax.models import factory
 from crossflow_jax.models.unet import UNet, UNetConfig
 from crossflow_jax.train.metrics import read_metrics

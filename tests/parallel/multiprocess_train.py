@@ -100,7 +100,7 @@ def evaluate_checkpoint(workdir: str, out_dir: str, fid: str) -> dict:
   """The sample grid (as the training loop's `SampleGrid` hook writes it) and, with a classifier, the FID (as
   during training)."""
   from crossflow_jax.eval.training_hooks import FidDuringTraining
-  from crossflow_jax.experiment.loaded import load_model
+  from crossflow_jax.experiment.restore import load_model
   from crossflow_jax.train.hooks import SampleGrid
 
   model = load_model(workdir)

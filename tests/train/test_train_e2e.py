@@ -150,7 +150,7 @@ def test_kill_9_during_saves_leaves_a_loadable_checkpoint(tmp_path, data_dir):
   assert latest is not None and latest >= 3
   ck.close()
   assert all(int(d.split(".")[0]) > latest for d in in_flight), (in_flight, latest)
-  from crossflow_jax.experiment.loaded import load_model
+  from crossflow_jax.experiment.restore import load_model
 
   assert load_model(str(workdir)).step == latest
   # Training resumes from it.
@@ -243,7 +243,7 @@ def test_resume_with_another_flow_prediction_is_refused(tmp_path, data_dir):
 
 def test_load_model_checks_the_model_it_builds(tmp_path, data_dir):
   """load_model compares the checkpoint with the model it builds, not with itself; older checkpoints still load."""
-  from crossflow_jax.experiment.loaded import load_model
+  from crossflow_jax.experiment.restore import load_model
 
   train(tiny_config(data_dir, total_steps=2, save_every=2), str(tmp_path))
   # A checkpoint written before flow.* and task.std_scale joined the fingerprint: derived from its stored config.
