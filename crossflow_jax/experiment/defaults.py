@@ -157,6 +157,7 @@ def get_config() -> ml_collections.ConfigDict:
   c.mesh.tensor = 1
   c.axis_rules = DEFAULT_RULES  # logical axis -> mesh axes
 
+  c.tensorboard = True  # event files beside metrics.jsonl: `tensorboard --logdir WORKDIR`
   c.wandb = ml_collections.ConfigDict()
   c.wandb.enabled = False
   c.wandb.project = "crossflow_jax"

@@ -1,6 +1,7 @@
 """What runs beside the train step: sample grids and image -> class accuracy of the EMA model.
 
-A hook is an object with `due(step, last) -> bool`, `__call__(model, step, save) -> metrics` and `close()`:
+A hook is an object with `due(step, last) -> bool`, `__call__(model, step, save) -> metrics` (scalars, or
+uint8 [H, W, C] arrays: images for TensorBoard) and `close()`:
 `model` is the EMA model as a `LoadedModel` and `save(checkpointer)` saves the whole train state there. Every
 process calls every hook (sampling is a collective); process 0 writes files. The evaluation hooks (shapes
 judge, FID) live in `eval/training_hooks.py`; `crossflow_jax.training` puts them all together.
@@ -13,7 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from crossflow_jax.data import latents, pipeline
-from crossflow_jax.data.images import save_grid, to_uint8
+from crossflow_jax.data.images import make_grid, save_grid, to_uint8
 from crossflow_jax.data.spec import open_data
 from crossflow_jax.parallel.distributed import host_array
 from crossflow_jax.parallel.sharding import batch_sharding
@@ -63,6 +64,7 @@ class SampleGrid:
       temperature=self.cfg.temperature,
     )
     pixels = host_array(model.codec.decode(images))  # every process takes part; process 0 writes
+    grid = make_grid(to_uint8(pixels), ncols=self.cfg.per_class)
     if jax.process_index() == 0:
       os.makedirs(os.path.join(self.workdir, "samples"), exist_ok=True)
       save_grid(
@@ -71,7 +73,7 @@ class SampleGrid:
       if self.legend is not None:
         with open(os.path.join(self.workdir, "samples", self.legend[0]), "w") as f:
           f.write(self.legend[1])
-    return {}
+    return {"samples": grid}  # an image: to TensorBoard and wandb, not metrics.jsonl
 
   def close(self) -> None:
     pass

@@ -10,6 +10,7 @@ import os
 import signal
 
 import jax
+import numpy as np
 
 from crossflow_jax.data import latents, pipeline, text_inputs
 from crossflow_jax.data.spec import open_data, text_features
@@ -17,6 +18,7 @@ from crossflow_jax.errors import TrainingDivergedError
 from crossflow_jax.experiment.build import Experiment, build_experiment
 from crossflow_jax.experiment.checkpoint import Checkpointer
 from crossflow_jax.experiment.loaded import LoadedModel
+from crossflow_jax.experiment.optim import learning_rate_schedule
 from crossflow_jax.experiment.state import abstract_train_state, count_params, create_train_state
 from crossflow_jax.parallel.distributed import any_process
 from crossflow_jax.parallel.sharding import batch_sharding
@@ -159,9 +161,14 @@ def _train(config, workdir: str, sigterm: _SigtermFlag, hook_factories) -> dict:
     batch_size=config.batch_size,
     wandb_cfg=config.wandb,
     config_dict=config.to_dict(),
+    tensorboard=config.tensorboard,
+    start_step=start_step,
   )
   writer.truncate_after(start_step)
   meta = exp.meta()
+  learning_rate = learning_rate_schedule(
+    config.optim.learning_rate, config.optim.warmup_steps, config.total_steps, config.optim.schedule
+  )
   last_good_saved = latest
   record = {}
 
@@ -196,12 +203,15 @@ def _train(config, workdir: str, sigterm: _SigtermFlag, hook_factories) -> dict:
           if bad >= 0:
             raise TrainingDivergedError(_diverged_message(bad, ckpt, last_good_saved))
           fetched.update(writer.throughput(step))
+          fetched["learning_rate"] = float(learning_rate(step - 1))  # of the update just made
+          images = {}
           if due:
             ema_model = LoadedModel.of(exp, graphdef, state.ema_params, step)
             for hook in due:
-              fetched.update(hook(ema_model, step, save_best))
+              for key, value in hook(ema_model, step, save_best).items():
+                (images if isinstance(value, np.ndarray) else fetched)[key] = value
             writer.start(step)  # sampling time is not training throughput
-          record = writer.write(step, fetched)
+          record = writer.write(step, fetched, images=images)
         stop = stop_now()
         if (config.save_every and step % config.save_every == 0) or last or stop:
           save(step)

@@ -1,6 +1,9 @@
-"""Training metrics: console progress, workdir/metrics.jsonl, optional wandb, loss-curve PNG.
+"""Training metrics: console progress, workdir/metrics.jsonl, TensorBoard event files, optional wandb, loss-curve PNG.
 
-Only process 0 writes. Numbers are fetched from the device every `log_every` steps only.
+Only process 0 writes. Numbers are fetched from the device every `log_every` steps only. `tensorboard --logdir
+WORKDIR` shows every scalar of metrics.jsonl (losses, grad norm, learning rate, throughput, judged accuracies,
+FID) and the sample grids; a resumed run drops the events it logs again (`purge_step`), as it does in
+metrics.jsonl.
 """
 
 import json
@@ -8,6 +11,7 @@ import os
 import time
 
 import jax
+import numpy as np
 
 
 def _fmt_duration(seconds: float) -> str:
@@ -20,7 +24,17 @@ def _fmt_duration(seconds: float) -> str:
 class MetricsWriter:
   """Appends one JSON object per logged step to metrics.jsonl and prints a progress line."""
 
-  def __init__(self, workdir: str, *, total_steps: int, batch_size: int, wandb_cfg=None, config_dict=None):
+  def __init__(
+    self,
+    workdir: str,
+    *,
+    total_steps: int,
+    batch_size: int,
+    wandb_cfg=None,
+    config_dict=None,
+    tensorboard: bool = False,
+    start_step: int = 0,
+  ):
     self.is_main = jax.process_index() == 0
     self.path = os.path.join(workdir, "metrics.jsonl")
     self.total_steps = total_steps
@@ -28,6 +42,13 @@ class MetricsWriter:
     self._last_time = None
     self._last_step = None
     self._wandb = None
+    self._tb = None
+    if self.is_main and tensorboard:
+      import tensorboardX
+
+      # Events after start_step (written by the interrupted run, logged again now) are purged on resume.
+      purge = {"purge_step": start_step + 1} if start_step else {}
+      self._tb = tensorboardX.SummaryWriter(logdir=workdir, flush_secs=30, **purge)
     if self.is_main and wandb_cfg is not None and wandb_cfg.enabled:
       import wandb
 
@@ -70,16 +91,34 @@ class MetricsWriter:
     self._last_time, self._last_step = now, step
     return out
 
-  def write(self, step: int, metrics: dict, *, print_progress: bool = True) -> dict:
-    """Writes one record {step, **metrics} (host scalars) and prints a progress line."""
+  def write(self, step: int, metrics: dict, *, images: dict | None = None, print_progress: bool = True) -> dict:
+    """Writes one record {step, **metrics} (host scalars) and prints a progress line.
+
+    images: {tag: uint8 [H, W, C]} (sample grids) for TensorBoard and wandb; metrics.jsonl keeps the scalars.
+    """
     record = {"step": int(step)}
     record.update({k: float(v) for k, v in metrics.items()})
     if not self.is_main:
       return record
     with open(self.path, "a") as f:
       f.write(json.dumps(record) + "\n")
+    if self._tb is not None:
+      for key, value in record.items():
+        if key != "step":
+          self._tb.add_scalar(key, value, int(step))
+      for tag, image in (images or {}).items():
+        self._tb.add_image(tag, np.asarray(image), int(step), dataformats="HWC")
     if self._wandb is not None:
-      self._wandb.log(record, step=int(step))
+      import wandb
+
+      logged = dict(record)
+      logged.update(
+        {
+          tag: wandb.Image(np.squeeze(np.asarray(image), -1) if np.shape(image)[-1] == 1 else np.asarray(image))
+          for tag, image in (images or {}).items()
+        }
+      )
+      self._wandb.log(logged, step=int(step))
     if print_progress:
       parts = [f"step {step}/{self.total_steps}"]
       parts += [f"{k} {v:.4g}" for k, v in record.items() if k not in ("step", "steps_per_s", "img_per_s")]
@@ -90,6 +129,8 @@ class MetricsWriter:
     return record
 
   def close(self) -> None:
+    if self._tb is not None:
+      self._tb.close()
     if self._wandb is not None:
       self._wandb.finish()
 
