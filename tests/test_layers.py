@@ -30,6 +30,7 @@ LAYERS = {
   "training": 8,
   "command_line": 8,
   "export": 8,
+  "demo": 8,
 }
 
 

@@ -8,7 +8,7 @@ import numpy as np
 
 from crossflow_jax.data import prompts as prompts_lib
 from crossflow_jax.data import text_inputs
-from crossflow_jax.errors import ConfigError, WeightsError
+from crossflow_jax.errors import ConfigError, PromptError, WeightsError
 
 
 class LabelConditions:
@@ -81,6 +81,20 @@ class TextConditions:
   def encode(self, requests) -> dict:
     emb, mask = text_inputs.encode_prompts(self.text_cfg, list(requests))
     return {"text_emb": emb, "text_mask": mask}
+
+  def check_lengths(self, prompts) -> None:
+    """Refuses a prompt longer than the model reads (the encoder would cut it) and an empty one."""
+    tokenizer = text_inputs.encoder_for(self.text_cfg).tokenizer
+    for prompt in prompts:
+      if not str(prompt).strip():
+        raise PromptError("The prompt is empty; type what the image should show.")
+    limit = int(self.text_cfg.max_length)
+    for prompt, count in zip(prompts, tokenizer.token_counts(prompts)):
+      if count > limit:
+        raise PromptError(
+          f"The prompt is {count} tokens long; this model reads at most {limit} tokens (its text encoder's "
+          f"max_length). Shorten it: {prompt[:60]!r}..."
+        )
 
   def preview_requests(self, config, open_eval_split) -> list[str]:
     """The prompts of training grids: shapes prompts (half of held-out pairs) or the eval split's first captions."""

@@ -66,6 +66,10 @@ class TextTokenizer:
         "files of the repository the weights come from."
       )
 
+  def token_counts(self, texts: Sequence[str]) -> list[int]:
+    """Tokens of each prompt before padding or truncation (special tokens included)."""
+    return [len(x) for x in self._tokenizer(list(texts), truncation=False, verbose=False)["input_ids"]]
+
   def __call__(self, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
     """Tokenizes a batch of prompts.
 
