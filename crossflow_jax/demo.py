@@ -3,7 +3,8 @@
   python -m crossflow_jax.demo --workdir runs/shapes [--port 7860]      # or an exported model folder
 
 The page offers what the loaded model can do: prompt -> image grid (guidance scale, source temperature, steps,
-solver, seed) and image -> caption for text models, class -> image grid for class models. The model is loaded
+solver, seed), interpolation between two prompts' latents, latent arithmetic a + b - c and image -> caption for
+text models; class -> image grid for class models. The model is loaded
 once; each sampler program compiles once per batch shape and settings kind (a second request with the same
 shapes does not recompile: `/api/health` counts the compiled programs). Bad input (an empty prompt, one past the
 encoder's token limit, a file that is not an image or has the wrong size) is answered with a message on the page,
@@ -29,6 +30,7 @@ from crossflow_jax.errors import ConfigError, CrossflowError
 from crossflow_jax.eval.retrieval import rank_candidates
 from crossflow_jax.experiment.restore import load_model
 from crossflow_jax.sampling import sampler
+from crossflow_jax.sampling.latent_ops import arithmetic_sources, decode_sources, interpolation_sources
 from crossflow_jax.sampling.solvers import SOLVERS
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Training workdir (checkpoints/) or exported model folder.")
@@ -109,6 +111,27 @@ class Demo:
     grid = make_grid(to_uint8(pixels), ncols=num)
     return {"image": png_data_url(grid), "seconds": round(time.perf_counter() - start, 3), **settings}
 
+  def walk(self, body: dict) -> dict:
+    """{prompts: [a, b] | [a, b, c], num, ...settings} -> the interpolation strip, or a row [a, b, c, a + b - c]."""
+    model = self.model
+    prompts = [str(p) for p in body.get("prompts", [])]
+    if len(prompts) not in (2, 3):
+      raise InputError("Give two prompts to interpolate between, or three (a, b, c) for a + b - c.")
+    model.conditions.check_lengths(prompts)
+    settings = self.settings(body)
+    draw = dict(steps=settings["steps"], solver=settings["solver"], cfg_scale=settings["cfg_scale"])
+    start = time.perf_counter()
+    with self.lock:
+      cond = model.conditions.encode(prompts)
+      if len(prompts) == 2:
+        num = _number(body, "num", int, 8, 2, MAX_IMAGES)
+        z = interpolation_sources(model, cond, num, settings["seed"], settings["temperature"])
+      else:
+        num = 4
+        z = arithmetic_sources(model, cond, 1, settings["seed"], settings["temperature"])
+      images = decode_sources(model, z, **draw)
+    return {"image": png_data_url(make_grid(images, ncols=num)), "seconds": round(time.perf_counter() - start, 3)}
+
   def candidates(self):
     """(captions, their TVE means): every caption the model can name in image -> caption."""
     if self._candidates is None:
@@ -152,7 +175,7 @@ class Demo:
       ask = f'<input id="prompt" value="0,1,2" title="class labels 0..{model.data.num_classes - 1}">'
     caption = ""
     if model.task.can_retrieve:
-      caption = (
+      caption = WALKS + (
         '<h2>Image &rarr; caption</h2><input type="file" id="caption_file" accept="image/*"> '
         '<button id="caption_go">Caption</button><ol id="captions"></ol>'
       )
@@ -166,10 +189,21 @@ class Demo:
     )
 
 
+WALKS = """<h2>Between prompts</h2>
+<div><input id="interp_a" size="30" value="a big blue box at the center"> &rarr;
+<input id="interp_b" size="30" value="a tiny yellow triangle in the lower right">
+<button id="interp_go">Interpolate</button></div><div><img id="interp_result" class="grid" alt=""></div>
+<div><input id="arith_a" size="22" value="a big red circle at the center"> +
+<input id="arith_b" size="22" value="a big blue square at the center"> &minus;
+<input id="arith_c" size="22" value="a big red square at the center">
+<button id="arith_go">a + b &minus; c</button></div><div><img id="arith_result" class="grid" alt=""></div>
+"""
+
 PAGE = """<!doctype html>
 <html><head><meta charset="utf-8"><title>{title}</title>
 <style>body{{font-family:sans-serif;margin:2em}} #error{{color:#b00;display:none}}
-img#result{{image-rendering:pixelated;width:512px;border:1px solid #ccc}} label{{margin-right:1em}}</style></head>
+img#result,img.grid{{image-rendering:pixelated;width:512px;border:1px solid #ccc}}
+label{{margin-right:1em}}</style></head>
 <body><h1>{title}</h1>
 <h2>Generate</h2>
 <div>{ask}</div>
@@ -204,6 +238,21 @@ $("generate").onclick = async () => {{
     $("result").src = out.image; $("status").textContent = out.seconds + " s";
   }} catch (e) {{ showError(e.message); $("status").textContent = ""; }}
 }};
+function settings() {{
+  return {{num: +$("num").value, steps: +$("steps").value, cfg_scale: +$("cfg").value,
+    temperature: +$("temperature").value, seed: +$("seed").value, solver: $("solver").value}};
+}}
+async function walk(prompts, target) {{
+  showError(""); $("status").textContent = "drawing...";
+  try {{
+    const out = await call("/api/walk", {{method: "POST", headers: {{"Content-Type": "application/json"}},
+      body: JSON.stringify({{...settings(), prompts}})}});
+    $(target).src = out.image; $("status").textContent = out.seconds + " s";
+  }} catch (e) {{ showError(e.message); $("status").textContent = ""; }}
+}}
+if ($("interp_go")) $("interp_go").onclick = () => walk([$("interp_a").value, $("interp_b").value], "interp_result");
+if ($("arith_go")) $("arith_go").onclick = () =>
+  walk([$("arith_a").value, $("arith_b").value, $("arith_c").value], "arith_result");
 if ($("caption_go")) $("caption_go").onclick = async () => {{
   showError(""); $("captions").innerHTML = "";
   const file = $("caption_file").files[0];
@@ -250,6 +299,15 @@ def make_app(demo: Demo):
       return JSONResponse({"error": "The request body must be a JSON object."}, status_code=400)
     return await answer(demo.generate, body)
 
+  async def walk(request):
+    try:
+      body = await request.json()
+    except ValueError:
+      return JSONResponse({"error": "The request body is not JSON."}, status_code=400)
+    if not isinstance(body, dict):
+      return JSONResponse({"error": "The request body must be a JSON object."}, status_code=400)
+    return await answer(demo.walk, body)
+
   async def caption(request):
     form = await request.form()
     upload = form.get("image")
@@ -261,6 +319,7 @@ def make_app(demo: Demo):
     Route("/", page),
     Route("/api/health", health),
     Route("/api/generate", generate, methods=["POST"]),
+    Route("/api/walk", walk, methods=["POST"]),
     Route("/api/caption", caption, methods=["POST"]),
   ]
   return Starlette(routes=routes)

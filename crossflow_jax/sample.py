@@ -23,8 +23,6 @@ the first prompt's latent to the second's; arithmetic writes rows [a, b, c, z(a)
 import json
 import os
 
-import jax
-import jax.numpy as jnp
 import numpy as np
 from absl import flags
 
@@ -37,7 +35,7 @@ from crossflow_jax.eval.retrieval import retrieve_split
 from crossflow_jax.eval.shapes_eval import judge_model
 from crossflow_jax.experiment.restore import load_model
 from crossflow_jax.sampling import sampler
-from crossflow_jax.sampling.latent_ops import interpolate_latents, latent_arithmetic
+from crossflow_jax.sampling.latent_ops import arithmetic_sources, decode_sources, interpolation_sources
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Training workdir holding checkpoints/.")
 _LABELS = flags.DEFINE_string("class_label", "", "Comma-separated class labels (default: every class).")
@@ -183,34 +181,6 @@ def prompts_to_file(
   return {"out": out, "num_images": int(len(images)), "num_prompts": len(prompts), "checkpoint_step": model.step}
 
 
-def _source_latents(model, prompts: list[str], seed: int, temperature: float) -> jax.Array:
-  """z = mu + T sigma eps [N, H, W, C] of each prompt (one draw per prompt, the same eps for all)."""
-  if not model.task.can_retrieve:
-    raise ConfigError(
-      f"Latent interpolation and arithmetic need a text latent; {model.task.name} has none (its source is noise)."
-    )
-  cond = {k: jnp.asarray(v) for k, v in model.conditions.encode(prompts).items()}
-  key = jax.random.PRNGKey(seed)
-  return jnp.concatenate(
-    [
-      sampler.draw_source(
-        model.graphdef,
-        model.params,
-        {k: v[i : i + 1] for k, v in cond.items()},
-        key,
-        jnp.float32(temperature),
-        task=model.task,
-      )
-      for i in range(len(prompts))
-    ]
-  )
-
-
-def _decode_strip(model, z, *, steps, solver, cfg_scale) -> np.ndarray:
-  images = sampler.flow_from_sources(model, z, {}, solver=solver, steps=steps, cfg_scale=cfg_scale)
-  return to_uint8(np.asarray(model.codec.decode(images)))
-
-
 def interpolation_to_file(
   workdir: str,
   out: str,
@@ -235,10 +205,9 @@ def interpolation_to_file(
     raise ConfigError(f"--num_samples must be >= 2 for an interpolation, got {num_samples}.")
   model = load_for(workdir, "prompt", step=step, weights=weights)
   cfg_scale = model.recipe_cfg_scale(cfg_scale)
-  z = _source_latents(model, prompts, seed, model.recipe_temperature(temperature))
-  images = _decode_strip(
-    model, interpolate_latents(z[0], z[1], num_samples), steps=steps, solver=solver, cfg_scale=cfg_scale
-  )
+  cond = model.conditions.encode(prompts)
+  z = interpolation_sources(model, cond, num_samples, seed, model.recipe_temperature(temperature))
+  images = decode_sources(model, z, steps=steps, solver=solver, cfg_scale=cfg_scale)
   _write(out, ext, images, num_samples, prompts=np.asarray(prompts))
   return {"out": out, "num_images": int(len(images)), "checkpoint_step": model.step}
 
@@ -265,11 +234,8 @@ def arithmetic_to_file(
     raise ConfigError(f"--arithmetic takes exactly three prompts a, b, c (repeat the flag), got {len(prompts)}.")
   model = load_for(workdir, "prompt", step=step, weights=weights)
   cfg_scale, temperature = model.recipe_cfg_scale(cfg_scale), model.recipe_temperature(temperature)
-  rows = []
-  for r in range(num_samples):
-    z = _source_latents(model, prompts, seed + r, temperature)
-    rows.append(jnp.concatenate([z, latent_arithmetic(z[0], z[1], z[2])[None]]))
-  images = _decode_strip(model, jnp.concatenate(rows), steps=steps, solver=solver, cfg_scale=cfg_scale)
+  z = arithmetic_sources(model, model.conditions.encode(prompts), num_samples, seed, temperature)
+  images = decode_sources(model, z, steps=steps, solver=solver, cfg_scale=cfg_scale)
   _write(out, ext, images, 4, prompts=np.asarray(prompts))
   return {"out": out, "num_images": int(len(images)), "checkpoint_step": model.step}
 
