@@ -33,10 +33,14 @@ from crossflow_jax.sampling import sampler
 from crossflow_jax.sampling.latent_ops import arithmetic_sources, decode_sources, interpolation_sources
 from crossflow_jax.sampling.solvers import SOLVERS
 
-_WORKDIR = flags.DEFINE_string("workdir", None, "Training workdir (checkpoints/) or exported model folder.")
-_HOST = flags.DEFINE_string("host", "127.0.0.1", "Address to serve on (127.0.0.1: this machine only).")
-_PORT = flags.DEFINE_integer("port", 7860, "Port to serve on.")
-_STEP = flags.DEFINE_integer("step", None, "Checkpoint step (default: latest).")
+
+def define_flags() -> None:
+  """The command line's flags (defined when run as a program: the module imports beside the sample CLI's)."""
+  flags.DEFINE_string("workdir", None, "Training workdir (checkpoints/) or exported model folder.")
+  flags.DEFINE_string("host", "127.0.0.1", "Address to serve on (127.0.0.1: this machine only).")
+  flags.DEFINE_integer("port", 7860, "Port to serve on.")
+  flags.DEFINE_integer("step", None, "Checkpoint step (default: latest).")
+
 
 MAX_IMAGES = 16
 MAX_STEPS = 200
@@ -326,18 +330,20 @@ def make_app(demo: Demo):
 
 
 def main(argv):
+  f = flags.FLAGS
   if len(argv) > 1:
     raise ConfigError(f"Unexpected arguments {argv[1:]}.")
-  if not _WORKDIR.value:
+  if not f.workdir:
     raise ConfigError("--workdir is required (a training workdir or an exported model folder).")
   import uvicorn
 
-  demo = Demo(load_model(_WORKDIR.value, step=_STEP.value))
+  demo = Demo(load_model(f.workdir, step=f.step))
   if demo.model.task.can_generate:  # the page's default settings compile before the first visitor
     demo.generate({"prompt": "a red circle", "labels": "0", "num": 4, "steps": 20})
-  print(f"Serving {demo.model.task.name} (step {demo.model.step}) on http://{_HOST.value}:{_PORT.value}", flush=True)
-  uvicorn.run(make_app(demo), host=_HOST.value, port=_PORT.value, log_level="warning")
+  print(f"Serving {demo.model.task.name} (step {demo.model.step}) on http://{f.host}:{f.port}", flush=True)
+  uvicorn.run(make_app(demo), host=f.host, port=f.port, log_level="warning")
 
 
 if __name__ == "__main__":
+  define_flags()
   run_main(main, entry_flags={"workdir", "host", "port", "step"})
