@@ -207,7 +207,7 @@ PAGE = """<!doctype html>
 <html><head><meta charset="utf-8"><title>{title}</title>
 <style>body{{font-family:sans-serif;margin:2em}} #error{{color:#b00;display:none}}
 img#result,img.grid{{image-rendering:pixelated;width:512px;border:1px solid #ccc}}
-label{{margin-right:1em}}</style></head>
+label{{margin-right:1em}} img:not([src]){{display:none}} input[type=number]{{width:5em}}</style></head>
 <body><h1>{title}</h1>
 <h2>Generate</h2>
 <div>{ask}</div>
