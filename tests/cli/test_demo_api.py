@@ -68,3 +68,18 @@ def test_bad_requests_get_a_message_and_the_server_keeps_serving(client, request
   )
   assert client.post("/api/caption", files={"image": ("x.png", b"png?")}).status_code == 400  # no text latent
   assert client.post("/api/generate", json={"labels": "1", "num": 1, "steps": 2}).status_code == 200
+
+
+def test_the_demo_answers_on_an_exported_folder(client, tmp_path):
+  from starlette.testclient import TestClient
+
+  from crossflow_jax.demo import Demo, make_app
+  from crossflow_jax.experiment.pretrained import export_model
+  from crossflow_jax.experiment.restore import load_model
+
+  export_model(load_model(str(client.workdir)), str(tmp_path / "exported"))
+  request = {"labels": "4", "num": 3, "steps": 4, "cfg_scale": 1.5, "seed": 2}
+  with TestClient(make_app(Demo(load_model(str(tmp_path / "exported"))))) as exported:
+    assert exported.get("/api/health").json()["step"] == 20
+    from_export = exported.post("/api/generate", json=request).json()["image"]
+  assert from_export == client.post("/api/generate", json=request).json()["image"]
