@@ -294,23 +294,19 @@ def make_app(demo: Demo):
   async def health(request):
     return JSONResponse({"ok": True, "task": demo.model.task.name, "step": demo.model.step, "compiles": demo.compiles})
 
-  async def generate(request):
-    try:
-      body = await request.json()
-    except ValueError:
-      return JSONResponse({"error": "The request body is not JSON."}, status_code=400)
-    if not isinstance(body, dict):
-      return JSONResponse({"error": "The request body must be a JSON object."}, status_code=400)
-    return await answer(demo.generate, body)
+  def json_route(fn):
+    """An endpoint taking a JSON object and answering with `fn(body)`."""
 
-  async def walk(request):
-    try:
-      body = await request.json()
-    except ValueError:
-      return JSONResponse({"error": "The request body is not JSON."}, status_code=400)
-    if not isinstance(body, dict):
-      return JSONResponse({"error": "The request body must be a JSON object."}, status_code=400)
-    return await answer(demo.walk, body)
+    async def endpoint(request):
+      try:
+        body = await request.json()
+      except ValueError:
+        return JSONResponse({"error": "The request body is not JSON."}, status_code=400)
+      if not isinstance(body, dict):
+        return JSONResponse({"error": "The request body must be a JSON object."}, status_code=400)
+      return await answer(fn, body)
+
+    return endpoint
 
   async def caption(request):
     form = await request.form()
@@ -322,8 +318,8 @@ def make_app(demo: Demo):
   routes = [
     Route("/", page),
     Route("/api/health", health),
-    Route("/api/generate", generate, methods=["POST"]),
-    Route("/api/walk", walk, methods=["POST"]),
+    Route("/api/generate", json_route(demo.generate), methods=["POST"]),
+    Route("/api/walk", json_route(demo.walk), methods=["POST"]),
     Route("/api/caption", caption, methods=["POST"]),
   ]
   return Starlette(routes=routes)

@@ -85,9 +85,9 @@ def shapes_prompt_sets(holdout_pairs: str, num: int, seed: int) -> dict[str, lis
   return out
 
 
-def grid_prompts(config, source_of_eval_split, name: str, num: int) -> list[str]:
+def grid_prompts(config, source_of_eval_split, num: int) -> list[str]:
   """Prompts for training grids: shapes prompts (half held-out pairs) or the eval split's first captions."""
-  if is_shapes(name):
+  if is_shapes(config.data.name):
     sets = shapes_prompt_sets(config.data.holdout_pairs, num, config.seed + 11)
     if "holdout" in sets:
       half = num // 2

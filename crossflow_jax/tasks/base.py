@@ -16,13 +16,15 @@ by name in `tasks/registry.py`, that owns everything its flow does differently:
              captions by flowing back to the source, by `inverse_method`), `uses_temperature` (a source
              temperature applies), `guidable` (a guidance scale applies).
 
-`class_flow.py` and `text_flow.py` hold what the class and text tasks share; each task file sets only what
+`CrossFlow` below holds what every cross-modal task shares (pairing, indicator guidance, its field), `class_flow.py`
+and `text_flow.py` what the class and the text tasks share; each task file sets only what
 makes it itself.
 """
 
 import jax
 import jax.numpy as jnp
 
+from crossflow_jax.errors import ConfigError
 from crossflow_jax.flow import guidance
 from crossflow_jax.flow.multiscale import per_sample_velocity_loss
 
@@ -71,3 +73,68 @@ def guided_field(task, backbone, base_cond, uncond, scale, guided: bool):
     return task.path.velocity_from_output(out, x, t)
 
   return v
+
+
+def check_guidance(task) -> None:
+  """task.guidance is one the task takes (`GUIDANCE`) and guidance_p a probability below 1."""
+  if task.guidance not in task.GUIDANCE:
+    raise ConfigError(
+      f"task.guidance={task.guidance!r} is not one for task {task.name!r}; choose one of {task.GUIDANCE}."
+    )
+  if not 0.0 <= task.guidance_p < 1.0:
+    raise ConfigError(f"task.guidance_p must be in [0, 1), got {task.guidance_p}.")
+
+
+class CrossFlow:
+  """What the cross-modal tasks (a source of the image's shape drawn from the condition) share.
+
+  The pairing of a batch: source and image in each sample's direction (`draw_directions`; TO_IMAGE unless a task
+  says otherwise), CrossFlow's indicator guidance rolled within each direction, a direction embedding for
+  bidirectional tasks; and the matching velocity field. Subclasses set `name`, `GUIDANCE`, `bidirectional`.
+  """
+
+  bidirectional = False  # the network sees each sample's direction
+
+  @property
+  def guidable(self) -> bool:
+    return self.guidance != "none"
+
+  def draw_directions(self, key: jax.Array, b: int) -> jax.Array:
+    del key
+    return one_direction(b, TO_IMAGE)
+
+  def pair(self, source: jax.Array, images: jax.Array, k_dir: jax.Array, k_guide: jax.Array):
+    """(x0, x1, cond, direction) of a batch: source -> image or image -> source per sample.
+
+    An image -> source sample regresses onto the source, which does not train what made it (the TVE, the learned
+    class table: it could otherwise move the source to make its own targets easy). A flagged (indicator) sample's
+    target is rolled to another sample's of its own direction, so it keeps a target of its own modality.
+    """
+    b = images.shape[0]
+    direction = self.draw_directions(k_dir, b)
+    to_source = (direction == TO_SOURCE)[:, None, None, None]
+    x0 = jnp.where(to_source, images, source)
+    x1 = jnp.where(to_source, jax.lax.stop_gradient(source), images)
+    cond = {}
+    if self.guidance == "indicator":
+      indicator, perm = guidance.indicator_pairing(k_guide, b, self.guidance_p, groups=direction)
+      x1 = x1[perm]
+      cond["indicator"] = indicator
+    if self.bidirectional:
+      cond["direction"] = direction
+    return x0, x1, cond, direction
+
+  def velocity_fn(self, model, cond: dict, *, direction: int, scale=1.0, guided: bool = False):
+    """The field (x [B,H,W,C], t [B]) -> v in `direction`; guided: v_u + scale (v_c - v_u) by the indicator."""
+    del cond  # the condition is in the source; the field is the same for every one
+
+    def base_cond(b):
+      out = {"direction": one_direction(b, direction)} if self.bidirectional else {}
+      if self.guidance == "indicator":
+        out["indicator"] = jnp.zeros((b,), jnp.int32)
+      return out
+
+    def uncond(cond_in, b):
+      return dict(cond_in, indicator=jnp.ones((b,), jnp.int32))
+
+    return guided_field(self, model.backbone, base_cond, uncond, scale, guided)

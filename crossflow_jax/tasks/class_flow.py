@@ -13,7 +13,6 @@ import jax.numpy as jnp
 from flax import nnx
 
 from crossflow_jax.errors import ConfigError
-from crossflow_jax.flow import guidance
 from crossflow_jax.flow.paths import CondOTPath
 from crossflow_jax.flow.time_samplers import TimeSampler
 from crossflow_jax.parallel import axes
@@ -35,7 +34,7 @@ class FlowModel(nnx.Module):
 
 
 @dataclasses.dataclass(frozen=True)
-class ClassFlow:
+class ClassFlow(base.CrossFlow):
   """A flow between class-label latents and images; subclasses choose the directions (`draw_directions`)."""
 
   num_classes: int
@@ -50,7 +49,6 @@ class ClassFlow:
 
   name = ""  # set by each task
   GUIDANCE = ("indicator", "none")
-  bidirectional = False  # the network sees each sample's direction
   can_generate = True
   can_classify = True
   can_retrieve = False
@@ -75,13 +73,8 @@ class ClassFlow:
     )
 
   def __post_init__(self):
-    if self.guidance not in self.GUIDANCE:
-      raise ConfigError(
-        f"task.guidance={self.guidance!r} is not one for task {self.name!r}; choose one of {self.GUIDANCE}."
-      )
+    base.check_guidance(self)
     self.validate_source()
-    if not 0.0 <= self.guidance_p < 1.0:
-      raise ConfigError(f"task.guidance_p must be in [0, 1), got {self.guidance_p}.")
     if not 0.0 <= self.lambda_b <= 1.0:
       raise ConfigError(f"task.lambda_b must be in [0, 1], got {self.lambda_b}.")
     if self.std_scale < 0:
@@ -92,10 +85,6 @@ class ClassFlow:
       raise ConfigError(
         f"task.source={self.source!r} is not a class source for task {self.name!r}; choose one of {SOURCE_KINDS}."
       )
-
-  @property
-  def guidable(self) -> bool:
-    return self.guidance != "none"
 
   # ---- model -------------------------------------------------------------------------------
 
@@ -136,30 +125,11 @@ class ClassFlow:
 
   # ---- training ----------------------------------------------------------------------------
 
-  def draw_directions(self, key: jax.Array, b: int) -> jax.Array:
-    del key
-    return base.one_direction(b, base.TO_IMAGE)
-
   def loss(self, model: FlowModel, batch: dict, key: jax.Array) -> tuple[jax.Array, dict]:
     """Mean flow-matching loss over the batch, and metrics (all scalars)."""
     images, labels = batch["image"], batch["label"].astype(jnp.int32)
-    b = images.shape[0]
     k_src, k_dir, k_guide, k_t = jax.random.split(key, 4)
-    src = self.sample_source(model, labels, k_src)
-    direction = self.draw_directions(k_dir, b)
-    to_source = (direction == base.TO_SOURCE)[:, None, None, None]
-    x0 = jnp.where(to_source, images, src)
-    # Image -> class samples regress onto the label latent; as in the text task, that target does
-    # not train the `learned` table (it could otherwise move the means to make its own targets easy).
-    x1 = jnp.where(to_source, jax.lax.stop_gradient(src), images)
-    cond = {}
-    if self.guidance == "indicator":
-      # Rolled within each direction: a flagged sample keeps a target of its own modality.
-      indicator, perm = guidance.indicator_pairing(k_guide, b, self.guidance_p, groups=direction)
-      x1 = x1[perm]
-      cond["indicator"] = indicator
-    if self.bidirectional:
-      cond["direction"] = direction
+    x0, x1, cond, direction = self.pair(self.sample_source(model, labels, k_src), images, k_dir, k_guide)
     per_sample, metrics = base.flow_regression(self, model.backbone, x0, x1, cond, k_t)
     metrics["loss"] = jnp.mean(per_sample)
     if self.bidirectional:
@@ -167,21 +137,6 @@ class ClassFlow:
     return metrics["loss"], metrics
 
   # ---- sampling ----------------------------------------------------------------------------
-
-  def velocity_fn(self, model: FlowModel, cond: dict, *, direction: int, scale=1.0, guided: bool = False):
-    """The field (x [B,H,W,C], t [B]) -> v in `direction`; guided: v_u + scale (v_c - v_u) by the indicator."""
-    del cond  # the label is in the source; the field is the same for every class
-
-    def base_cond(b):
-      out = {"direction": base.one_direction(b, direction)} if self.bidirectional else {}
-      if self.guidance == "indicator":
-        out["indicator"] = jnp.zeros((b,), jnp.int32)
-      return out
-
-    def uncond(cond_in, b):
-      return dict(cond_in, indicator=jnp.ones((b,), jnp.int32))
-
-    return base.guided_field(self, model.backbone, base_cond, uncond, scale, guided)
 
   def classify_latent(self, model: FlowModel, latents: jax.Array) -> jax.Array:
     """Nearest class mean (L2) of latents [B, H, W, C] -> labels [B] int32."""

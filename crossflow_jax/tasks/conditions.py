@@ -98,7 +98,7 @@ class TextConditions:
 
   def preview_requests(self, config, open_eval_split) -> list[str]:
     """The prompts of training grids: shapes prompts (half of held-out pairs) or the eval split's first captions."""
-    return prompts_lib.grid_prompts(config, open_eval_split, config.data.name, config.sample.num_prompts)
+    return prompts_lib.grid_prompts(config, open_eval_split, config.sample.num_prompts)
 
   def legend(self, requests) -> tuple[str, str] | None:
     return "prompts.txt", "\n".join(requests) + "\n"

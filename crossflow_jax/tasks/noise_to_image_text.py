@@ -46,7 +46,7 @@ class NoiseToImageText(TextTaskMixin):
     )
 
   def __post_init__(self):
-    self.check_common()
+    base.check_guidance(self)
 
   @property
   def backbone_conditioning(self) -> dict:

@@ -16,7 +16,6 @@ import jax.numpy as jnp
 from flax import nnx
 
 from crossflow_jax.errors import ConfigError
-from crossflow_jax.flow import guidance
 from crossflow_jax.flow.losses import KL_FORMS, KL_REDUCTIONS, LOGIT_SCALE_FORMS, contrastive_loss, kl_divergence
 from crossflow_jax.flow.paths import CondOTPath
 from crossflow_jax.flow.time_samplers import TimeSampler
@@ -103,17 +102,9 @@ class TextTaskMixin:
   def guidable(self) -> bool:
     return self.guidance != "none"
 
-  def check_common(self) -> None:
-    if self.guidance not in self.GUIDANCE:
-      raise ConfigError(
-        f"task.guidance={self.guidance!r} is not one for task {self.name!r}; choose one of {self.GUIDANCE}."
-      )
-    if not 0.0 <= self.guidance_p < 1.0:
-      raise ConfigError(f"task.guidance_p must be in [0, 1), got {self.guidance_p}.")
-
 
 @dataclasses.dataclass(frozen=True)
-class TextFlow(TextTaskMixin):
+class TextFlow(base.CrossFlow, TextTaskMixin):
   """A flow between TVE latents of captions and images; subclasses choose the directions."""
 
   image_shape: tuple[int, int, int]
@@ -136,7 +127,6 @@ class TextFlow(TextTaskMixin):
 
   name = ""
   GUIDANCE = ("indicator", "none")
-  bidirectional = False
   can_generate = True
   can_retrieve = True
   inverse_method = "forward"
@@ -165,7 +155,7 @@ class TextFlow(TextTaskMixin):
     )
 
   def __post_init__(self):
-    self.check_common()
+    base.check_guidance(self)
     if self.tve is None:
       raise ConfigError(f"task {self.name!r} needs a Text Variational Encoder config.")
     if tuple(self.tve.target_shape) != tuple(self.image_shape):
@@ -222,30 +212,14 @@ class TextFlow(TextTaskMixin):
 
   # ---- training ----------------------------------------------------------------------------
 
-  def draw_directions(self, key, b):
-    del key
-    return base.one_direction(b, base.TO_IMAGE)
-
   def loss(self, model, batch: dict, key) -> tuple[jax.Array, dict]:
     """Mean loss over the (global) batch and scalar metrics."""
     images, emb, mask = batch["image"], batch["text_emb"], batch["text_mask"]
     b = images.shape[0]
     k_z, k_dir, k_guide, k_t = jax.random.split(key, 4)
-    metrics, cond = {}, {}
+    metrics = {}
     z, mu, logvar = self.text_latent(model, emb, mask, k_z)
-    direction = self.draw_directions(k_dir, b)
-    to_source = (direction == base.TO_SOURCE)[:, None, None, None]
-    # Image -> text samples regress onto z; the target does not train the TVE (it could
-    # otherwise shrink the latents to make its own targets easy).
-    x0 = jnp.where(to_source, images, z)
-    x1 = jnp.where(to_source, jax.lax.stop_gradient(z), images)
-    if self.guidance == "indicator":
-      # Rolled within each direction: a flagged sample keeps a target of its own modality.
-      indicator, perm = guidance.indicator_pairing(k_guide, b, self.guidance_p, groups=direction)
-      x1 = x1[perm]
-      cond["indicator"] = indicator
-    if self.bidirectional:
-      cond["direction"] = direction
+    x0, x1, cond, _ = self.pair(z, images, k_dir, k_guide)
     kl = kl_divergence(mu, logvar, self.kl_form, self.kl_reduction)
     metrics.update(kl=kl, z_std=jnp.std(z), mu_rms=jnp.sqrt(jnp.mean(jnp.square(mu))))
     aux = self.kl_weight * kl
@@ -262,20 +236,3 @@ class TextFlow(TextTaskMixin):
     loss = flow + aux
     metrics.update(loss=loss, flow_loss=flow)
     return loss, metrics
-
-  # ---- sampling ----------------------------------------------------------------------------
-
-  def velocity_fn(self, model, cond: dict, *, direction: int, scale=1.0, guided: bool = False):
-    """The field (x [B,H,W,C], t [B]) -> v in `direction`; guided: v_u + scale (v_c - v_u) by the indicator."""
-    del cond  # the caption is in the source
-
-    def base_cond(b):
-      out = {"direction": base.one_direction(b, direction)} if self.bidirectional else {}
-      if self.guidance == "indicator":
-        out["indicator"] = jnp.zeros((b,), jnp.int32)
-      return out
-
-    def uncond(cond_in, b):
-      return dict(cond_in, indicator=jnp.ones((b,), jnp.int32))
-
-    return base.guided_field(self, model.backbone, base_cond, uncond, scale, guided)

@@ -11,24 +11,18 @@ import os
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from crossflow_jax.data import latents, pipeline
 from crossflow_jax.data.images import make_grid, save_grid, to_uint8
 from crossflow_jax.data.spec import open_data
 from crossflow_jax.parallel.distributed import host_array
-from crossflow_jax.parallel.sharding import batch_sharding
 from crossflow_jax.sampling import sampler
+from crossflow_jax.train.batches import batch_shardings_for, global_batch
 
 
 def log(msg: str) -> None:
   if jax.process_index() == 0:
     print(msg, flush=True)
-
-
-def global_batch(local: dict, shardings: dict) -> dict:
-  """Process-local numpy batch -> global jax.Arrays sharded over the batch axis (keys of `shardings`)."""
-  return {k: jax.make_array_from_process_local_data(shardings[k], np.asarray(local[k])) for k in shardings}
 
 
 def every(period: int, step: int, last: bool) -> bool:
@@ -63,17 +57,14 @@ class SampleGrid:
       cfg_scale=self.cfg.cfg_scale,
       temperature=self.cfg.temperature,
     )
-    pixels = host_array(model.codec.decode(images))  # every process takes part; process 0 writes
-    grid = make_grid(to_uint8(pixels), ncols=self.cfg.per_class)
+    pixels = to_uint8(host_array(model.codec.decode(images)))  # every process takes part; process 0 writes
     if jax.process_index() == 0:
       os.makedirs(os.path.join(self.workdir, "samples"), exist_ok=True)
-      save_grid(
-        to_uint8(pixels), os.path.join(self.workdir, "samples", f"step_{step:07d}.png"), ncols=self.cfg.per_class
-      )
+      save_grid(pixels, os.path.join(self.workdir, "samples", f"step_{step:07d}.png"), ncols=self.cfg.per_class)
       if self.legend is not None:
         with open(os.path.join(self.workdir, "samples", self.legend[0]), "w") as f:
           f.write(self.legend[1])
-    return {"samples": grid}  # an image: to TensorBoard and wandb, not metrics.jsonl
+    return {"samples": make_grid(pixels, ncols=self.cfg.per_class)}  # an image: to TensorBoard and wandb
 
   def close(self) -> None:
     pass
@@ -95,11 +86,7 @@ class ClassAccuracy:
         batch_size=min(256, len(source)) // jax.process_count(),
         image_size=spec.image_shape[0] if cfg.data.image_size else None,
       )
-      keys = {"image": 4, "label": 1}
-      if spec.latent_vae:
-        keys = {"label": 1} | {k: 4 for k in latents.LATENT_KEYS}
-      shardings = {k: batch_sharding(exp.mesh, exp.rules, n) for k, n in keys.items()}
-      self.batch = global_batch(next(it), shardings)
+      self.batch = global_batch(next(it), batch_shardings_for(exp))
       if spec.latent_vae:  # classify the scaled posterior means
         self.batch = latents.posterior_mean_images(self.batch, spec.latent_scale_factor)
 

@@ -21,20 +21,11 @@ from crossflow_jax.experiment.loaded import LoadedModel
 from crossflow_jax.experiment.optim import learning_rate_schedule
 from crossflow_jax.experiment.state import abstract_train_state, count_params, create_train_state
 from crossflow_jax.parallel.distributed import any_process
-from crossflow_jax.parallel.sharding import batch_sharding
 from crossflow_jax.train import hooks as hooks_lib
-from crossflow_jax.train.hooks import global_batch, log
+from crossflow_jax.train.batches import batch_shardings_for, global_batch
+from crossflow_jax.train.hooks import log
 from crossflow_jax.train.metrics import MetricsWriter, plot_loss_curve
 from crossflow_jax.train.step import jit_train_step
-
-
-def batch_shardings_for(exp: Experiment) -> dict:
-  """NamedShardings of the batch arrays (the task's `batch_spec`), sharded over the batch axis."""
-  ndims = dict(exp.task.batch_spec)
-  if exp.data.latent_vae:  # posterior moments in place of images; the step draws the latent
-    del ndims["image"]
-    ndims.update({k: 4 for k in latents.LATENT_KEYS})
-  return {k: batch_sharding(exp.mesh, exp.rules, n) for k, n in ndims.items()}
 
 
 class _SigtermFlag:

@@ -65,7 +65,7 @@ def reference_losses(config) -> list[float]:
   from crossflow_jax.data.spec import open_data
   from crossflow_jax.experiment.build import build_experiment
   from crossflow_jax.experiment.state import create_train_state
-  from crossflow_jax.train.hooks import global_batch
+  from crossflow_jax.train.batches import global_batch
   from crossflow_jax.train.loop import batch_shardings_for
   from crossflow_jax.train.step import jit_train_step
 
